@@ -41,3 +41,15 @@ class Grid:
     def row_ids(self) -> list[int]:
         """Axis 0 of FLUX's 3D RoPE: the row index of every row (axes 1-2 restart per row)."""
         return list(range(self.num_rows))
+
+
+@dataclass
+class TwoFramePair:
+    """RealGeneral's training example: condition = frame 1, target = frame 2."""
+
+    condition: np.ndarray  # uint8 H x W x 3
+    target: np.ndarray  # uint8 H x W x 3, same size as condition
+    prompt: str
+    subject: str  # the subject keyword (Subjects200K `item`), found in the prompt by UCE
+    task: str  # task name, e.g. "canny" (condition node type) or "subject_extraction"
+    key: str = ""
