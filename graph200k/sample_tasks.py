@@ -1,0 +1,89 @@
+"""Sample visual-cloze tasks from a manifest: family -> variant -> rows -> samples -> mask -> prompt.
+
+    python -m graph200k.sample_tasks --manifest shards/graph200k/manifest.parquet \\
+        --num 1000 --seed 0 --out tasks.jsonl --stats
+
+One JSON object per line: task_id, family, variant, nodes, columns (slot per grid column,
+the task's target last), rows (per row, per column: {key, node, slot}; the last row is the
+query), mask {row, col}, prompt {layout, task, content, keep_task, keep_content, dropped,
+text}, seed (for the task's online work such as degradations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+from pathlib import Path
+
+from graph200k.manifest import Manifest
+from graph200k.tasks import DEFAULT_TASKS_CONFIG, TaskConfig, TaskError, TaskSampler
+
+
+def histogram(tasks) -> str:
+    fams = collections.Counter(t.family for t in tasks)
+    variants = collections.Counter((t.family, t.variant) for t in tasks)
+    rows = collections.Counter(len(t.rows) for t in tasks)
+    lines = [f"{len(tasks)} tasks, rows per task: "
+             + ", ".join(f"{k}={v}" for k, v in sorted(rows.items()))]
+    for fam, n in fams.most_common():
+        lines.append(f"  {fam}: {n}")
+        for (f, v), m in sorted(variants.items(), key=lambda kv: -kv[1]):
+            if f == fam:
+                lines.append(f"      {v}: {m}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m graph200k.sample_tasks", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--manifest", help="manifest parquet (graph200k.manifest)")
+    ap.add_argument("--shards", help="build the manifest from this shard folder instead")
+    ap.add_argument("--num", type=int, default=1000, help="tasks to sample")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--families", help="comma list of families (default: all in the config)")
+    ap.add_argument("--config", default=str(DEFAULT_TASKS_CONFIG), help="task families YAML")
+    ap.add_argument("--paths", action="store_true",
+                    help="also sample every simple type-graph path of 2-4 images (family graph_paths)")
+    ap.add_argument("--split", choices=("train", "unseen"), default="train",
+                    help="train never yields the config's unseen variants; unseen yields only them")
+    ap.add_argument("--out", help="JSONL file ('-' for stdout); omit to only print --stats")
+    ap.add_argument("--stats", action="store_true", help="print a family/variant histogram")
+    args = ap.parse_args(argv)
+
+    if bool(args.manifest) == bool(args.shards):
+        ap.error("give exactly one of --manifest or --shards")
+    manifest = Manifest.load(args.manifest) if args.manifest else Manifest.from_shards(args.shards)
+    config = TaskConfig.load(args.config)
+    if args.paths:
+        config = config.with_paths()
+    families = [f.strip() for f in args.families.split(",")] if args.families else None
+    try:
+        sampler = TaskSampler(manifest, config, seed=args.seed, families=families, split=args.split)
+    except TaskError as e:
+        print(f"sample_tasks: error: {e}", file=sys.stderr)
+        return 2
+    if sampler.unsatisfiable:
+        names = sorted({v.name for v in sampler.unsatisfiable})
+        print(f"sample_tasks: {len(names)} variant(s) have no sample with all their node types "
+              f"and are left out, e.g. {', '.join(names[:4])}", file=sys.stderr)
+    tasks = sampler.take(args.num)
+    if args.out:
+        lines = "".join(json.dumps(t.to_json(), sort_keys=True) + "\n" for t in tasks)
+        if args.out == "-":
+            sys.stdout.write(lines)
+        else:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.tmp")
+            tmp.write_text(lines)
+            tmp.replace(out)
+            print(f"sample_tasks: {len(tasks)} tasks from {len(manifest)} samples -> {out}")
+    if args.stats:
+        print(histogram(tasks))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""WebDataset shards: naming, atomic byte-reproducible writing, reading, per-shard stats.
+
+A sample is a webdataset dict: `{"__key__": "0000042", "target.jpg": b"...", "meta.json": b"..."}`.
+Field values are raw bytes here; decoding is the caller's business.
+
+Why our own writer rather than Ray's `write_webdataset`: that one writes one tar per
+block and invents uuid keys; we need one source shard -> one annotated shard with the
+same keys, byte-identical on rerun (DESIGN.md). Reproducibility comes from webdataset's
+`TarWriter` with a fixed mtime and fields written in sorted order.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import webdataset as wds
+
+SHARD_PATTERN = "{shard:06d}.tar"
+STATS_SUFFIX = ".stats.json"
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+# Fixed so a shard's bytes depend only on its content (reruns are byte-identical).
+FIXED_MTIME = 0.0
+
+
+class ShardError(RuntimeError):
+    """A shard that cannot be read or written; the message names the shard and what to do."""
+
+
+def shard_path(folder: str | os.PathLike, shard: int) -> Path:
+    return Path(folder) / SHARD_PATTERN.format(shard=shard)
+
+
+def stats_path(folder: str | os.PathLike, shard: int) -> Path:
+    return Path(folder) / f"{shard:06d}{STATS_SUFFIX}"
+
+
+def shard_index(path: str | os.PathLike) -> int:
+    name = Path(path).name
+    m = re.fullmatch(r"(\d{6})\.tar", name)
+    if not m:
+        raise ShardError(f"{path}: not a shard name (expected NNNNNN.tar)")
+    return int(m.group(1))
+
+
+def list_shards(folder: str | os.PathLike) -> list[Path]:
+    """Complete shards of a folder, in shard order (temporary files are never listed)."""
+    return sorted(p for p in Path(folder).glob("*.tar") if re.fullmatch(r"\d{6}\.tar", p.name))
+
+
+def check_key(key: str) -> str:
+    # webdataset splits a member name at the first dot of its base name: keys carry none.
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise ValueError(
+            f"sample key {key!r} is invalid: keys may hold only letters, digits, '_' and '-' "
+            "(no dots or slashes)"
+        )
+    return key
+
+
+def _tmp_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` so that `path` is either absent, the old file, or the complete new file."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+class ShardWriter:
+    """Writes one shard under a temporary name; `close()` renames it into place.
+
+    Use as a context manager: an exception inside the block removes the temporary file,
+    so a half-written shard never appears under its final name.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = _tmp_name(self.path)
+        self._file = open(self.tmp, "wb")
+        self._tar = wds.TarWriter(self._file, encoder=False, mtime=FIXED_MTIME)
+        self._keys: set[str] = set()
+        self.count = 0
+
+    def write(self, sample: dict) -> None:
+        key = check_key(sample.get("__key__"))
+        if key in self._keys:
+            raise ValueError(f"{self.path}: sample key {key!r} written twice")
+        fields = {}
+        for name, value in sample.items():
+            if name.startswith("__"):
+                continue
+            if "/" in name or name.startswith("."):
+                raise ValueError(f"{self.path}: key {key}: bad field name {name!r}")
+            if isinstance(value, str):
+                value = value.encode()
+            if not isinstance(value, (bytes, bytearray)):
+                raise TypeError(f"{self.path}: key {key}: field {name!r} must be bytes")
+            fields[name] = bytes(value)
+        # TarWriter writes fields in sorted order; no user metadata beyond fixed mtime.
+        self._tar.write({"__key__": key, **fields})
+        self._keys.add(key)
+        self.count += 1
+
+    def close(self) -> Path:
+        self._tar.close()  # closes the underlying file too
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self._tar.close()
+        except Exception:
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+def write_shard(path: str | os.PathLike, samples: Iterable[dict]) -> int:
+    with ShardWriter(path) as w:
+        for s in samples:
+            w.write(s)
+        return w.count
+
+
+def read_shard(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield the samples of one shard as dicts of raw bytes, in file order.
+
+    A truncated or corrupt tar raises ShardError naming the shard. Member names are only
+    split into (key, field); they are never used as file-system paths.
+    """
+    path = Path(path)
+    try:
+        for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
+            yield {k: v for k, v in sample.items() if k != "__url__" and k != "__local_path__"}
+    except (tarfile.TarError, OSError, ValueError, EOFError) as e:
+        raise ShardError(
+            f"shard {path} is truncated or corrupt ({type(e).__name__}: {e}); "
+            "re-create it from its source (rerun ingest/annotate with --force for that shard)"
+        ) from e
+
+
+def read_json_member(sample: dict, name: str = "meta.json") -> dict:
+    raw = sample.get(name)
+    if raw is None:
+        raise KeyError(f"sample {sample.get('__key__')!r} has no member {name!r}")
+    return json.loads(raw.decode() if isinstance(raw, (bytes, bytearray)) else raw)
+
+
+def json_bytes(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass
+class ShardStats:
+    """Per-shard accounting. A stats file that exists marks its shard complete."""
+
+    shard: int
+    samples: int = 0
+    written: int = 0
+    filtered: list[dict] = field(default_factory=list)  # [{"key", "reason"}]: not an error
+    failed: list[dict] = field(default_factory=list)  # [{"key", "reason"}]
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def fail(self, key: str, reason: str) -> None:
+        self.failed.append({"key": key, "reason": reason})
+
+    def to_json(self) -> dict:
+        d = {
+            "shard": self.shard,
+            "samples": self.samples,
+            "written": self.written,
+            "filtered_count": len(self.filtered),
+            "filtered": self.filtered,
+            "failed_count": len(self.failed),
+            "failed": self.failed,
+            "seconds": round(self.seconds, 3),
+        }
+        d.update(self.extra)
+        return d
+
+
+def read_stats(folder: str | os.PathLike, shard: int) -> dict | None:
+    p = stats_path(folder, shard)
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None  # an unreadable stats file does not mark the shard done
+
+
+def encode_image(array, ext: str, quality: int = 95) -> bytes:
+    """Encode an HxWx3 (or HxW) uint8 array; deterministic for a given input."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    img = Image.fromarray(array)
+    if ext in ("jpg", "jpeg"):
+        img.convert("RGB").save(buf, format="JPEG", quality=quality, subsampling=0)
+    elif ext == "png":
+        img.save(buf, format="PNG", optimize=False, compress_level=6)
+    else:
+        raise ValueError(f"unsupported image extension {ext!r}")
+    return buf.getvalue()
+
+
+def decode_image(data: bytes, mode: str = "RGB"):
+    """Decode bytes to a uint8 numpy array (H x W x 3 for RGB, H x W for L)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return np.asarray(img.convert(mode))

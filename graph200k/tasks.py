@@ -1,0 +1,224 @@
+"""Task families and the path-based task sampler (VisualCloze, Sec. 3-4).
+
+A variant is a path of node types (conditions ..., target). One task draws a family by
+weight, a variant uniformly, a row count (1/2/3 with p 0.3/0.4/0.3), that many distinct
+samples having every node of the variant, one permutation of the first L-1 columns
+shared by all rows, and the masked cell of the query row (the last row).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from graph200k.graph import enumerate_paths
+from graph200k.manifest import Manifest
+from graph200k.nodes import NODE_TYPES, SLOT_NODE, mask_of, node_type
+from graph200k.prompts import PromptConfig, build_prompt
+
+DEFAULT_TASKS_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tasks.yaml"
+PATHS_FAMILY = "graph_paths"
+
+
+class TaskError(ValueError):
+    """A task (or family) that cannot be sampled; the message names the node types."""
+
+
+def variant_name(nodes) -> str:
+    *conds, target = nodes
+    return "+".join(conds) + "->" + target
+
+
+def variant_slots(nodes) -> list[str]:
+    """The grid columns of a variant: every image slot of every node, in path order."""
+    return [s.name for n in nodes for s in NODE_TYPES[n].slots]
+
+
+@dataclass(frozen=True)
+class Variant:
+    family: str
+    nodes: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return variant_name(self.nodes)
+
+    @property
+    def required_mask(self) -> int:
+        return mask_of(self.nodes)
+
+    @property
+    def slots(self) -> list[str]:
+        return variant_slots(self.nodes)
+
+
+@dataclass
+class TaskConfig:
+    families: dict[str, list[Variant]]
+    weights: dict[str, float]
+    row_counts: tuple[int, ...] = (1, 2, 3)
+    row_probs: tuple[float, ...] = (0.3, 0.4, 0.3)
+    reverse_mask_prob: float = 0.5
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    unseen: frozenset[str] = frozenset()
+
+    @property
+    def variants(self) -> list[Variant]:
+        return [v for vs in self.families.values() for v in vs]
+
+    @classmethod
+    def load(cls, path=DEFAULT_TASKS_CONFIG) -> "TaskConfig":
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "<dict>") -> "TaskConfig":
+        known = {"families", "rows", "reverse_mask_prob", "prompt", "unseen"}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        families, weights = {}, {}
+        for fam, spec in (raw.get("families") or {}).items():
+            variants = []
+            for nodes in spec.get("variants", []):
+                for n in nodes:
+                    try:
+                        node_type(n)
+                    except KeyError as e:
+                        raise ValueError(f"{source}: family {fam}: {e.args[0]}") from None
+                if len(nodes) < 2 or len(set(nodes)) != len(nodes):
+                    raise ValueError(f"{source}: family {fam}: variant {nodes} needs >= 2 "
+                                     "distinct node types")
+                variants.append(Variant(fam, tuple(nodes)))
+            families[fam] = variants
+            weights[fam] = float(spec.get("weight", 1.0))
+        rows = raw.get("rows") or {}
+        counts = tuple(rows.get("counts", (1, 2, 3)))
+        probs = tuple(rows.get("probs", (0.3, 0.4, 0.3)))
+        if len(counts) != len(probs) or abs(sum(probs) - 1) > 1e-6 or min(counts) < 1:
+            raise ValueError(f"{source}: rows.counts / rows.probs must pair up and probs sum to 1")
+        return cls(families, weights, counts, probs, float(raw.get("reverse_mask_prob", 0.5)),
+                   PromptConfig.from_dict(raw.get("prompt")), frozenset(raw.get("unseen") or ()))
+
+    def with_paths(self, min_images: int = 2, max_images: int = 4, weight: float = 1.0):
+        """Add every simple type-graph path of min..max images as the family `graph_paths`."""
+        fam = [Variant(PATHS_FAMILY, p) for p in enumerate_paths(min_images, max_images)]
+        return TaskConfig({**self.families, PATHS_FAMILY: fam},
+                          {**self.weights, PATHS_FAMILY: weight}, self.row_counts,
+                          self.row_probs, self.reverse_mask_prob, self.prompt, self.unseen)
+
+
+@dataclass
+class Task:
+    task_id: str
+    family: str
+    variant: str
+    nodes: list[str]
+    columns: list[str]  # slot per grid column after the shared permutation; target last
+    rows: list[list[dict]]  # rows[r][c] = {"key", "node", "slot"}; the last row is the query
+    mask_row: int
+    mask_col: int
+    prompt: dict
+    seed: int  # seeds this task's online work (degradations) downstream
+
+    def to_json(self) -> dict:
+        return {"task_id": self.task_id, "family": self.family, "variant": self.variant,
+                "nodes": self.nodes, "columns": self.columns, "rows": self.rows,
+                "mask": {"row": self.mask_row, "col": self.mask_col},
+                "prompt": self.prompt, "seed": self.seed}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Task":
+        return cls(d["task_id"], d["family"], d["variant"], list(d["nodes"]), list(d["columns"]),
+                   d["rows"], d["mask"]["row"], d["mask"]["col"], d["prompt"], int(d["seed"]))
+
+
+class TaskSampler:
+    """Seeded sampler over a manifest. `split="train"` never yields unseen variants;
+    `split="unseen"` yields only them (evaluation)."""
+
+    def __init__(self, manifest: Manifest, config: TaskConfig | None = None, seed: int = 0,
+                 families=None, split: str = "train"):
+        self.manifest = manifest
+        self.config = config or TaskConfig.load()
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.count = 0
+        if families:
+            missing = [f for f in families if f not in self.config.families]
+            if missing:
+                raise TaskError(f"unknown task famil{'y' if len(missing) == 1 else 'ies'} "
+                                f"{missing}; known: {sorted(self.config.families)}")
+        wanted = list(families) if families else list(self.config.families)
+        if split not in ("train", "unseen"):
+            raise ValueError(f"split must be 'train' or 'unseen', not {split!r}")
+        self._eligible: dict[int, list[int]] = {}
+        self.unsatisfiable: list[Variant] = []
+        fams, weights = [], []
+        for fam in wanted:
+            vs = [v for v in self.config.families[fam]
+                  if (v.name in self.config.unseen) == (split == "unseen")]
+            ok = []
+            for v in vs:
+                (ok if self._eligible_for(v) else self.unsatisfiable).append(v)
+            if ok and self.config.weights[fam] > 0:
+                fams.append((fam, ok))
+                weights.append(self.config.weights[fam])
+        if not fams:
+            counts = manifest.node_counts()
+            missing = sorted({n for v in self.unsatisfiable for n in v.nodes if not counts[n]})
+            raise TaskError(
+                f"no sample can satisfy any variant of {wanted} ({split} split, "
+                f"{len(manifest)} samples): no sample has node types {missing}; annotate the "
+                "shards with the stages that produce them (make annotate) or pick other families")
+        self._families = fams
+        self._cum_weights = list(itertools.accumulate(weights))
+        self._row_cum = list(itertools.accumulate(self.config.row_probs))
+
+    def _eligible_for(self, v: Variant) -> list[int]:
+        m = v.required_mask
+        e = self._eligible.get(m)
+        if e is None:
+            e = self._eligible[m] = self.manifest.having(m).tolist()
+        return e
+
+    def sample(self) -> Task:
+        rng = self.rng
+        fam, variants = self._families[
+            bisect.bisect_right(self._cum_weights, rng.random() * self._cum_weights[-1])]
+        variant = variants[rng.randrange(len(variants))]
+        eligible = self._eligible[variant.required_mask]
+        counts = self.config.row_counts
+        n_rows = counts[min(bisect.bisect_right(self._row_cum, rng.random()), len(counts) - 1)]
+        n_rows = min(n_rows, len(eligible))  # fewer samples than rows: use what exists
+        picks = [eligible[i] for i in rng.sample(range(len(eligible)), n_rows)]
+        slots = variant.slots
+        head = slots[:-1]
+        rng.shuffle(head)
+        columns = head + slots[-1:]
+        cols = len(columns)
+        mask_col = rng.randrange(cols) if rng.random() < self.config.reverse_mask_prob else cols - 1
+        rows = []
+        for i in picks:
+            key = self.manifest.key(i)
+            rows.append([{"key": key, "node": SLOT_NODE[s], "slot": s} for s in columns])
+        prompt = build_prompt(columns, n_rows, self.manifest.description(picks[-1]), rng,
+                              self.config.prompt)
+        task = Task(f"{self.seed}-{self.count}", fam, variant.name, list(variant.nodes),
+                    columns, rows, n_rows - 1, mask_col, prompt, rng.getrandbits(63))
+        self.count += 1
+        return task
+
+    def __iter__(self):
+        while True:
+            yield self.sample()
+
+    def take(self, n: int) -> list[Task]:
+        return [self.sample() for _ in range(n)]
+

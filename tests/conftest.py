@@ -1,0 +1,36 @@
+"""Shared fixtures: a tiny Subjects200K parquet (with broken rows) and its source shards.
+
+Fixtures made once per test session live under pytest's session temp dir. Other test
+modules may add their own fixtures here; keep them session-scoped when they are costly.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from graph200k import fixtures
+from graph200k.manifest import Manifest
+from pipelines import ingest
+
+MINI_ROWS = 12  # + 3 broken rows appended by the fixture writer
+SHARD_SIZE = 4
+
+
+@pytest.fixture(scope="session")
+def mini_parquet(tmp_path_factory):
+    path = tmp_path_factory.mktemp("subjects200k") / "mini.parquet"
+    return fixtures.write_parquet(path, num_rows=MINI_ROWS, bad=True, seed=0)
+
+
+@pytest.fixture(scope="session")
+def source_shards(tmp_path_factory, mini_parquet):
+    out = tmp_path_factory.mktemp("shards") / "source"
+    rc = ingest.main(["--source", str(mini_parquet), "--out", str(out),
+                      "--shard-size", str(SHARD_SIZE), "--quality", "visualcloze"])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def source_manifest(source_shards) -> Manifest:
+    return Manifest.from_shards(source_shards)
