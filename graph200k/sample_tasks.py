@@ -28,10 +28,9 @@ def histogram(tasks) -> str:
     lines = [f"{len(tasks)} tasks, rows per task: "
              + ", ".join(f"{k}={v}" for k, v in sorted(rows.items()))]
     for fam, n in fams.most_common():
-        lines.append(f"  {fam}: {n}")
-        for (f, v), m in sorted(variants.items(), key=lambda kv: -kv[1]):
-            if f == fam:
-                lines.append(f"      {v}: {m}")
+        per = sorted(((m, v) for (f, v), m in variants.items() if f == fam), reverse=True)
+        lines.append(f"  {fam}: {n} tasks over {len(per)} variants: "
+                     + ", ".join(f"{v} {m}" for m, v in per))
     return "\n".join(lines)
 
 
