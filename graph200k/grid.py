@@ -1,13 +1,26 @@
 """Visual-cloze grids: rows of images, one masked cell, the prompt and 3D-RoPE row ids.
 
 Contract shared by the composer (this module), the training stream and train.fill.
+
+    grid = compose(task, images, res=384)             # training: every cell res x res
+    grid = compose(task, images, res=512, mode="infer")  # keep aspect, area ~ res^2
+
+Rows are kept separate: FLUX's 3D RoPE puts the row index on axis 0 and restarts axes 1-2
+per row (VisualCloze), so rows may differ in aspect ratio. `Grid.stacked()` pads them to
+one width only for viewing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
+
+# FLUX: the VAE downsamples 8x and the transformer packs 2x2 latents into one token, so a
+# side must be a multiple of 16 for a cell to cover whole tokens.
+MULTIPLE = 16
+TRAIN, INFER = "train", "infer"
 
 
 @dataclass
@@ -28,6 +41,13 @@ class Grid:
     # cells[r][c] = slot name shown in that cell (e.g. "canny", "instantstyle_ref", "target").
     cells: list[list[str]] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)  # sample key of each row
+    # The prompt's parts before the drops ({"layout", "task", "content"}), for logging.
+    prompt_parts: dict = field(default_factory=dict)
+    mode: str = TRAIN
+    # Set by graph200k.stream: the DataLoader worker that built the grid and that worker's
+    # running skip counts by reason (GridStream.observe sums them in the main process).
+    worker: int = 0
+    skipped: dict = field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:
@@ -42,6 +62,51 @@ class Grid:
         """Axis 0 of FLUX's 3D RoPE: the row index of every row (axes 1-2 restart per row)."""
         return list(range(self.num_rows))
 
+    @property
+    def masked_cell(self) -> tuple[int, int]:
+        """(row, col) of the cell to generate; with reverse generation it is not the last column."""
+        return self.mask_row, self.mask_col
+
+    @property
+    def target_col(self) -> int:
+        """The column of the task's target (always last; it is masked unless reverse generation)."""
+        return self.num_cols - 1
+
+    def cell_box(self, row: int, col: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of a cell inside `rows[row]`."""
+        sizes = self.cell_sizes[row]
+        x0 = sum(w for _, w in sizes[:col])
+        h, w = sizes[col]
+        return x0, 0, x0 + w, h
+
+    def stacked(self, pad: int = 255) -> np.ndarray:
+        """All rows in one image for viewing, each padded on the right to the widest row."""
+        return _stack(self.rows, pad)
+
+    def stacked_mask(self) -> np.ndarray:
+        return _stack(self.masks, 0)
+
+    def latent_mask(self, vae_scale: int = 8, patch: int = 2) -> list[np.ndarray]:
+        """Per row, the mask as FLUX-Fill consumes it: float32 (tokens, vae_scale² · patch²).
+
+        Same layout as diffusers' FluxFillPipeline.prepare_mask_latents: the pixel mask is
+        folded into vae_scale² channels at latent resolution, then packed patch x patch.
+        """
+        return [pack_mask(m, vae_scale, patch) for m in self.masks]
+
+    def token_ids(self, vae_scale: int = 8, patch: int = 2) -> list[np.ndarray]:
+        """Per row, int64 (tokens, 3) 3D-RoPE positions (row index, y, x) of its packed tokens."""
+        out = []
+        step = vae_scale * patch
+        for r, row in enumerate(self.rows):
+            th, tw = row.shape[0] // step, row.shape[1] // step
+            ids = np.zeros((th, tw, 3), np.int64)
+            ids[..., 0] = r
+            ids[..., 1] = np.arange(th)[:, None]
+            ids[..., 2] = np.arange(tw)[None, :]
+            out.append(ids.reshape(-1, 3))
+        return out
+
 
 @dataclass
 class TwoFramePair:
@@ -53,3 +118,188 @@ class TwoFramePair:
     subject: str  # the subject keyword (Subjects200K `item`), found in the prompt by UCE
     task: str  # task name, e.g. "canny" (condition node type) or "subject_extraction"
     key: str = ""
+    # Set by graph200k.stream, as on Grid.
+    worker: int = 0
+    skipped: dict = field(default_factory=dict)
+
+
+def _stack(arrays: list[np.ndarray], pad: int) -> np.ndarray:
+    width = max(a.shape[1] for a in arrays)
+    padded = []
+    for a in arrays:
+        extra = width - a.shape[1]
+        if extra:
+            widths = ((0, 0), (0, extra)) + ((0, 0),) * (a.ndim - 2)
+            a = np.pad(a, widths, constant_values=pad)
+        padded.append(a)
+    return np.concatenate(padded, axis=0)
+
+
+def pack_mask(mask: np.ndarray, vae_scale: int = 8, patch: int = 2) -> np.ndarray:
+    """A H x W {0, 255} (or {0, 1}) pixel mask -> float32 (tokens, vae_scale² · patch²)."""
+    h, w = mask.shape
+    step = vae_scale * patch
+    if h % step or w % step:
+        raise ValueError(f"mask of {h}x{w} px does not tile into {step}-px tokens "
+                         f"(vae_scale {vae_scale} x patch {patch})")
+    m = (mask > 0).astype(np.float32)
+    lh, lw = h // vae_scale, w // vae_scale
+    # (lh, vy, lw, vx) -> (vy, vx, lh, lw): vae_scale² channels at latent resolution.
+    m = m.reshape(lh, vae_scale, lw, vae_scale).transpose(1, 3, 0, 2).reshape(-1, lh, lw)
+    c = m.shape[0]
+    # diffusers' _pack_latents: (c, th, py, tw, px) -> (th, tw, c, py, px).
+    m = m.reshape(c, lh // patch, patch, lw // patch, patch).transpose(1, 3, 0, 2, 4)
+    return np.ascontiguousarray(m.reshape((lh // patch) * (lw // patch), c * patch * patch))
+
+
+# ---- sizes ---------------------------------------------------------------------------
+
+def _check_res(res: int, multiple: int = MULTIPLE) -> int:
+    if int(res) != res or res <= 0 or res % multiple:
+        raise ValueError(f"res {res} must be a positive multiple of {multiple} "
+                         "(FLUX: 8x VAE x 2x2 token packing)")
+    return int(res)
+
+
+def _snap(x: float, multiple: int) -> int:
+    return max(multiple, int(round(x / multiple)) * multiple)
+
+
+def train_cell_size(res: int) -> tuple[int, int]:
+    """Training cells are res x res (VisualCloze trains at 384² / 512²)."""
+    res = _check_res(res)
+    return res, res
+
+
+def infer_cell_size(h: int, w: int, res: int, multiple: int = MULTIPLE) -> tuple[int, int]:
+    """The (h, w) closest to area res² with the aspect of an h x w image, sides multiple of 16."""
+    _check_res(res, multiple)
+    scale = res / np.sqrt(h * w)
+    return _snap(h * scale, multiple), _snap(w * scale, multiple)
+
+
+def _row_infer_sizes(aspects: list[float | None], res: int, multiple: int):
+    """One height for the row, each cell's width from its own aspect (w / h).
+
+    The height makes the mean cell area res²; a cell of unknown size (the query's target
+    at inference) takes the row's geometric-mean aspect.
+    """
+    known = [a for a in aspects if a is not None]
+    mean = float(np.exp(np.mean(np.log(known)))) if known else 1.0
+    aspects = [mean if a is None else a for a in aspects]
+    h = _snap(res / np.sqrt(np.mean(aspects)), multiple)
+    return [(h, _snap(h * a, multiple)) for a in aspects]
+
+
+# ---- images --------------------------------------------------------------------------
+
+def to_rgb(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        raise ValueError(f"images must be uint8, got {img.dtype}")
+    if img.ndim == 2:
+        return np.repeat(img[..., None], 3, axis=2)
+    if img.ndim == 3 and img.shape[2] == 3:
+        return img
+    if img.ndim == 3 and img.shape[2] == 4:
+        return np.ascontiguousarray(img[..., :3])
+    raise ValueError(f"image of shape {img.shape} is not H x W, H x W x 3 or H x W x 4")
+
+
+def _checked(img, row: int, col: int) -> np.ndarray:
+    """uint8 H x W or H x W x 3 (an alpha channel is dropped)."""
+    img = np.asarray(img)
+    if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3
+                                                            and img.shape[2] not in (3, 4)):
+        raise ValueError(f"cell ({row}, {col}): image of shape {img.shape} and dtype "
+                         f"{img.dtype} is not uint8 H x W, H x W x 3 or H x W x 4")
+    return img[..., :3] if img.ndim == 3 and img.shape[2] == 4 else img
+
+
+def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    if img.shape[:2] == (h, w):
+        return img
+    # Area averaging when shrinking avoids aliasing on edge maps; cubic when enlarging.
+    shrink = h * w < img.shape[0] * img.shape[1]
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
+def centre_square(img: np.ndarray) -> np.ndarray:
+    """The centred square crop. Stretching would distort shapes; aligned images of one size
+    (a target and its canny map) get the same crop, so correspondences survive."""
+    h, w = img.shape[:2]
+    s = min(h, w)
+    y, x = (h - s) // 2, (w - s) // 2
+    return img[y:y + s, x:x + s]
+
+
+# ---- composing -----------------------------------------------------------------------
+
+def compose_images(images, mask_row: int, mask_col: int, prompt: str = "", res: int = 384,
+                   mode: str = TRAIN, multiple: int = MULTIPLE, **meta) -> Grid:
+    """Compose `images[r][c]` (uint8 H x W [x 3]) into a Grid with one masked cell.
+
+    mode "train": every cell res x res (centre square crop, then resize).
+    mode "infer": every cell keeps its aspect at area ~ res², sides multiples of `multiple`,
+    one height per row; a `None` cell (the unknown query target) is left black.
+    `meta` fills the remaining Grid fields (task_id, family, variant, cells, keys, ...).
+    """
+    if mode not in (TRAIN, INFER):
+        raise ValueError(f"mode must be {TRAIN!r} or {INFER!r}, not {mode!r}")
+    res = _check_res(res, multiple)
+    if not images or not images[0]:
+        raise ValueError("a grid needs at least one row of at least one image")
+    cols = len(images[0])
+    for r, row in enumerate(images):
+        if len(row) != cols:
+            raise ValueError(f"row {r} has {len(row)} images, row 0 has {cols}: every row of "
+                             "a grid holds the same columns")
+    if not (0 <= mask_row < len(images) and 0 <= mask_col < cols):
+        raise ValueError(f"masked cell ({mask_row}, {mask_col}) is outside the "
+                         f"{len(images)} x {cols} grid: exactly one cell must be masked")
+
+    rows, sizes, masks = [], [], []
+    for r, row in enumerate(images):
+        if mode == TRAIN:
+            if any(img is None for img in row):
+                raise ValueError(f"row {r}: an image is None; only inference (mode='infer') "
+                                 "may leave the query cell unknown, not training")
+            row_sizes = [train_cell_size(res)] * cols
+            row = [centre_square(_checked(img, r, c)) for c, img in enumerate(row)]
+        else:
+            row = [None if img is None else _checked(img, r, c) for c, img in enumerate(row)]
+            aspects = [None if img is None else img.shape[1] / img.shape[0] for img in row]
+            row_sizes = _row_infer_sizes(aspects, res, multiple)
+        canvas = np.zeros((row_sizes[0][0], sum(w for _, w in row_sizes), 3), np.uint8)
+        x0 = 0
+        for img, (h, w) in zip(row, row_sizes):
+            if img is not None:
+                # Resize before expanding grey maps to 3 channels: a third of the work.
+                cell = resize(img, (h, w))
+                canvas[:, x0:x0 + w] = cell[..., None] if cell.ndim == 2 else cell
+            x0 += w
+        rows.append(canvas)
+        sizes.append([tuple(s) for s in row_sizes])
+        mask = np.zeros(canvas.shape[:2], np.uint8)
+        if r == mask_row:
+            x0 = sum(w for _, w in row_sizes[:mask_col])
+            h, w = row_sizes[mask_col]
+            mask[:h, x0:x0 + w] = 255
+        masks.append(mask)
+    return Grid(rows=rows, cell_sizes=sizes, mask_row=mask_row, mask_col=mask_col,
+                prompt=prompt, masks=masks, mode=mode, **meta)
+
+
+def compose(task, images, res: int = 384, mode: str = TRAIN, multiple: int = MULTIPLE) -> Grid:
+    """A sampled `graph200k.tasks.Task` and its images (`images[r][c]` for `task.rows[r][c]`)."""
+    if len(images) != len(task.rows):
+        raise ValueError(f"task {task.task_id}: {len(task.rows)} rows but images for "
+                         f"{len(images)}")
+    prompt = task.prompt or {}
+    return compose_images(
+        images, task.mask_row, task.mask_col, prompt.get("text", ""), res, mode, multiple,
+        task_id=task.task_id, family=task.family, variant=task.variant,
+        cells=[[cell["slot"] for cell in row] for row in task.rows],
+        keys=[row[0]["key"] for row in task.rows],
+        prompt_parts={k: prompt.get(k) for k in ("layout", "task", "content")})
