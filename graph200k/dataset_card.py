@@ -1,0 +1,179 @@
+"""The dataset card (`README.md`) of a folder of annotated shards.
+
+Counts come from the per-shard stats files written by `pipelines.annotate`; a shard
+without stats is counted from its tar's member names (never extracted). Task families
+come from configs/tasks.yaml, read defensively: the card is still written, with a note,
+when that file is missing or malformed.
+
+No torch here: `graph200k.shards` imports webdataset, which imports torch when it is
+installed, so this module reads tars and stats with the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import yaml
+
+from graph200k.nodes import NODE_TYPES, available_nodes
+
+SHARD_RE = re.compile(r"(\d{6})\.tar")
+DEFAULT_CARD = {
+    "pretty_name": "Graph200K",
+    "license": "other",
+    "language": ["en"],
+    "task_categories": ["image-to-image", "text-to-image"],
+    "tags": ["visualcloze", "in-context-learning", "controlnet", "webdataset"],
+}
+
+
+def shard_files(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).glob("*.tar") if SHARD_RE.fullmatch(p.name))
+
+
+def shard_stats(tar: Path) -> dict | None:
+    path = tar.with_name(tar.name[:-4] + ".stats.json")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def count_nodes_from_tar(tar: Path) -> tuple[int, Counter]:
+    """Samples and per-node counts of a shard from its member names alone."""
+    members: dict[str, set[str]] = defaultdict(set)
+    with tarfile.open(tar, "r:") as tf:
+        for info in tf:  # headers only: member names are split, never used as paths
+            base = info.name.rsplit("/", 1)[-1]
+            key, dot, field = base.partition(".")
+            if info.isfile() and dot:
+                members[key].add(field)
+    nodes = Counter(n for fields in members.values() for n in available_nodes(fields))
+    return len(members), nodes
+
+
+def collect(folder: Path) -> dict:
+    """Totals over a folder's shards: samples, node counts, per-stage counts."""
+    totals = {"shards": 0, "samples": 0, "nodes": Counter(), "stages": {}, "without_stats": 0}
+    for tar in shard_files(folder):
+        totals["shards"] += 1
+        stats = shard_stats(tar)
+        if stats is None or "nodes" not in stats:
+            samples, nodes = count_nodes_from_tar(tar)
+            totals["without_stats"] += 1
+        else:
+            samples, nodes = int(stats.get("written", stats.get("samples", 0))), stats["nodes"]
+        totals["samples"] += samples
+        totals["nodes"].update(nodes)
+        for name, entry in ((stats or {}).get("stages") or {}).items():
+            agg = totals["stages"].setdefault(name, {"ok": 0, "skipped": 0, "failed": 0, "seconds": 0.0})
+            for k in agg:
+                agg[k] += entry.get(k, 0) or 0
+    return totals
+
+
+def read_families(path: Path | None) -> tuple[dict, str | None]:
+    """`families:` of configs/tasks.yaml as {name: {"weight", "variants"}}, and a note if unusable."""
+    if path is None:
+        return {}, "no task configuration given"
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        return {}, f"task families unavailable ({path}: {type(e).__name__})"
+    raw = data.get("families") if isinstance(data, dict) else None
+    if not isinstance(raw, dict):
+        return {}, f"task families unavailable ({path} has no `families:` mapping)"
+    families = {}
+    for name, spec in raw.items():
+        spec = spec if isinstance(spec, dict) else {}
+        variants = [v for v in spec.get("variants") or [] if isinstance(v, list)]
+        try:
+            weight = float(spec.get("weight", 1.0))
+        except (TypeError, ValueError):
+            weight = 1.0
+        families[str(name)] = {"weight": weight, "variants": [[str(n) for n in v] for v in variants]}
+    return families, None
+
+
+def size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                         (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return label
+    return "1M<n<10M"
+
+
+def front_matter(card_config: dict, samples: int) -> dict:
+    meta = {**DEFAULT_CARD, **{k: v for k, v in (card_config or {}).items() if v is not None}}
+    meta["size_categories"] = [size_category(samples)]
+    # Lets `datasets.load_dataset(repo)` find the shards with its webdataset builder.
+    meta.setdefault("configs", [{"config_name": "default", "data_files": "*.tar"}])
+    return meta
+
+
+def render(folder: Path, card_config: dict | None = None, tasks_path: Path | None = None) -> str:
+    totals = collect(folder)
+    families, note = read_families(tasks_path)
+    card_config = card_config or {}
+    meta = front_matter(card_config.get("front_matter") or {}, totals["samples"])
+    present = {n for n, c in totals["nodes"].items() if c}
+
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
+    lines += [f"# {meta.get('pretty_name', 'Graph200K')}", ""]
+    if card_config.get("description"):
+        lines += [str(card_config["description"]).strip(), ""]
+    lines += [
+        "Graph-structured multi-task image dataset (VisualCloze, arXiv 2504.07960) built from "
+        "Subjects200K. Each sample is a WebDataset entry keyed by its Subjects200K row; members "
+        "are named by node type (`target.jpg`, `canny.png`, ...) and `meta.json` lists the node "
+        "types the sample has.",
+        "",
+        f"- samples: {totals['samples']}",
+        f"- shards: {totals['shards']}",
+    ]
+    if totals["without_stats"]:
+        lines.append(f"- shards without a stats file (counted from their members): "
+                     f"{totals['without_stats']}")
+    lines += ["", "## Node types", "", "| node type | kind | samples | stored as |", "|---|---|---|---|"]
+    for name, node in NODE_TYPES.items():
+        count = totals["nodes"].get(name, 0)
+        if count:
+            where = "computed online from " if node.online else ""
+            lines.append(f"| {name} | {node.kind} | {count} | {where}{', '.join(node.members)} |")
+    missing = [n for n in NODE_TYPES if n not in present]
+    if missing:
+        lines += ["", f"Not in this release: {', '.join(missing)}."]
+
+    lines += ["", "## Annotation stages", ""]
+    if totals["stages"]:
+        lines += ["| stage | ok | skipped (already present) | failed | worker seconds |",
+                  "|---|---|---|---|---|"]
+        for name, s in sorted(totals["stages"].items()):
+            lines.append(f"| {name} | {s['ok']} | {s['skipped']} | {s['failed']} | {s['seconds']:.1f} |")
+        lines += ["", "Counts are those of each shard's latest run; failed samples are listed "
+                  "with reasons in the shards' `.stats.json` files."]
+    else:
+        lines.append("No per-stage statistics found.")
+
+    lines += ["", "## Task families", ""]
+    if families:
+        lines += ["| family | weight | variants | variants whose node types are all present | example |",
+                  "|---|---|---|---|---|"]
+        for name, fam in families.items():
+            covered = sum(all(n in present for n in v) for v in fam["variants"])
+            example = " → ".join(fam["variants"][0]) if fam["variants"] else ""
+            lines.append(f"| {name} | {fam['weight']:g} | {len(fam['variants'])} | {covered} | {example} |")
+        total = sum(len(f["variants"]) for f in families.values())
+        lines += ["", f"{len(families)} families, {total} variants. A family is drawn by weight, "
+                  "then a variant uniformly; in a variant every node but the last is a condition "
+                  "and the last is the target."]
+    else:
+        lines.append(note or "No task families configured.")
+
+    if card_config.get("citation"):
+        lines += ["", "## Citation", "", "```bibtex", str(card_config["citation"]).strip(), "```"]
+    return "\n".join(lines) + "\n"

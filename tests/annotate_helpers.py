@@ -1,0 +1,148 @@
+"""Source shards made from real photos, and small annotators that misbehave on purpose,
+for the annotate pipeline tests and benchmark.
+
+Lives beside the tests (not in a package) so Ray workers import it by module name: the
+Ray fixture puts this folder on the workers' PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from annotators.base import Annotator
+from annotators.canny import Canny
+from graph200k.shards import encode_image, json_bytes, shard_path, write_json_atomic, write_shard
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+SAMPLES = 6  # per test shard
+CANNY = {"class": "annotators.canny.Canny", "low_threshold": 100, "high_threshold": 200,
+         "batch_size": 4}
+TESTS_DIR = Path(__file__).resolve().parent
+REPO = TESTS_DIR.parent
+
+
+def photo(name: str) -> np.ndarray:
+    from skimage import data
+
+    img = getattr(data, name)()
+    return img if img.ndim == 3 else np.stack([img] * 3, axis=-1)
+
+
+def crop(img: np.ndarray, size: int, variant: int) -> np.ndarray:
+    """A square crop whose position and scale depend on `variant`, resized to size²."""
+    h, w = img.shape[:2]
+    side = int(min(h, w) * (0.6 + 0.4 * ((variant * 37) % 11) / 10))
+    y = ((variant * 53) % max(1, h - side + 1))
+    x = ((variant * 29) % max(1, w - side + 1))
+    view = img[y:y + side, x:x + side]
+    if variant % 2:
+        view = view[:, ::-1]
+    return cv2.resize(np.ascontiguousarray(view), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def make_samples(shard: int, count: int, size: int = 64, first_row: int | None = None):
+    photos = [photo(p) for p in PHOTOS]
+    first_row = shard * 1000 if first_row is None else first_row
+    for i in range(count):
+        row = first_row + i
+        k = row % len(PHOTOS)
+        target, reference = crop(photos[k], size, row), crop(photos[k], size, row + 7)
+        meta = {
+            "key": f"{row:07d}", "row": row, "panel": 0, "collection": "fixture",
+            "item": PHOTOS[k], "category": "photo",
+            "description": f"a photo of the {PHOTOS[k]}",
+            "reference_description": f"another photo of the {PHOTOS[k]}",
+            "quality": {"compositeStructure": 5, "objectConsistency": 5, "imageQuality": 5},
+            "size": [size, size], "nodes": ["target", "reference"],
+        }
+        yield {
+            "__key__": f"{row:07d}",
+            "target.jpg": encode_image(target, "jpg", 90),
+            "reference.jpg": encode_image(reference, "jpg", 90),
+            "meta.json": json_bytes(meta),
+        }
+
+
+def make_source_shard(folder: Path, shard: int, count: int, size: int = 64, corrupt: set = ()):
+    samples = list(make_samples(shard, count, size))
+    for s in samples:
+        if s["__key__"] in corrupt:
+            s["target.jpg"] = b"\xff\xd8 this is not a jpeg"
+    path = shard_path(folder, shard)
+    write_shard(path, samples)
+    write_json_atomic(folder / f"{shard:06d}.stats.json", {"shard": shard, "written": count})
+    return path
+
+
+def write_config(folder: Path, stages: dict, rows_per_block: int = 4) -> str:
+    """An annotate config with small blocks, so even 6 samples spread over both workers."""
+    path = folder / "annotate.yaml"
+    path.write_text(yaml.safe_dump({"ray": {"rows_per_block": rows_per_block}, "stages": stages}))
+    return str(path)
+
+
+def annotate_args(src, out, config, shards="0-1", *extra) -> list[str]:
+    return ["--shards", shards, "--config", config, "--src", str(src), "--out", str(out), *extra]
+
+
+# -- annotators that misbehave on purpose ------------------------------------------------
+
+class FakeHED(Annotator):
+    """A second cheap CPU stage, standing in for `hed`: a blurred grayscale target."""
+
+    name = "hed"
+    produces = ("hed",)
+    needs = ("target",)
+
+    def annotate(self, sample):
+        gray = cv2.cvtColor(self.image(sample), cv2.COLOR_RGB2GRAY)
+        return {"hed.png": encode_image(cv2.GaussianBlur(gray, (5, 5), 0), "png")}
+
+
+class RaisingCanny(Canny):
+    """Canny that raises on the keys listed in its config."""
+
+    def annotate(self, sample):
+        if sample["__key__"] in self.config.get("raise_on", []):
+            raise RuntimeError(f"boom on {sample['__key__']}")
+        return super().annotate(sample)
+
+
+class DyingCanny(Canny):
+    """Canny whose worker process dies the first time it runs (marker file in tmp)."""
+
+    def annotate(self, sample):
+        marker = Path(self.config["marker"])
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(17)  # no cleanup, no exception: what an OOM kill or segfault looks like
+        return super().annotate(sample)
+
+
+class NeedsMissing(Annotator):
+    name = "mlsd"
+    produces = ("mlsd",)
+    needs = ("depth",)
+    requires = ("a_module_that_is_not_installed_xyz",)
+    extra = "annotate"
+
+    def annotate(self, sample):  # pragma: no cover - never built
+        return {}
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole test session: Ray's startup costs seconds."""
+    import ray
+
+    if not ray.is_initialized():
+        path = os.pathsep.join([str(TESTS_DIR), str(REPO), os.environ.get("PYTHONPATH", "")])
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield ray
