@@ -34,3 +34,11 @@ def source_shards(tmp_path_factory, mini_parquet):
 @pytest.fixture(scope="session")
 def source_manifest(source_shards) -> Manifest:
     return Manifest.from_shards(source_shards)
+
+
+@pytest.fixture(scope="session")
+def tiny_fill_dir(tmp_path_factory):
+    """A tiny random FLUX.1-Fill model folder (diffusers layout), built offline once."""
+    from train.tiny import build_tiny_fill
+
+    return build_tiny_fill(tmp_path_factory.mktemp("tiny-flux-fill") / "model")

@@ -1,0 +1,189 @@
+"""train.fill throughput, side by side in one run.
+
+CPU (default): the tiny recipe (configs/train/fill-tiny.yaml) without caching, with a cold
+cache (encode + write) and with a warm cache (read; VAE and text encoders never loaded).
+Each variant runs in its own process so peak RSS is its own.
+
+    python benchmarks/bench_fill.py [--steps 20]
+
+GPU (--gpu): the full-size FluxTransformer2DModel (FLUX.1 config, random bf16 weights,
+Fill in_channels 384) + LoRA rank 256 + gradient checkpointing, one 3x3 grid at 384²
+(5184 image + 512 text tokens), micro-batch 1 and 2: step time, tokens/s, MFU, peak memory.
+Skips (exit 0) when no CUDA device is present.
+
+    python benchmarks/bench_fill.py --gpu [--peak-tflops 989]
+
+Output: `name: value` lines, ratios last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+# ----------------------------------------------------------------------------- CPU
+def _child(args) -> None:
+    """One variant in this process: prints a JSON line with step times and peak RSS."""
+    import json as _json
+    import os
+
+    from train import fill
+    from train.config import load_config
+    from train.logging_utils import peak_memory_gb
+
+    overrides = [f"model.pretrained={args.model}", f"train.out_dir={args.out}", f"train.max_steps={args.steps}",
+                 "train.checkpoint_every=0", "train.tensorboard=false"]
+    if args.cache:
+        overrides.append(f"data.cache_dir={args.cache}")
+    cfg = load_config(fill.FillConfig, ROOT / "configs/train/fill-tiny.yaml", overrides)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    fill.train(cfg)
+    rows = [_json.loads(line) for line in open(Path(args.out) / "logs" / "metrics.jsonl")]
+    print("RESULT " + _json.dumps({"step_times": [r["step_time_s"] for r in rows],
+                                   "tokens_per_s": [r["tokens_per_s"] for r in rows],
+                                   "peak_rss_gb": peak_memory_gb()}))
+
+
+def _run_variant(model: str, steps: int, out: Path, cache: Path | None) -> dict:
+    cmd = [sys.executable, __file__, "--_child", "--model", model, "--steps", str(steps), "--out", str(out)]
+    if cache:
+        cmd += ["--cache", str(cache)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        raise RuntimeError(f"variant failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def bench_cpu(steps: int) -> None:
+    from train.tiny import build_tiny_fill
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = str(build_tiny_fill(tmp / "model"))
+        cache = tmp / "cache"
+        runs = {
+            "no_cache": _run_variant(model, steps, tmp / "a", None),
+            "cache_cold": _run_variant(model, steps, tmp / "b", cache),
+            "cache_warm": _run_variant(model, steps, tmp / "c", cache),
+        }
+    print(f"steps: {steps} (global batch 4 = micro-batch 2 x 2 accumulation, 32 px cells, 1-2 rows)")
+    for name, r in runs.items():
+        # Median over steps after the first (which pays for lazy model loading).
+        print(f"{name}.step_time_ms: {1000 * statistics.median(r['step_times'][1:]):.1f}")
+        print(f"{name}.first_step_ms: {1000 * r['step_times'][0]:.1f}")
+        print(f"{name}.tokens_per_s: {statistics.median(r['tokens_per_s'][1:]):.0f}")
+        print(f"{name}.peak_rss_mb: {1024 * r['peak_rss_gb']:.0f}")
+    base = statistics.median(runs["no_cache"]["step_times"][1:])
+    print(f"ratio.step_time.cache_warm_vs_no_cache: {statistics.median(runs['cache_warm']['step_times'][1:]) / base:.2f}")
+    print(f"ratio.step_time.cache_cold_vs_no_cache: {statistics.median(runs['cache_cold']['step_times'][1:]) / base:.2f}")
+    print(f"ratio.peak_rss.cache_warm_vs_no_cache: {runs['cache_warm']['peak_rss_gb'] / runs['no_cache']['peak_rss_gb']:.2f}")
+
+
+# ----------------------------------------------------------------------------- GPU
+def _attention_flops(seq: int, dim: int, layers: int) -> float:
+    return layers * 4.0 * seq * seq * dim  # QK^T + AV, forward
+
+
+def bench_gpu(peak_tflops: float | None, iters: int) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu: skipped (no CUDA device)")
+        return
+    from diffusers import FluxTransformer2DModel
+
+    from train.fill_inputs import FillBatch, grid_position_ids
+    from train.fill_model import PerSampleRopeAttnProcessor, add_lora, predict_velocity, velocity_loss
+
+    name = torch.cuda.get_device_name()
+    if peak_tflops is None:  # dense bf16 peak of the SXM parts
+        peak_tflops = 989.0 if ("H100" in name or "H200" in name) else 312.0 if "A100" in name else float("nan")
+    torch.manual_seed(0)
+    # FLUX.1 shapes (the diffusers defaults) with the Fill input width: 64 + 64 + 256.
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = FluxTransformer2DModel(in_channels=384, out_channels=64, guidance_embeds=True)
+    torch.set_default_dtype(default_dtype)
+    frozen_params = sum(p.numel() for p in model.parameters())
+    params = add_lora(model, 256, 256.0)
+    model.set_attn_processor(PerSampleRopeAttnProcessor())
+    model.enable_gradient_checkpointing()
+    model.train()
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+
+    cell = 384 // 16  # packed tokens per side of a 384² cell
+    ids = grid_position_ids([(2 * cell, 2 * 3 * cell)] * 3)  # 3 rows of 3 cells
+    n, txt = ids.shape[0], 512
+    print(f"gpu.device: {name}")
+    print(f"gpu.transformer_params_b: {frozen_params / 1e9:.2f}")
+    print(f"gpu.image_tokens: {n}")
+    results = {}
+    for mb in (1, 2):
+        valid = torch.ones(mb, n, dtype=torch.bool)
+        cellmask = torch.zeros(mb, n, dtype=torch.bool)
+        batch = FillBatch(torch.randn(mb, n, 64 + 256), torch.randn(mb, n, 64), ids, valid, cellmask,
+                          torch.randn(mb, txt, 4096), torch.randn(mb, 768), ["bench"] * mb)
+        torch.cuda.reset_peak_memory_stats()
+        times = []
+        for i in range(iters + 2):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            x0 = batch.latents.cuda()
+            t = torch.rand(mb, device="cuda")
+            noise = torch.randn_like(x0)
+            noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = velocity_loss(predict_velocity(model, batch, noisy, t, 1.0), noise, x0, valid.cuda())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 2.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            if i >= 2:  # warm-up steps excluded
+                times.append(time.perf_counter() - t0)
+        step = statistics.median(times)
+        seq = n + txt
+        # Model FLOPs (no recompute counted): fwd 2·P·tokens + attention, bwd ≈ 2× fwd.
+        flops = 3 * mb * (2.0 * frozen_params * seq + _attention_flops(seq, 3072, 57))
+        mfu = flops / step / (peak_tflops * 1e12)
+        results[mb] = step
+        print(f"gpu.mb{mb}.step_time_s: {step:.3f}")
+        print(f"gpu.mb{mb}.tokens_per_s: {mb * seq / step:.0f}")
+        print(f"gpu.mb{mb}.mfu: {mfu:.3f}")
+        print(f"gpu.mb{mb}.peak_mem_gb: {torch.cuda.max_memory_allocated() / 2**30:.1f}")
+    print(f"ratio.gpu.tokens_per_s.mb2_vs_mb1: {2 * results[1] / results[2]:.2f}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gpu", action="store_true")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--iters", type=int, default=5, help="--gpu: timed steps per micro-batch size")
+    p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--cache", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._child:
+        _child(args)
+    elif args.gpu:
+        bench_gpu(args.peak_tflops, args.iters)
+    else:
+        bench_cpu(args.steps)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Load a (nested) dataclass from a YAML file plus `key=value` overrides. Model-agnostic.
+
+API
+---
+``load_config(cls, path=None, overrides=(), data=None) -> cls``
+    Build ``cls`` (a dataclass whose fields may themselves be dataclasses, i.e. YAML
+    sections) from the YAML at ``path`` (or the dict ``data``), then apply overrides
+    such as ``"optim.lr=3e-4"`` or ``"train.max_steps=10"``. Values of overrides are
+    parsed as YAML scalars/lists (``true``, ``1e-4``, ``[a, b]``, ``null``).
+    A key that is not a field raises :class:`ConfigError` naming the key, the file and
+    the known keys — no silent defaults for typos.
+
+``parse_args(cls, argv=None, description="") -> cls``
+    The CLI used by every recipe: ``python -m train.X --config file.yaml key=value ...``.
+
+``to_dict(cfg) -> dict``
+    Plain nested dict (saved next to checkpoints so a run records what it ran).
+
+YAML keys are the dataclass field names (nanoGPT/torchtune habit): what you read in the
+config is what you grep for in the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override names a key that does not exist, or is malformed."""
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _build(cls, data: dict, source: str, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {type(data).__name__}")
+    types = _field_types(cls)
+    unknown = [k for k in data if k not in types]
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown config key '{prefix}{unknown[0]}' "
+            f"(known keys in '{prefix.rstrip('.') or '<root>'}': {', '.join(sorted(types))})"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        typ = types[name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = _build(typ, value or {}, source, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, typ, source, f"{prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field without a value
+        raise ConfigError(f"{source}: section '{prefix.rstrip('.') or '<root>'}': {e}") from e
+
+
+def _coerce(value, typ, source: str, key: str):
+    """YAML reads `1e-4` (no dot) as a string: convert plain scalars to the field's type."""
+    if typ is float and isinstance(value, (str, int)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}") from None
+    if typ is int and isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}") from None
+    if typ is bool and not isinstance(value, bool):
+        raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _set_override(data: dict, cls, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' is not of the form key=value (e.g. optim.lr=3e-4)")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node, typ = data, cls
+    for i, part in enumerate(parts):
+        types = _field_types(typ)
+        if part not in types:
+            where = ".".join(parts[:i]) or "<root>"
+            raise ConfigError(
+                f"command line: unknown config key '{key}' (known keys in '{where}': {', '.join(sorted(types))})"
+            )
+        if i == len(parts) - 1:
+            node[part] = yaml.safe_load(raw) if raw != "" else ""
+        else:
+            typ = types[part]
+            if not dataclasses.is_dataclass(typ):
+                raise ConfigError(f"command line: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+
+
+def load_config(cls, path: str | Path | None = None, overrides: Sequence[str] = (), data: dict | None = None):
+    source = str(path) if path is not None else "<dict>"
+    if path is not None:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    data = dict(data or {})
+    # Validate the file before overrides so an error names the file, not the CLI.
+    _build(cls, data, source)
+    for ov in overrides:
+        _set_override(data, cls, ov)
+    return _build(cls, data, f"{source} + overrides")
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def parse_args(cls, argv: Sequence[str] | None = None, description: str = ""):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="recipe YAML (keys = dataclass field names)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return load_config(cls, args.config, args.overrides)

@@ -1,0 +1,235 @@
+"""FLUX.1-Fill inputs for a visual-cloze `Grid`: packing, row-wise position ids, mask channels.
+
+Pure tensor functions (no model state) shared by train.fill, train.infer_fill and the tests.
+
+Token layout of one grid (VisualCloze, §3.2): every row is VAE-encoded on its own and
+packed into 2x2 latent patches; the rows' tokens are concatenated in row order. Position
+ids are FLUX's 3D RoPE ids with axis 0 = row index and axes 1-2 = (y, x) of the patch
+*within its row*, restarting at 0 in every row, so rows may have different aspect ratios.
+
+The Fill transformer takes, per image token, ``[noisy (4C) | masked image (4C) | mask (4 s^2)]``
+with C latent channels and s the VAE downscale factor: the pixel mask is folded s x s
+into s^2 channels at latent resolution, then packed 2x2 like the latents (real FLUX:
+64 + 64 + 256 = 384).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from graph200k.grid import Grid
+
+
+# --------------------------------------------------------------------------- packing
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h/2 * w/2, 4C); channel index = c*4 + dy*2 + dx (diffusers' order)."""
+    b, c, h, w = latents.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"latent size {h}x{w} must be even to pack 2x2 patches")
+    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`pack_latents` for a (B, h/2*w/2, 4C) block of one row's tokens."""
+    b, n, c4 = tokens.shape
+    if n != (h // 2) * (w // 2):
+        raise ValueError(f"{n} tokens do not form a {h}x{w} latent")
+    x = tokens.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c4 // 4, h, w)
+
+
+def pack_mask(mask: torch.Tensor, s: int) -> torch.Tensor:
+    """Pixel mask (B, 1, H, W), 1 = to generate -> (B, H/(2s) * W/(2s), 4 s^2).
+
+    Each s x s pixel block becomes s^2 channels (channel = sy*s + sx) of one latent pixel,
+    then latents are packed 2x2 (channel = (sy*s + sx)*4 + dy*2 + dx).
+    """
+    b, _, hh, ww = mask.shape
+    if hh % (2 * s) or ww % (2 * s):
+        raise ValueError(f"mask size {hh}x{ww} must be a multiple of 2*s = {2 * s}")
+    h, w = hh // s, ww // s
+    m = mask[:, 0].reshape(b, h, s, w, s).permute(0, 2, 4, 1, 3).reshape(b, s * s, h, w)
+    return pack_latents(m)
+
+
+# --------------------------------------------------------------------------- positions
+def row_position_ids(row: int, latent_h: int, latent_w: int) -> torch.Tensor:
+    """(latent_h/2 * latent_w/2, 3) ids [row, y, x] of one row's packed tokens (y, x restart at 0)."""
+    hp, wp = latent_h // 2, latent_w // 2
+    ids = torch.zeros(hp, wp, 3)
+    ids[..., 0] = row
+    ids[..., 1] = torch.arange(hp)[:, None]
+    ids[..., 2] = torch.arange(wp)[None, :]
+    return ids.reshape(hp * wp, 3)
+
+
+def grid_position_ids(row_latent_sizes: list[tuple[int, int]]) -> torch.Tensor:
+    """Ids of all rows' tokens concatenated in row order: axis 0 = row index (3D RoPE)."""
+    return torch.cat([row_position_ids(r, h, w) for r, (h, w) in enumerate(row_latent_sizes)], dim=0)
+
+
+def text_position_ids(num_tokens: int) -> torch.Tensor:
+    return torch.zeros(num_tokens, 3)
+
+
+def row_tokens(height: int, width: int, s: int) -> int:
+    """Packed image tokens of one row of height x width pixels."""
+    return (height // (2 * s)) * (width // (2 * s))
+
+
+def grid_tokens(grid: Grid, s: int) -> int:
+    """Image tokens of a grid, computed from its sizes alone (the token budget check)."""
+    return sum(row_tokens(r.shape[0], r.shape[1], s) for r in grid.rows)
+
+
+# --------------------------------------------------------------------------- grid -> tensors
+def row_to_tensor(row: np.ndarray) -> torch.Tensor:
+    """uint8 H x W x 3 -> float (1, 3, H, W) in [-1, 1] (what the FLUX VAE expects)."""
+    return torch.from_numpy(np.ascontiguousarray(row)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+
+
+def row_masks(grid: Grid) -> list[np.ndarray]:
+    """Per-row {0, 1} float masks; built from mask_row/mask_col when `grid.masks` is empty."""
+    if grid.masks:
+        return [(m > 127).astype(np.float32) for m in grid.masks]
+    out = []
+    for r, row in enumerate(grid.rows):
+        m = np.zeros(row.shape[:2], np.float32)
+        if r == grid.mask_row:
+            x0 = sum(w for _, w in grid.cell_sizes[r][: grid.mask_col])
+            h, w = grid.cell_sizes[r][grid.mask_col]
+            m[:h, x0 : x0 + w] = 1.0
+        out.append(m)
+    return out
+
+
+@dataclass
+class GridLatents:
+    """One grid as Fill-transformer inputs (no batch dim). Cacheable: all tensors."""
+
+    latents: torch.Tensor  # (N, 4C) clean packed latents (normalised)
+    masked_latents: torch.Tensor  # (N, 4C) packed latents of the rows with the masked cell blanked
+    mask: torch.Tensor  # (N, 4 s^2) packed pixel mask
+    img_ids: torch.Tensor  # (N, 3)
+    row_latent_sizes: torch.Tensor  # (rows, 2) latent h, w of every row
+
+    @property
+    def num_tokens(self) -> int:
+        return self.latents.shape[0]
+
+    @property
+    def cell_tokens(self) -> torch.Tensor:
+        """(N,) bool: tokens that overlap the masked cell (the `loss_on: masked_cell` region)."""
+        return self.mask.amax(dim=-1) > 0.5
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k) for k in ("latents", "masked_latents", "mask", "img_ids", "row_latent_sizes")}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, torch.Tensor]) -> "GridLatents":
+        return cls(**{k: d[k] for k in ("latents", "masked_latents", "mask", "img_ids", "row_latent_sizes")})
+
+
+def vae_scale_factor(vae) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def _vae_encode(vae, pixels: torch.Tensor) -> torch.Tensor:
+    # The posterior mean, not a sample: FLUX's VAE posterior is nearly deterministic and the
+    # mean makes cached latents reproducible.
+    lat = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
+    shift = vae.config.shift_factor or 0.0
+    return ((lat - shift) * vae.config.scaling_factor).float()
+
+
+@torch.no_grad()
+def encode_grid(grid: Grid, vae) -> GridLatents:
+    s = vae_scale_factor(vae)
+    latents, masked, masks, sizes = [], [], [], []
+    for r, (row, m) in enumerate(zip(grid.rows, row_masks(grid))):
+        h, w = row.shape[:2]
+        if h % (2 * s) or w % (2 * s):
+            raise ValueError(f"grid {grid.task_id!r} row {r}: {h}x{w} px is not a multiple of {2 * s} "
+                             "(2 x VAE downscale); compose grids with sides that are multiples of 16")
+        pixels = row_to_tensor(row)
+        mask = torch.from_numpy(m)[None, None]
+        clean = _vae_encode(vae, pixels)
+        # Rows without the masked cell: masked image == image, skip a second encode.
+        blank = _vae_encode(vae, pixels * (1 - mask)) if mask.any() else clean
+        latents.append(pack_latents(clean)[0])
+        masked.append(pack_latents(blank)[0])
+        masks.append(pack_mask(mask, s)[0])
+        sizes.append((clean.shape[2], clean.shape[3]))
+    return GridLatents(
+        latents=torch.cat(latents).cpu(), masked_latents=torch.cat(masked).cpu(), mask=torch.cat(masks).cpu(),
+        img_ids=grid_position_ids(sizes), row_latent_sizes=torch.tensor(sizes),
+    )
+
+
+# --------------------------------------------------------------------------- text
+@torch.no_grad()
+def encode_prompts(prompts: list[str], tokenizer, text_encoder, tokenizer_2, text_encoder_2,
+                   max_sequence_length: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """T5 token embeddings (B, L, D) padded to `max_sequence_length` + pooled CLIP (B, Dp).
+
+    Same recipe as FluxPipeline.encode_prompt (T5 padded to max length, CLIP's pooled
+    EOS state), so training sees what inference sees.
+    """
+    t5 = tokenizer_2(prompts, padding="max_length", max_length=max_sequence_length, truncation=True,
+                     return_tensors="pt")
+    t5_embeds = text_encoder_2(t5.input_ids.to(text_encoder_2.device), output_hidden_states=False)[0]
+    clip = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt")
+    pooled = text_encoder(clip.input_ids.to(text_encoder.device), output_hidden_states=False).pooler_output
+    return t5_embeds.float().cpu(), pooled.float().cpu()
+
+
+# --------------------------------------------------------------------------- batching
+@dataclass
+class FillBatch:
+    hidden_masked: torch.Tensor  # (B, N, 4C + 4s^2) masked latents | mask (zeros on padding)
+    latents: torch.Tensor  # (B, N, 4C) clean latents (zeros on padding)
+    img_ids: torch.Tensor  # (N, 3) when shared by the batch, else (B, N, 3)
+    valid: torch.Tensor  # (B, N) bool: real (non-padding) image tokens
+    cell: torch.Tensor  # (B, N) bool: tokens of the masked cell
+    text: torch.Tensor  # (B, L, D)
+    pooled: torch.Tensor  # (B, Dp)
+    task_ids: list[str]
+
+    @property
+    def shared_positions(self) -> bool:
+        return self.img_ids.ndim == 2
+
+    @property
+    def num_tokens(self) -> torch.Tensor:
+        return self.valid.sum(dim=1)
+
+
+def collate(items: list[GridLatents], text: torch.Tensor, pooled: torch.Tensor, task_ids: list[str]) -> FillBatch:
+    """Stack grids; pad to the longest when token counts or layouts differ.
+
+    When every grid has the same position ids (same layout) the batch keeps one shared
+    (N, 3) id table and no padding — diffusers' fast path. Otherwise ids become per-sample
+    (B, N, 3) and `valid` masks the padding (keys) and the loss.
+    """
+    n = max(it.num_tokens for it in items)
+    b = len(items)
+    shared = all(it.num_tokens == n and torch.equal(it.img_ids, items[0].img_ids) for it in items)
+    c4, m4 = items[0].latents.shape[1], items[0].mask.shape[1]
+    latents = torch.zeros(b, n, c4)
+    hidden_masked = torch.zeros(b, n, c4 + m4)
+    ids = torch.zeros(b, n, 3)
+    valid = torch.zeros(b, n, dtype=torch.bool)
+    cell = torch.zeros(b, n, dtype=torch.bool)
+    for i, it in enumerate(items):
+        k = it.num_tokens
+        latents[i, :k] = it.latents
+        hidden_masked[i, :k] = torch.cat([it.masked_latents, it.mask], dim=-1)
+        ids[i, :k] = it.img_ids
+        valid[i, :k] = True
+        cell[i, :k] = it.cell_tokens
+    return FillBatch(hidden_masked, latents, ids[0] if shared else ids, valid, cell, text, pooled, list(task_ids))
