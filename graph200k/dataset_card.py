@@ -5,23 +5,20 @@ without stats is counted from its tar's member names (never extracted). Task fam
 come from configs/tasks.yaml, read defensively: the card is still written, with a note,
 when that file is missing or malformed.
 
-No torch here: `graph200k.shards` imports webdataset, which imports torch when it is
-installed, so this module reads tars and stats with the standard library.
+No torch here (graph200k.shards imports webdataset lazily).
 """
 
 from __future__ import annotations
 
-import json
-import re
-import tarfile
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import yaml
 
-from graph200k.nodes import NODE_TYPES, available_nodes
+from graph200k.manifest import scan_shard
+from graph200k.nodes import NODE_TYPES
+from graph200k.shards import list_shards, read_stats, shard_index
 
-SHARD_RE = re.compile(r"(\d{6})\.tar")
 DEFAULT_CARD = {
     "pretty_name": "Graph200K",
     "license": "other",
@@ -31,37 +28,18 @@ DEFAULT_CARD = {
 }
 
 
-def shard_files(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).glob("*.tar") if SHARD_RE.fullmatch(p.name))
-
-
-def shard_stats(tar: Path) -> dict | None:
-    path = tar.with_name(tar.name[:-4] + ".stats.json")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def count_nodes_from_tar(tar: Path) -> tuple[int, Counter]:
     """Samples and per-node counts of a shard from its member names alone."""
-    members: dict[str, set[str]] = defaultdict(set)
-    with tarfile.open(tar, "r:") as tf:
-        for info in tf:  # headers only: member names are split, never used as paths
-            base = info.name.rsplit("/", 1)[-1]
-            key, dot, field = base.partition(".")
-            if info.isfile() and dot:
-                members[key].add(field)
-    nodes = Counter(n for fields in members.values() for n in available_nodes(fields))
-    return len(members), nodes
+    records = scan_shard(tar)
+    return len(records), Counter(n for r in records for n in r["nodes"])
 
 
 def collect(folder: Path) -> dict:
     """Totals over a folder's shards: samples, node counts, per-stage counts."""
     totals = {"shards": 0, "samples": 0, "nodes": Counter(), "stages": {}, "without_stats": 0}
-    for tar in shard_files(folder):
+    for tar in list_shards(folder):
         totals["shards"] += 1
-        stats = shard_stats(tar)
+        stats = read_stats(folder, shard_index(tar))
         if stats is None or "nodes" not in stats:
             samples, nodes = count_nodes_from_tar(tar)
             totals["without_stats"] += 1

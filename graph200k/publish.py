@@ -27,7 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from graph200k.dataset_card import render, shard_files
+from graph200k.dataset_card import render
+from graph200k.shards import list_shards
 
 CARD = "README.md"
 HUB_PREFIX = "hf://datasets/"
@@ -36,7 +37,7 @@ OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", 
 
 def files_to_publish(folder: Path) -> list[Path]:
     files = []
-    for tar in shard_files(folder):
+    for tar in list_shards(folder):
         files.append(tar)
         stats = tar.with_name(tar.name[:-4] + ".stats.json")
         if stats.exists():
@@ -95,7 +96,7 @@ def hub_upload(folder: Path, repo_id: str, private: bool = False, api=None, revi
         kwargs.pop("ignore_patterns")
         return api.upload_large_folder(revision=revision, **kwargs)
     return api.upload_folder(revision=revision,
-                             commit_message=f"Graph200K: {len(shard_files(folder))} shards", **kwargs)
+                             commit_message=f"Graph200K: {len(list_shards(folder))} shards", **kwargs)
 
 
 def load_config(path: str | None) -> dict:
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     folder = Path(args.src)
-    if not shard_files(folder):
+    if not list_shards(folder):
         print(f"error: no shards (NNNNNN.tar) in {folder}; run `make annotate` first", file=sys.stderr)
         return 1
     config = load_config(args.config)
