@@ -10,7 +10,7 @@ CONFIG ?= configs/annotate.yaml
 SRC    ?= shards/source
 OUT    ?= shards/graph200k
 
-.PHONY: install demo test test-all bench ingest annotate clean
+.PHONY: install demo test test-all bench ingest annotate publish clean
 
 # Reinstalled whenever pyproject.toml changes (pins live there).
 $(STAMP): pyproject.toml
@@ -23,8 +23,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m graph200k.fixtures --out $(DEMO)/subjects200k-mini.parquet --rows 20 --bad
 	$(PY) -m pipelines.ingest --source $(DEMO)/subjects200k-mini.parquet --out $(DEMO)/shards/source --shard-size 8
-	$(PY) -m graph200k.manifest --shards $(DEMO)/shards/source
-	$(PY) -m graph200k.sample_tasks --manifest $(DEMO)/shards/source/manifest.parquet --num 500 --seed 0 --out $(DEMO)/tasks-source.jsonl --stats
+	$(PY) -m pipelines.annotate --shards all --stages canny --config $(CONFIG) --src $(DEMO)/shards/source --out $(DEMO)/shards/graph200k --num-cpus 2
+	$(PY) -m graph200k.manifest --shards $(DEMO)/shards/graph200k
+	$(PY) -m graph200k.sample_tasks --manifest $(DEMO)/shards/graph200k/manifest.parquet --num 500 --seed 0 --out $(DEMO)/tasks.jsonl --stats
+	$(PY) -m graph200k.preview --tasks $(DEMO)/tasks.jsonl --task 7 --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --out $(DEMO)/grid.png
+	$(PY) -m graph200k.preview --key 0000004 --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --out $(DEMO)/sheet.png
+	$(PY) -m graph200k.publish --src $(DEMO)/shards/graph200k --to file://$(abspath $(DEMO))/release
+	@echo "demo: shards, manifest, tasks and previews are in $(DEMO)/ (look at grid.png and sheet.png)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -32,11 +37,26 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m 'not weights'
 
+# Benchmarks print `name: value` lines, ratios last. `--gpu` modes need a CUDA machine.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_sampler.py
+	$(PY) benchmarks/bench_degradations.py
+	$(PY) benchmarks/bench_stream.py
+	$(PY) benchmarks/bench_annotate.py
+	$(PY) benchmarks/bench_fill.py
+	$(PY) benchmarks/bench_cogvideox.py
 
 ingest: $(STAMP)
 	$(PY) -m pipelines.ingest --out $(SRC)
+
+# make annotate SHARD=3 | SHARD=0-99 | SHARD=all [STAGES=canny,hed] [CONFIG=...] [FORCE=1]
+# With RAY_ADDRESS set, the same command runs on that Ray cluster.
+annotate: $(STAMP)
+	$(PY) -m pipelines.annotate --shards $(SHARD) --config $(CONFIG) --src $(SRC) --out $(OUT) $(if $(STAGES),--stages $(STAGES)) $(if $(FORCE),--force)
+
+# make publish TO=hf://datasets/ORG/NAME | TO=s3://bucket/graph200k | TO=/some/folder
+publish: $(STAMP)
+	$(PY) -m graph200k.publish --src $(OUT) $(if $(TO),--to $(TO))
 
 clean:
 	rm -rf build .pytest_cache

@@ -102,7 +102,11 @@ def build_prompt(columns, rows: int, description: str | None, rng: random.Random
     task = rng.choice(TASK_TEMPLATES).format(conds=_join(conds), target=target)
     content = None
     if columns[-1] == "target" and description:
-        content = rng.choice(CONTENT_TEMPLATES).format(desc=description.strip())
+        template = rng.choice(CONTENT_TEMPLATES)
+        desc = description.strip()
+        if not template.startswith("{") and ": {desc}" not in template:
+            desc = desc[:1].lower() + desc[1:]  # it continues a sentence: "depicts a cat"
+        content = template.format(desc=desc)
     keep_task = rng.random() < config.keep_task_prob
     keep_content = content is not None and rng.random() < config.keep_content_prob
     drop = rng.random() < config.drop_caption_prob

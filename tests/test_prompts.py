@@ -48,3 +48,13 @@ def test_probabilities_are_configurable():
         assert "keep_tsk_prob" in str(e)
     else:
         raise AssertionError("unknown prompt option accepted")
+
+
+def test_description_is_lowercased_only_where_it_continues_a_sentence():
+    seen = set()
+    for seed in range(200):
+        p = build_prompt(["canny", "target"], 1, "A red cup.", random.Random(seed),
+                         PromptConfig(1.0, 1.0, 0.0))
+        seen.add(p["content"])
+        assert ("A red cup." in p["content"]) == (": A red cup." in p["content"])
+    assert any("a red cup." in c for c in seen) and any(": A red cup." in c for c in seen)
