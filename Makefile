@@ -9,6 +9,7 @@ STAGES ?=
 CONFIG ?= configs/annotate.yaml
 SRC    ?= shards/source
 OUT    ?= shards/graph200k
+DEMO_DATA = data.shards=$(DEMO)/shards/graph200k data.manifest=$(DEMO)/shards/graph200k/manifest.parquet
 
 .PHONY: install demo test test-all bench ingest annotate publish clean
 
@@ -29,7 +30,13 @@ demo: $(STAMP)
 	$(PY) -m graph200k.preview --tasks $(DEMO)/tasks.jsonl --task 7 --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --out $(DEMO)/grid.png
 	$(PY) -m graph200k.preview --key 0000004 --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --out $(DEMO)/sheet.png
 	$(PY) -m graph200k.publish --src $(DEMO)/shards/graph200k --to file://$(abspath $(DEMO))/release
-	@echo "demo: shards, manifest, tasks and previews are in $(DEMO)/ (look at grid.png and sheet.png)"
+	@# Tiny random models built from config, trained a few steps on the demo shards. One
+	@# thread each: on 2 shared cores that is 5x faster than torch's default (measured).
+	OMP_NUM_THREADS=1 $(PY) -m train.fill --config configs/train/fill-tiny.yaml $(DEMO_DATA) model.pretrained=$(DEMO)/models/tiny-flux-fill train.out_dir=$(DEMO)/runs/fill-tiny
+	OMP_NUM_THREADS=1 $(PY) -m train.infer_fill --model $(DEMO)/models/tiny-flux-fill --lora $(DEMO)/runs/fill-tiny/lora --task $(DEMO)/tasks.jsonl --line 7 --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --res 32 --steps 4 --dtype float32 --max-sequence-length 32 --out $(DEMO)/infer_fill
+	OMP_NUM_THREADS=1 $(PY) -m train.cogvideox --config configs/train/cogvideox-tiny.yaml $(DEMO_DATA) model.pretrained=$(DEMO)/models/tiny-cogvideox train.out_dir=$(DEMO)/runs/cogvideox-tiny
+	OMP_NUM_THREADS=1 $(PY) -m train.infer_cogvideox --model $(DEMO)/models/tiny-cogvideox --lora $(DEMO)/runs/cogvideox-tiny/lora --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --key 0000004 --node canny --resolution 32 --steps 4 --out $(DEMO)/infer_cogvideox/target.png
+	@echo "demo: shards, manifest, tasks, previews (grid.png, sheet.png), runs and inference outputs are in $(DEMO)/"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -44,10 +44,12 @@ class Grid:
     # The prompt's parts before the drops ({"layout", "task", "content"}), for logging.
     prompt_parts: dict = field(default_factory=dict)
     mode: str = TRAIN
-    # Set by graph200k.stream: the DataLoader worker that built the grid and that worker's
-    # running skip counts by reason (GridStream.observe sums them in the main process).
+    # Set by graph200k.stream: the DataLoader worker that built the grid, that worker's
+    # running skip counts by reason (GridStream.observe sums them in the main process) and
+    # the rank's stream position of the task (GridStream.state_dict).
     worker: int = 0
     skipped: dict = field(default_factory=dict)
+    position: int = -1
 
     @property
     def num_rows(self) -> int:
@@ -94,19 +96,6 @@ class Grid:
         """
         return [pack_mask(m, vae_scale, patch) for m in self.masks]
 
-    def token_ids(self, vae_scale: int = 8, patch: int = 2) -> list[np.ndarray]:
-        """Per row, int64 (tokens, 3) 3D-RoPE positions (row index, y, x) of its packed tokens."""
-        out = []
-        step = vae_scale * patch
-        for r, row in enumerate(self.rows):
-            th, tw = row.shape[0] // step, row.shape[1] // step
-            ids = np.zeros((th, tw, 3), np.int64)
-            ids[..., 0] = r
-            ids[..., 1] = np.arange(th)[:, None]
-            ids[..., 2] = np.arange(tw)[None, :]
-            out.append(ids.reshape(-1, 3))
-        return out
-
 
 @dataclass
 class TwoFramePair:
@@ -121,6 +110,7 @@ class TwoFramePair:
     # Set by graph200k.stream, as on Grid.
     worker: int = 0
     skipped: dict = field(default_factory=dict)
+    position: int = -1
 
 
 def _stack(arrays: list[np.ndarray], pad: int) -> np.ndarray:

@@ -7,11 +7,22 @@
         for grid in loader:          # graph200k.grid.Grid (mode="pair": TwoFramePair)
             stream.observe(grid)     # keeps stream.skipped right when workers build the grids
 
-Task i of epoch e is sampled from a generator seeded by (seed, e, i); worker w of n (of
-DDP rank k of world_size) builds the tasks i = (k * n + w) + j * world_size * n. The task
-streams of workers are therefore disjoint, an epoch is the same whatever the worker count,
-and `set_epoch` gives the next epoch its own tasks. Workers are (re)started per epoch, so
-leave `persistent_workers` False: a persistent worker keeps the epoch it started with.
+Task i of epoch e is sampled from a generator seeded by (seed, e, i). DDP rank k of
+world_size owns the tasks i = k + p * world_size, p = 0, 1, 2, ... (its *positions*); worker
+w of n builds the positions p = start + w + j * n. Ranks and workers are therefore disjoint,
+what a rank sees does not depend on its worker count, and `set_epoch` gives the next epoch
+its own tasks. Workers are (re)started per epoch, so leave `persistent_workers` False: a
+persistent worker keeps the epoch it started with.
+
+Resuming: `state_dict()` is {"epoch", "next_index"} (the rank's next position) and
+`load_state_dict` makes the next iteration start there: task p is sampled from its own
+seed, so the skipped tasks are neither sampled nor read. Iterated in the process that
+checkpoints (the trainers), the state is exact: it advances as each item is yielded,
+counting skipped tasks. With DataLoader workers, call `observe(item)` on every item consumed;
+the state is then the position after the furthest item seen. The DataLoader takes items
+round-robin from the workers, so while no task is skipped the k-th item is position
+start + k and the state is exact; a skipped task (rare, counted in `skipped`) puts the
+workers out of step, and a resume may then leave out up to n - 1 tasks built but not consumed.
 
 A task whose images cannot be read (missing member, undecodable image, stale index,
 unreadable shard) is skipped and counted by reason in `stream.skipped`; only whole grids
@@ -79,6 +90,8 @@ class GridStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.max_consecutive_skips = max_consecutive_skips
         self.epoch = 0
+        self.start = 0  # the rank's first position of this epoch's iteration (resume)
+        self._next = 0  # the rank's next position: see state_dict
         # Built here so a bad config / family fails in the main process, not in a worker.
         self._sampler = TaskSampler(self.manifest, self.config, seed=self.seed,
                                     families=self.families)
@@ -90,7 +103,21 @@ class GridStream(IterableDataset):
 
     # ---- epochs and accounting -------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        """A new epoch starts at position 0; the epoch a resumed state is in keeps its start."""
+        if int(epoch) != self.epoch:
+            self.epoch, self.start, self._next = int(epoch), 0, 0
+
+    def state_dict(self) -> dict:
+        """Where this rank's stream is: resume with `load_state_dict` (see module doc)."""
+        return {"epoch": self.epoch, "next_index": self._next}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.start = self._next = int(state["next_index"])
+
+    def task_index(self, position: int) -> int:
+        """The epoch's task index of this rank's `position`."""
+        return self.rank + position * self.world_size
 
     @property
     def skipped(self) -> Counter:
@@ -101,9 +128,12 @@ class GridStream(IterableDataset):
         return total
 
     def observe(self, item) -> None:
-        """Record the skip counts a worker attached to an item it yielded (cumulative)."""
+        """Record an item consumed from a DataLoader: its worker's skip counts (cumulative)
+        and its position (for `state_dict`)."""
         if item.skipped or item.worker in self._observed:
             self._observed[item.worker] = Counter(item.skipped)
+        if item.position >= 0:
+            self._next = max(self._next, item.position + 1)
 
     # ---- direct access ---------------------------------------------------------------
     @property
@@ -140,16 +170,17 @@ class GridStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        stride = self.world_size * workers
-        i = self.rank * workers + worker
+        position = self.start + worker
         consecutive = 0
-        while self.max_tasks is None or i < self.max_tasks:
-            task = self.task(i)
-            i += stride
+        while self.max_tasks is None or self.task_index(position) < self.max_tasks:
+            task = self.task(self.task_index(position))
+            done, position = position, position + workers
             try:
                 item = self.build(task)
             except FetchError as e:
                 self._local_skipped[e.reason] += 1
+                if workers == 1:
+                    self._next = done + 1
                 consecutive += 1
                 if consecutive >= self.max_consecutive_skips:
                     raise RuntimeError(
@@ -158,6 +189,8 @@ class GridStream(IterableDataset):
                     ) from e
                 continue
             consecutive = 0
-            item.worker = worker
+            item.worker, item.position = worker, done
             item.skipped = dict(self._local_skipped)
+            if workers == 1:  # set before the yield: a checkpoint taken now resumes after it
+                self._next = done + 1
             yield item

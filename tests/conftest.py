@@ -37,6 +37,17 @@ def source_manifest(source_shards) -> Manifest:
 
 
 @pytest.fixture(scope="session")
+def annotated_shards(tmp_path_factory):
+    """(shard folder, manifest parquet) of annotated Graph200K shards made from scikit-image
+    photos: target, reference, canny, depth, rmbg matte, instantstyle. The trainers' data."""
+    from annotated_shards import write_annotated_shards
+
+    folder = tmp_path_factory.mktemp("graph200k")
+    write_annotated_shards(folder, num_samples=8, per_shard=4, size=64)
+    return folder, Manifest.from_shards(folder).save(folder / "manifest.parquet")
+
+
+@pytest.fixture(scope="session")
 def tiny_fill_dir(tmp_path_factory):
     """A tiny random FLUX.1-Fill model folder (diffusers layout), built offline once."""
     from train.tiny import build_tiny_fill

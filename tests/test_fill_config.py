@@ -13,7 +13,9 @@ def test_paper_and_tiny_configs_load_with_the_papers_values():
     assert (paper.data.res, paper.train.global_batch_size, paper.train.mixed_precision) == (384, 64, "bf16")
     assert paper.model.gradient_checkpointing and paper.objective.loss_on == "grid"
     tiny = load_config(FillConfig, "configs/train/fill-tiny.yaml")
-    assert tiny.model.build_tiny and tiny.data.source == "photos"
+    assert tiny.model.build_tiny and tiny.data.source == "shards"
+    assert tiny.data.shards == "build/demo/shards/graph200k"  # what `make demo` writes
+    assert tiny.data.manifest == "build/demo/shards/graph200k/manifest.parquet"
 
 
 def test_unknown_key_in_file_names_key_and_file(tmp_path):
@@ -33,9 +35,9 @@ def test_unknown_top_level_section(tmp_path):
 
 def test_overrides_typed_and_unknown_rejected():
     cfg = parse_args(FillConfig, ["--config", "configs/train/fill-tiny.yaml", "optim.lr=3e-3", "train.max_steps=7",
-                                  "data.photo_rows=[2]", "model.revision=null"])
+                                  "data.families=[restoration]", "model.revision=null"])
     assert cfg.optim.lr == 3e-3 and isinstance(cfg.optim.lr, float)
-    assert cfg.train.max_steps == 7 and cfg.data.photo_rows == [2] and cfg.model.revision is None
+    assert cfg.train.max_steps == 7 and cfg.data.families == ["restoration"] and cfg.model.revision is None
     with pytest.raises(ConfigError, match="optim.lrr"):
         load_config(FillConfig, "configs/train/fill-tiny.yaml", ["optim.lrr=1"])
     with pytest.raises(ConfigError, match="must be a number"):

@@ -13,10 +13,12 @@ from train.config import load_config
 
 
 @pytest.fixture(scope="module")
-def trained_lora(tiny_fill_dir, tmp_path_factory):
+def trained_lora(tiny_fill_dir, annotated_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("fill-run")
+    folder, manifest = annotated_shards
     cfg = load_config(fill.FillConfig, "configs/train/fill-tiny.yaml", [
-        f"model.pretrained={tiny_fill_dir}", f"train.out_dir={out}", "train.tensorboard=false",
+        f"model.pretrained={tiny_fill_dir}", f"data.shards={folder}", f"data.manifest={manifest}",
+        f"train.out_dir={out}", "train.tensorboard=false",
         "train.max_steps=3", "train.checkpoint_every=0", "optim.lr=1e-2"])
     fill.train(cfg)
     return out / "lora"
@@ -66,3 +68,39 @@ def test_infer_cli_writes_target_and_grid(tiny_fill_dir, trained_lora, tmp_path)
     # coffee (400x600) at area 32², sides multiple of 4 (2 x VAE downscale 2) -> 40x28
     assert target.size == (40, 28)
     assert grid.size[1] > target.size[1]
+
+
+def test_infer_cli_solves_a_sampled_task_from_shards(tiny_fill_dir, trained_lora, annotated_shards, tmp_path):
+    from graph200k import sample_tasks
+
+    folder, manifest = annotated_shards
+    tasks = tmp_path / "tasks.jsonl"
+    assert sample_tasks.main(["--manifest", str(manifest), "--num", "40", "--seed", "0", "--out", str(tasks)]) == 0
+    lines = [json.loads(x) for x in tasks.read_text().splitlines()]
+    # A task whose query row is sample 0000001 (64 x 48 px target) and whose cells all share
+    # the target's 4:3 aspect: inference sizing keeps it.
+    aligned = {"target", "canny", "depth", "foreground", "background"}
+    line = next(i for i, t in enumerate(lines)
+                if t["rows"][-1][0]["key"] == "0000001" and set(t["columns"]) <= aligned)
+    task = lines[line]
+
+    grid = infer.build_sampled_grid(task, folder, manifest, res=32, multiple=4)
+    r, c = task["mask"]["row"], task["mask"]["col"]
+    assert (grid.mask_row, grid.mask_col) == (r, c) and grid.num_rows == len(task["rows"])
+    x0, y0, x1, y1 = grid.cell_box(r, c)
+    assert not grid.rows[r][y0:y1, x0:x1].any()  # the cell to generate is blank, not the answer
+    assert all(row.any() for row in grid.rows)
+    h, w = grid.cell_sizes[r][c]
+    assert (h, w) == (28, 36)  # aspect 4:3 at area ~32², sides multiples of 4 (tiny VAE x2 x 2x2)
+
+    out = tmp_path / "out"
+    infer.main(["--model", str(tiny_fill_dir), "--lora", str(trained_lora), "--task", str(tasks), "--line", str(line),
+                "--shards", str(folder), "--manifest", str(manifest), "--res", "32", "--out", str(out),
+                "--steps", "1", "--dtype", "float32", "--max-sequence-length", "32"])
+    target, full = np.asarray(Image.open(out / "target.png")), np.asarray(Image.open(out / "grid.png"))
+    assert target.shape == (h, w, 3)
+    assert full.shape[0] == sum(row.shape[0] for row in grid.rows)
+    # The target is the masked cell cut out of the generated grid.
+    assert np.array_equal(full[sum(row.shape[0] for row in grid.rows[:r]):][:h, x0:x1], target)
+    with pytest.raises(SystemExit):  # a sampled task without --shards names what is missing
+        infer.main(["--model", str(tiny_fill_dir), "--task", str(tasks), "--line", str(line)])

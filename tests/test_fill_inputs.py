@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from train.fill_data import compose_grid
-from train.fill_inputs import (GridLatents, collate, grid_position_ids, grid_tokens, pack_latents, pack_mask,
-                               row_masks, unpack_latents)
+from graph200k.grid import INFER, compose_images, pack_mask
+from train.fill_inputs import (GridLatents, collate, grid_position_ids, grid_tokens, pack_latents, row_masks,
+                               unpack_latents)
 
 
 def test_pack_latents_order_by_hand():
@@ -31,12 +31,13 @@ def test_position_ids_restart_per_row_by_hand():
 def test_pack_mask_s2_by_hand():
     # s = 2: a 4x4-pixel mask is one 2x2 latent = one token with 4 * s^2 = 16 channels,
     # channel = (sy*s + sx)*4 + dy*2 + dx, latent pixel (dy, dx) covers rows 2dy+sy, cols 2dx+sx.
-    mask = torch.zeros(1, 1, 4, 4)
-    mask[0, 0, 0, 3] = 1  # dy=0, sy=0, dx=1, sx=1 -> (0*2+1)*4 + 0*2 + 1 = 5
-    mask[0, 0, 3, 0] = 1  # dy=1, sy=1, dx=0, sx=0 -> (1*2+0)*4 + 1*2 + 0 = 10
-    packed = pack_mask(mask, 2)
-    assert packed.shape == (1, 1, 16)
-    assert torch.nonzero(packed[0, 0]).flatten().tolist() == [5, 10]
+    # train.fill_inputs takes the packed mask from graph200k.grid (Grid.latent_mask).
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0, 3] = 255  # dy=0, sy=0, dx=1, sx=1 -> (0*2+1)*4 + 0*2 + 1 = 5
+    mask[3, 0] = 255  # dy=1, sy=1, dx=0, sx=0 -> (1*2+0)*4 + 1*2 + 0 = 10
+    packed = pack_mask(mask, vae_scale=2, patch=2)
+    assert packed.shape == (1, 16)
+    assert np.flatnonzero(packed[0]).tolist() == [5, 10]
 
 
 def test_pack_mask_s8_matches_flux_fill_pipeline():
@@ -50,7 +51,7 @@ def test_pack_mask_s8_matches_flux_fill_pipeline():
     masked_latents = torch.zeros(1, 16, 4, 6)
     ref, _ = FluxFillPipeline.prepare_mask_latents(fake, mask, masked_latents, 1, 16, 1, 32, 48, torch.float32,
                                                    "cpu", None)
-    ours = pack_mask(mask, 8)
+    ours = torch.from_numpy(pack_mask(mask[0, 0].numpy(), vae_scale=8, patch=2))[None]
     assert ours.shape == (1, 6, 256)
     assert torch.equal(ours, ref)
 
@@ -58,14 +59,17 @@ def test_pack_mask_s8_matches_flux_fill_pipeline():
 def test_grid_masks_tokens_and_budget():
     a = np.zeros((16, 16, 3), np.uint8)
     b = np.zeros((16, 32, 3), np.uint8)
-    grid = compose_grid([[a, a], [b, b]], "p", mask_row=1, mask_col=1)
+    # Inference sizing at area 16², sides multiple of 4: row 0 is 16 x (16 + 16) px, row 1
+    # (aspect 2) is 12 x (24 + 24) px.
+    grid = compose_images([[a, a], [b, b]], mask_row=1, mask_col=1, prompt="p", res=16, mode=INFER, multiple=4)
     m = row_masks(grid)
-    assert m[0].sum() == 0 and m[1][:, 32:].all() and not m[1][:, :32].any()
-    # s=2: row 0 is 16x32 px -> 4x8 tokens... (16/4)*(32/4)=32; row 1: (16/4)*(64/4)=64.
-    assert grid_tokens(grid, 2) == 32 + 64
-    # without explicit masks the same masks come from mask_row / mask_col
+    assert m[0].shape == (16, 32) and m[1].shape == (12, 48)
+    assert m[0].sum() == 0 and m[1][:, 24:].all() and not m[1][:, :24].any()
+    # s=2 (4-px tokens): (16/4)*(32/4) = 32, (12/4)*(48/4) = 36.
+    assert grid_tokens(grid, 2) == 32 + 36
     grid.masks = []
-    assert all(np.array_equal(x, y) for x, y in zip(row_masks(grid), m))
+    with pytest.raises(ValueError, match="compose"):
+        row_masks(grid)
 
 
 def _latents(ids):
@@ -121,5 +125,5 @@ def test_flux_shift_matches_kohya_formula():
 
 @pytest.mark.parametrize("s", [1, 2, 8])
 def test_pack_mask_channel_count_general(s):
-    mask = torch.ones(1, 1, 4 * s, 2 * s)
-    assert pack_mask(mask, s).shape == (1, 2, 4 * s * s)
+    mask = np.ones((4 * s, 2 * s), np.uint8)
+    assert pack_mask(mask, vae_scale=s, patch=2).shape == (2, 4 * s * s)

@@ -283,3 +283,51 @@ def test_reduced_jpeg_decoding_keeps_both_sides_above_min_side():
     assert decode(data).shape == (1024, 1200, 3)
     assert np.abs(decode(data, min_side=200)[10, 10].astype(int) - (200, 30, 10)).max() <= 4
     assert jpeg_size(encode_image(img[:64, :64], "png")) is None
+
+
+def test_resumed_stream_continues_exactly_without_reading_skipped_tasks(annotated, tasks_yaml,
+                                                                      monkeypatch):
+    folder, manifest = annotated
+    make = lambda: GridStream(folder, manifest, res=32, seed=3, tasks_config=tasks_yaml,  # noqa: E731
+                              max_tasks=12)
+    full = [_grid_bytes(g) for g in make()]
+    stream = make()
+    it = iter(stream)
+    head = [_grid_bytes(next(it)) for _ in range(5)]
+    state = stream.state_dict()
+    assert state == {"epoch": 0, "next_index": 5}
+
+    reads = []
+    real = SampleReader.member_bytes
+    monkeypatch.setattr(SampleReader, "member_bytes",
+                        lambda self, key, member, node=None: reads.append(key) or real(self, key, member, node))
+    built = []
+    real_build = GridStream.build
+    monkeypatch.setattr(GridStream, "build", lambda self, task: built.append(task.task_id)
+                        or real_build(self, task))
+    resumed = make()
+    resumed.load_state_dict(state)
+    tail = [_grid_bytes(g) for g in resumed]
+    assert head + tail == full
+    assert built == [f"3-0-{i}" for i in range(5, 12)]  # tasks 0-4 never sampled nor built
+    resumed_reads, reads[:] = list(reads), []
+    fresh = make()
+    for i in range(5, 12):  # exactly the reads of building tasks 5-11, nothing for 0-4
+        fresh.build(fresh.task(i))
+    assert resumed_reads and resumed_reads == reads
+    # With DataLoader workers: observe() the items consumed, resume from that position.
+    stream = make()
+    loader = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2))
+    first = []
+    for _ in range(7):
+        item = next(loader)
+        stream.observe(item)
+        first.append(_grid_bytes(item))
+    del loader
+    assert stream.state_dict() == {"epoch": 0, "next_index": 7}
+    again = make()
+    again.load_state_dict(stream.state_dict())
+    assert first + _run(again, workers=2) == full
+    # A new epoch starts from its beginning.
+    again.set_epoch(1)
+    assert again.state_dict() == {"epoch": 1, "next_index": 0} and len(list(again)) == 12

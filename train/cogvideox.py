@@ -17,9 +17,8 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
@@ -69,9 +68,9 @@ class OptimConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "stream"  # "stream" (graph200k.stream.GridStream, mode="pair") | "photos" (skimage)
+    source: str = "shards"  # annotated Graph200K shards through graph200k.stream.GridStream(mode="pair")
     shards: str = "shards/graph200k"
-    manifest: str | None = None
+    manifest: str | None = None  # null: built by scanning the shards
     res: int = 512  # square side of both frames; the paper trains at 512^2
     seed: int = 0
     families: list[str] | None = None
@@ -103,55 +102,31 @@ class CogVideoXConfig:
 
 
 # ---------------------------------------------------------------------------------- data
-PHOTO_SUBJECTS = ("astronaut", "cat", "coffee cup")
-
-
-def photo_pairs(res: int, seed: int = 0) -> Iterator[TwoFramePair]:
-    """Canny-to-photo pairs from scikit-image's real photos, forever: the CPU smoke data."""
-    import cv2
-    from skimage import data as skdata
-
-    photos = dict(zip(PHOTO_SUBJECTS, (skdata.astronaut(), skdata.chelsea(), skdata.coffee())))
-    rng = np.random.default_rng(seed)
-    for index in itertools.count():
-        subject = PHOTO_SUBJECTS[index % len(PHOTO_SUBJECTS)]
-        photo = photos[subject]
-        side = min(photo.shape[:2])
-        top, left = rng.integers(0, photo.shape[0] - side + 1), rng.integers(0, photo.shape[1] - side + 1)
-        target = cv2.resize(photo[top : top + side, left : left + side], (res, res), interpolation=cv2.INTER_AREA)
-        edges = cv2.Canny(target, 100, 200)
-        yield TwoFramePair(
-            condition=np.repeat(edges[..., None], 3, axis=2), target=target,
-            prompt=f"a photo of the {subject}", subject=subject, task="canny", key=f"{index:07d}",
-        )
-
-
 def pair_source(data: DataConfig, rank: int, world_size: int) -> Iterable[TwoFramePair]:
     """The recipe's only data entry point: this process's stream of `TwoFramePair`s."""
-    if data.source == "photos":
-        return itertools.islice(photo_pairs(data.res, data.seed), rank, None, world_size)
-    if data.source == "stream":
-        from graph200k.stream import PAIR, GridStream  # imported only when used
+    if data.source != "shards":
+        raise ValueError(f"data.source must be 'shards' (annotated Graph200K shards), got {data.source!r}")
+    from graph200k.stream import PAIR, GridStream  # imported only when used
 
-        return GridStream(
-            shards=data.shards, manifest=data.manifest, res=data.res, seed=data.seed, families=data.families,
-            tasks_config=data.tasks_config, mode=PAIR, rank=rank, world_size=world_size,
-        )
-    raise ValueError(f"data.source must be 'stream' or 'photos', got {data.source!r}")
+    # The stream splits its task sequence across ranks itself (DDP/FSDP).
+    return GridStream(
+        shards=data.shards, manifest=data.manifest, res=data.res, seed=data.seed, families=data.families,
+        tasks_config=data.tasks_config, mode=PAIR, rank=rank, world_size=world_size,
+    )
 
 
 def task_vocabulary(cfg: CogVideoXConfig) -> list[str]:
-    """UCE's task names: the config's list, else every pair task the data source can yield."""
+    """UCE's task names: the config's list, else every pair task of the configured families."""
     if cfg.realgeneral.tasks:
         return list(cfg.realgeneral.tasks)
-    if cfg.data.source == "photos":
-        return ["canny"]
     from graph200k.reader import pair_task_name
     from graph200k.stream import pair_config
     from graph200k.tasks import TaskConfig
 
     config = pair_config(TaskConfig.load(cfg.data.tasks_config))
-    return sorted({pair_task_name(f, v.nodes, len(vs)) for f, vs in config.families.items() for v in vs})
+    families = cfg.data.families or list(config.families)
+    return sorted({pair_task_name(f, v.nodes, len(config.families[f]))
+                   for f in families if f in config.families for v in config.families[f]})
 
 
 # ---------------------------------------------------------------------------------- loss
@@ -199,8 +174,8 @@ def build(cfg: CogVideoXConfig, device="cpu", tasks: list[str] | None = None) ->
 def train(cfg: CogVideoXConfig, pairs: Iterable[TwoFramePair] | None = None) -> dict:
     """Run (or resume) the recipe; returns {"model", "parts", "losses", "step", "stopped"}.
 
-    `pairs` replaces the configured data source (tests); it must yield the same sequence on
-    every call for a resumed run to match an uninterrupted one.
+    `pairs` replaces the configured data source (tests); a resumed run continues it from its
+    `load_state_dict` when it has one, else it must yield the same sequence on every call.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -233,11 +208,12 @@ def train(cfg: CogVideoXConfig, pairs: Iterable[TwoFramePair] | None = None) -> 
     ckpt = CheckpointManager(out_dir, cfg.train.checkpoint_every, cfg.train.keep_checkpoints, acc.process_index,
                              acc.num_processes, acc.wait_for_everyone,
                              shard_optimizer=acc.distributed_type.name == "FSDP")
-    start, consumed = 0, 0
+    start, consumed, source_state = 0, 0, None
     if (latest := ckpt.latest()) is not None:
         resumed = ckpt.load(latest, optimizer, lr_scheduler)  # also restores this rank's RNG
         core.load_trainable_state_dict({k: v.to(acc.device) for k, v in resumed.trainable.items()})
         start, consumed = resumed.step, resumed.data_state["pairs_consumed"]
+        source_state = resumed.data_state.get("source")
         core.uce.counts.update(resumed.extra.get("uce_counts", {}))
         acc.print(f"resumed from {latest} (step {start})")
     if acc.is_main_process:
@@ -245,9 +221,18 @@ def train(cfg: CogVideoXConfig, pairs: Iterable[TwoFramePair] | None = None) -> 
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     # ------------------------------------------------------------------------- data
-    # Skip what the checkpointed run consumed: a resumed run sees the same pairs it would have.
+    # A resumed run sees the pairs the uninterrupted run would have: GridStream starts at the
+    # checkpointed position (reading nothing before it); a plain iterable is fast-forwarded.
     source = pair_source(cfg.data, acc.process_index, acc.num_processes) if pairs is None else pairs
-    stream = itertools.islice(iter(source), consumed, None)
+    if source_state is not None and hasattr(source, "load_state_dict"):
+        source.load_state_dict(source_state)
+        stream = iter(source)
+    else:
+        stream = itertools.islice(iter(source), consumed, None)
+
+    def data_state() -> dict:
+        return {"pairs_consumed": consumed,
+                "source": source.state_dict() if hasattr(source, "state_dict") else None}
 
     def next_batch() -> list[TwoFramePair]:
         batch = list(itertools.islice(stream, cfg.data.micro_batch_size))
@@ -294,7 +279,7 @@ def train(cfg: CogVideoXConfig, pairs: Iterable[TwoFramePair] | None = None) -> 
             stop = _any_rank(acc, sigterm.requested)
             if ckpt.should_save(step, stop) or step == cfg.train.max_steps:
                 ckpt.save(step, core.trainable_state_dict(), optimizer, lr_scheduler,
-                          {"pairs_consumed": consumed}, {"uce_counts": dict(core.uce.counts)})
+                          data_state(), {"uce_counts": dict(core.uce.counts)})
             if stop:
                 log.write(f"SIGTERM: saved step {step}; rerun the same command to resume")
                 break

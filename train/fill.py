@@ -20,8 +20,7 @@ import yaml
 from train.checkpoint import CheckpointManager, SigtermHandler
 from train.config import parse_args, to_dict
 from train.feature_cache import FeatureCache
-from train.fill_data import grid_source
-from train.fill_inputs import GridLatents, collate, encode_grid, encode_prompts, grid_tokens, vae_scale_factor
+from train.fill_inputs import GridLatents, collate, encode_grid, encode_prompts, grid_tokens
 from train.fill_model import (PerSampleRopeAttnProcessor, add_lora, load_lora_state_dict, load_text_encoders,
                               load_transformer, load_vae, lora_state_dict, predict_velocity, sample_timesteps,
                               torch_dtype, velocity_loss)
@@ -73,9 +72,9 @@ class ObjectiveConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "stream"  # "stream" (graph200k.stream.GridStream) | "photos" (skimage photos)
+    source: str = "shards"  # annotated Graph200K shards through graph200k.stream.GridStream
     shards: str = "shards/graph200k"
-    manifest: str | None = None
+    manifest: str | None = None  # null: built by scanning the shards
     res: int = 384
     seed: int = 0
     families: list[str] | None = None
@@ -83,8 +82,6 @@ class DataConfig:
     micro_batch_size: int = 1
     max_tokens: int = 0  # grids with more image tokens are skipped and counted; 0 = no limit
     cache_dir: str | None = None  # cache VAE latents + text embeddings here (safetensors)
-    photo_rows: list[int] = field(default_factory=lambda: [1, 2])  # source=photos only
-    distinct: int = 0  # source=photos only: repeat the first N grids (overfit checks)
 
 
 @dataclass
@@ -157,12 +154,24 @@ class Encoders:
         return torch.stack([r["text"] for r in rows]), torch.stack([r["pooled"] for r in rows])
 
 
+def grid_source(data_cfg: DataConfig, rank: int = 0, world_size: int = 1):
+    """The recipe's only data entry point: this process's stream of graph200k.grid.Grid."""
+    if data_cfg.source != "shards":
+        raise ValueError(f"data.source must be 'shards' (annotated Graph200K shards), got {data_cfg.source!r}")
+    from graph200k.stream import GRID, GridStream
+
+    # The stream splits its task sequence across ranks itself (DDP/FSDP).
+    return GridStream(shards=data_cfg.shards, manifest=data_cfg.manifest, res=data_cfg.res, seed=data_cfg.seed,
+                      families=data_cfg.families, tasks_config=data_cfg.tasks_config, mode=GRID, rank=rank,
+                      world_size=world_size)
+
+
 class MicroBatches:
     """Micro-batches of Grids from an iterable; over-budget grids are skipped and counted.
 
-    `state()` = grids consumed + skipped so far: a resumed run fast-forwards the (seeded,
-    deterministic) source by that many grids, or hands it to the source's own
-    `load_state_dict` when it has one.
+    `state()` holds the counts and the source's own position (GridStream.state_dict): a
+    resumed run starts the stream there without reading the grids already used. A source
+    without `load_state_dict` (a plain iterable) is fast-forwarded by the grids consumed.
     """
 
     def __init__(self, source, size: int, max_tokens: int, scale: int, state: dict | None = None):

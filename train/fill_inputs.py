@@ -10,7 +10,8 @@ ids are FLUX's 3D RoPE ids with axis 0 = row index and axes 1-2 = (y, x) of the 
 The Fill transformer takes, per image token, ``[noisy (4C) | masked image (4C) | mask (4 s^2)]``
 with C latent channels and s the VAE downscale factor: the pixel mask is folded s x s
 into s^2 channels at latent resolution, then packed 2x2 like the latents (real FLUX:
-64 + 64 + 256 = 384).
+64 + 64 + 256 = 384). Grids and that packed mask come from graph200k.grid (`compose_images`,
+`Grid.latent_mask`); this module only turns them into tensors.
 """
 
 from __future__ import annotations
@@ -40,20 +41,6 @@ def unpack_latents(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
         raise ValueError(f"{n} tokens do not form a {h}x{w} latent")
     x = tokens.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
     return x.reshape(b, c4 // 4, h, w)
-
-
-def pack_mask(mask: torch.Tensor, s: int) -> torch.Tensor:
-    """Pixel mask (B, 1, H, W), 1 = to generate -> (B, H/(2s) * W/(2s), 4 s^2).
-
-    Each s x s pixel block becomes s^2 channels (channel = sy*s + sx) of one latent pixel,
-    then latents are packed 2x2 (channel = (sy*s + sx)*4 + dy*2 + dx).
-    """
-    b, _, hh, ww = mask.shape
-    if hh % (2 * s) or ww % (2 * s):
-        raise ValueError(f"mask size {hh}x{ww} must be a multiple of 2*s = {2 * s}")
-    h, w = hh // s, ww // s
-    m = mask[:, 0].reshape(b, h, s, w, s).permute(0, 2, 4, 1, 3).reshape(b, s * s, h, w)
-    return pack_latents(m)
 
 
 # --------------------------------------------------------------------------- positions
@@ -93,18 +80,11 @@ def row_to_tensor(row: np.ndarray) -> torch.Tensor:
 
 
 def row_masks(grid: Grid) -> list[np.ndarray]:
-    """Per-row {0, 1} float masks; built from mask_row/mask_col when `grid.masks` is empty."""
-    if grid.masks:
-        return [(m > 127).astype(np.float32) for m in grid.masks]
-    out = []
-    for r, row in enumerate(grid.rows):
-        m = np.zeros(row.shape[:2], np.float32)
-        if r == grid.mask_row:
-            x0 = sum(w for _, w in grid.cell_sizes[r][: grid.mask_col])
-            h, w = grid.cell_sizes[r][grid.mask_col]
-            m[:h, x0 : x0 + w] = 1.0
-        out.append(m)
-    return out
+    """Per-row {0, 1} float32 pixel masks (1 on the masked cell)."""
+    if len(grid.masks) != grid.num_rows:
+        raise ValueError(f"grid {grid.task_id!r} has {len(grid.masks)} masks for {grid.num_rows} rows; "
+                         "compose grids with graph200k.grid.compose / compose_images")
+    return [(m > 0).astype(np.float32) for m in grid.masks]
 
 
 @dataclass
@@ -149,7 +129,7 @@ def _vae_encode(vae, pixels: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def encode_grid(grid: Grid, vae) -> GridLatents:
     s = vae_scale_factor(vae)
-    latents, masked, masks, sizes = [], [], [], []
+    latents, masked, sizes = [], [], []
     for r, (row, m) in enumerate(zip(grid.rows, row_masks(grid))):
         h, w = row.shape[:2]
         if h % (2 * s) or w % (2 * s):
@@ -162,10 +142,11 @@ def encode_grid(grid: Grid, vae) -> GridLatents:
         blank = _vae_encode(vae, pixels * (1 - mask)) if mask.any() else clean
         latents.append(pack_latents(clean)[0])
         masked.append(pack_latents(blank)[0])
-        masks.append(pack_mask(mask, s)[0])
         sizes.append((clean.shape[2], clean.shape[3]))
+    packed_masks = grid.latent_mask(vae_scale=s, patch=2)  # FluxFillPipeline.prepare_mask_latents' layout
     return GridLatents(
-        latents=torch.cat(latents).cpu(), masked_latents=torch.cat(masked).cpu(), mask=torch.cat(masks).cpu(),
+        latents=torch.cat(latents).cpu(), masked_latents=torch.cat(masked).cpu(),
+        mask=torch.from_numpy(np.concatenate(packed_masks)),
         img_ids=grid_position_ids(sizes), row_latent_sizes=torch.tensor(sizes),
     )
 

@@ -3,6 +3,8 @@
     python -m train.infer_cogvideox --model THUDM/CogVideoX1.5-5B --lora runs/cogvideox/lora \
         --condition edges.png --prompt "a photo of a red teddy bear" --subject "teddy bear" \
         --task canny --out target.png
+    python -m train.infer_cogvideox --model ... --lora ... --shards shards/graph200k --key 0000004 \
+        [--node canny] --out target.png        # condition, prompt, subject, task from the sample
 
 The condition is frame 1 (clean), the target frame 2 is denoised from noise with the model's
 scheduler; classifier-free guidance acts on the text only -- the condition frame and its UCE
@@ -28,11 +30,13 @@ def default_guidance(task: str) -> float:
     return 6.0 if task in SUBJECT_DRIVEN_TASKS else 2.0
 
 
-def load_condition(path: str | Path, resolution: int | None) -> np.ndarray:
-    """RGB uint8, resized so both sides are multiples of 16 (VAE x8, then 2x2 patches)."""
+def load_condition(path: str | Path | np.ndarray, resolution: int | None) -> np.ndarray:
+    """RGB uint8 (from a file or an array), resized so both sides are multiples of 16 (VAE x8,
+    then 2x2 patches)."""
     from PIL import Image
 
-    image = Image.open(path).convert("RGB")
+    image = Image.fromarray(path) if isinstance(path, np.ndarray) else Image.open(path)
+    image = image.convert("RGB")
     if resolution:
         size = (resolution, resolution)
     else:
@@ -89,14 +93,34 @@ def generate(
     return decode_latents(vae, latents)[0]
 
 
+def sample_condition(shards, manifest, key: str, node: str, resolution: int | None) -> dict:
+    """Frame 1 = node `node` of sample `key`, with the prompt, subject and task name the
+    training stream gives that (node -> target) pair."""
+    from graph200k.grid import centre_square
+    from graph200k.reader import SampleReader, pair_prompt
+
+    reader = SampleReader(shards, manifest)
+    i = reader.manifest.index_of(key)
+    subject = reader.manifest.item(i)
+    return {"condition": load_condition(centre_square(reader.fetch(key, node)), resolution),
+            "prompt": pair_prompt((node, "target"), reader.manifest.description(i), subject, seed=0),
+            "subject": subject, "task": node}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="hub id or local dir (diffusers layout) of the base model")
     parser.add_argument("--lora", required=True, help="adapter dir written by train.cogvideox (<out_dir>/lora)")
-    parser.add_argument("--condition", required=True, help="condition image (frame 1)")
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--subject", required=True, help="subject keyword, as it appears in the prompt (UCE)")
-    parser.add_argument("--task", required=True, help="task name the adapter was trained with, e.g. canny")
+    parser.add_argument("--condition", help="condition image (frame 1)")
+    parser.add_argument("--shards", help="annotated shard folder: take frame 1 from sample --key instead")
+    parser.add_argument("--manifest", help="manifest parquet of --shards (default: scan the shards)")
+    parser.add_argument("--key", help="sample key in --shards")
+    parser.add_argument("--node", default="canny", help="node type of --key used as frame 1 (default canny)")
+    parser.add_argument("--prompt", help="default with --key: the training prompt of that pair")
+    parser.add_argument("--subject", help="subject keyword, as it appears in the prompt (UCE); default with --key: "
+                        "the sample's item")
+    parser.add_argument("--task", help="task name the adapter was trained with, e.g. canny; default with --key: "
+                        "--node")
     parser.add_argument("--out", required=True, help="output image path")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=None, help="default: 6 subject-driven, 2 otherwise")
@@ -107,12 +131,25 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    if bool(args.condition) == bool(args.key):
+        parser.error("give either --condition IMAGE or --key KEY --shards DIR")
+    if args.key:
+        if not args.shards:
+            parser.error("--key reads the condition from the shards: give --shards (and --manifest)")
+        given = {k: getattr(args, k) for k in ("prompt", "subject", "task") if getattr(args, k)}
+        inputs = {**sample_condition(args.shards, args.manifest, args.key, args.node, args.resolution), **given}
+    else:
+        missing = [f"--{k}" for k in ("prompt", "subject", "task") if not getattr(args, k)]
+        if missing:
+            parser.error(f"with --condition also give {' '.join(missing)}")
+        inputs = {"condition": load_condition(args.condition, args.resolution), "prompt": args.prompt,
+                  "subject": args.subject, "task": args.task}
 
     parts = load_components(args.model, dtype=getattr(torch, args.dtype), device=args.device, scheduler=args.scheduler)
     model = RealGeneralModel.from_adapter(parts.pop("transformer"), args.lora).eval()
     image = generate(
-        parts, model, load_condition(args.condition, args.resolution), args.prompt, args.subject, args.task,
-        steps=args.steps, guidance=args.guidance, seed=args.seed, negative_prompt=args.negative_prompt,
+        parts, model, inputs["condition"], inputs["prompt"], inputs["subject"], inputs["task"], steps=args.steps,
+        guidance=args.guidance, seed=args.seed, negative_prompt=args.negative_prompt,
     )
     from PIL import Image
 

@@ -2,14 +2,23 @@
 
     python -m train.infer_fill --model black-forest-labs/FLUX.1-Fill-dev --lora runs/fill/lora \
         --task task.json [--in-context 1] [--out out/infer] [--steps 28] [--seed 0]
+    python -m train.infer_fill --model ... --lora ... --task tasks.jsonl --line 3 \
+        --shards shards/graph200k [--manifest shards/graph200k/manifest.parquet]
 
-A task is a JSON object (a JSON line, or a file holding one):
+A task is a JSON object (a JSON string, or a .json/.jsonl file: line ``--line``, default 0)
+of one of two kinds:
 
-    {"prompt": "...", "rows": [["ex_canny.png", "ex_target.png"], ["canny.png", null]], "res": 384}
+- images on disk: ``{"prompt": "...", "rows": [["ex_canny.png", "ex_target.png"],
+  ["canny.png", null]], "res": 384}``. Rows are in-context examples followed by the query
+  row (last); the one ``null`` cell is the cell to generate. Image paths are relative to the
+  task file. ``--in-context N`` keeps the last N example rows.
+- a task sampled by ``python -m graph200k.sample_tasks``: its images are read by key from
+  ``--shards`` (graph200k.reader); the task's masked cell is the one generated (its image is
+  not read).
 
-Rows are in-context examples followed by the query row (last); the one ``null`` cell is
-the cell to generate. Image paths are relative to the task file. ``--in-context N`` keeps
-the last N example rows. Writes ``target.png`` (the generated cell) and ``grid.png``.
+Both are composed by graph200k.grid in inference sizing: every image keeps its aspect at
+area ~res², sides multiples of 16 (2 x the VAE's downscale), one height per row. Writes
+``target.png`` (the generated cell) and ``grid.png``.
 
 The grid goes through the same inputs as training (train.fill_inputs): each row encoded
 separately, rows concatenated as tokens, row-wise 3D-RoPE ids. ``GridFillPipeline`` is
@@ -20,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +36,7 @@ import torch
 from diffusers import FluxFillPipeline
 from PIL import Image
 
-from train.fill_data import compose_grid, resize_cell
+from graph200k.grid import INFER, compose, compose_images
 from train.fill_inputs import encode_grid, unpack_latents, vae_scale_factor
 from train.fill_model import torch_dtype
 
@@ -47,22 +55,28 @@ class GridFillPipeline(FluxFillPipeline):
         return self.grid_img_ids.to(device=device, dtype=dtype)
 
 
-def cell_size(image: Image.Image, res: int, multiple: int) -> tuple[int, int]:
-    """(h, w) with area ≈ res² and the image's aspect, sides multiples of `multiple` (VisualCloze §3)."""
-    aspect = image.height / image.width
-    w = max(multiple, round(res / math.sqrt(aspect) / multiple) * multiple)
-    h = max(multiple, round(res * math.sqrt(aspect) / multiple) * multiple)
-    return h, w
-
-
-def load_task(task: str) -> tuple[dict, Path]:
+def load_task(task: str, line: int = 0) -> tuple[dict, Path]:
+    """The task object and the folder its image paths are relative to."""
     path = Path(task)
     if path.suffix in (".json", ".jsonl") and path.exists():
-        return json.loads(path.read_text().strip().splitlines()[0]), path.parent
-    return json.loads(task), Path(".")
+        lines = [x for x in path.read_text().splitlines() if x.strip()]
+        if not 0 <= line < len(lines):
+            raise ValueError(f"{path}: --line {line} is outside its {len(lines)} task line(s)")
+        return json.loads(lines[line]), path.parent
+    try:
+        return json.loads(task), Path(".")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--task {task[:80]!r} is neither an existing .json/.jsonl file nor a JSON "
+                         f"object ({e})") from None
+
+
+def is_sampled(task: dict) -> bool:
+    """A graph200k.sample_tasks line (cells are {key, node, slot}) rather than image paths."""
+    return "mask" in task and "columns" in task
 
 
 def build_grid(task: dict, base: Path, in_context: int | None, res: int, multiple: int):
+    """An image-path task as an inference Grid; the query row's null cell is masked."""
     rows = task["rows"]
     nulls = [(r, c) for r, row in enumerate(rows) for c, cell in enumerate(row) if cell is None]
     if len(nulls) != 1 or nulls[0][0] != len(rows) - 1:
@@ -71,13 +85,24 @@ def build_grid(task: dict, base: Path, in_context: int | None, res: int, multipl
         if in_context > len(rows) - 1:
             raise ValueError(f"--in-context {in_context}: the task has only {len(rows) - 1} example rows")
         rows = rows[len(rows) - 1 - in_context:]
-    cells = []
-    for r, row in enumerate(rows):
-        images = [Image.open(base / p).convert("RGB") if p is not None else None for p in row]
-        first = next(im for im in images if im is not None)
-        h, w = cell_size(first, res, multiple)
-        cells.append([resize_cell(im, h, w) if im is not None else np.zeros((h, w, 3), np.uint8) for im in images])
-    return compose_grid(cells, task["prompt"], len(rows) - 1, nulls[0][1], task_id=task.get("task_id", ""))
+    images = [[None if p is None else np.asarray(Image.open(base / p).convert("RGB")) for p in row] for row in rows]
+    return compose_images(images, len(rows) - 1, nulls[0][1], task["prompt"], res, INFER, multiple,
+                          task_id=task.get("task_id", ""))
+
+
+def build_sampled_grid(task: dict, shards, manifest, res: int, multiple: int):
+    """A graph200k.sample_tasks line as an inference Grid: images by key from the shards."""
+    from graph200k.reader import SampleReader, row_seed
+    from graph200k.tasks import Task
+
+    t = Task.from_json(task)
+    reader = SampleReader(shards, manifest)
+    cache: dict = {}
+    # The masked cell is what the model generates: its image is neither read nor shown.
+    images = [[None if (r, c) == (t.mask_row, t.mask_col)
+               else reader.fetch(cell["key"], cell["slot"], row_seed(t.seed, r), cache=cache, rgb=False)
+               for c, cell in enumerate(row)] for r, row in enumerate(t.rows)]
+    return compose(t, images, res, INFER, multiple)
 
 
 @torch.no_grad()
@@ -121,7 +146,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="hub id or local diffusers folder of FLUX.1-Fill")
     p.add_argument("--lora", help="folder (or .safetensors) written by train.fill (…/lora)")
-    p.add_argument("--task", required=True, help="task JSON line, or a .json/.jsonl file")
+    p.add_argument("--task", required=True, help="task JSON object, or a .json/.jsonl file")
+    p.add_argument("--line", type=int, default=0, help="line of a .jsonl --task (default 0)")
+    p.add_argument("--shards", help="annotated shard folder: images of a graph200k.sample_tasks task")
+    p.add_argument("--manifest", help="its manifest parquet (default: scan --shards)")
     p.add_argument("--in-context", type=int, default=None, help="keep the last N example rows")
     p.add_argument("--out", default="out/infer_fill")
     p.add_argument("--res", type=int, default=None, help="cell area res² (default: task's res or 384)")
@@ -133,12 +161,20 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
 
+    task, base = load_task(args.task, args.line)
+    if is_sampled(task) and not args.shards:
+        p.error("a graph200k.sample_tasks task reads its images by key: give --shards (and --manifest)")
+    if is_sampled(task) and args.in_context is not None:
+        p.error("--in-context applies to image-path tasks; a sampled task's prompt describes its rows")
     pipe = FluxFillPipeline.from_pretrained(args.model, dtype=torch_dtype(args.dtype)).to(args.device)
     if args.lora:
         pipe.load_lora_weights(args.lora)
-    task, base = load_task(args.task)
     res = args.res or task.get("res", 384)
-    grid = build_grid(task, base, args.in_context, res, 2 * vae_scale_factor(pipe.vae))
+    multiple = 2 * vae_scale_factor(pipe.vae)
+    if is_sampled(task):
+        grid = build_sampled_grid(task, args.shards, args.manifest, res, multiple)
+    else:
+        grid = build_grid(task, base, args.in_context, res, multiple)
     stacked, target = solve(pipe, grid, args.steps, args.guidance, args.seed, args.max_sequence_length)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
