@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from graph200k.nodes import DEGRADATIONS, NODE_BIT, available_nodes, mask_of
-from graph200k.shards import ShardError, list_shards, shard_index
+from graph200k.shards import ShardError, iter_members, list_shards, shard_index
 
 QUALITY_FIELDS = ("compositeStructure", "objectConsistency", "imageQuality")
 _TARGET_BIT = 1 << NODE_BIT["target"]
@@ -135,16 +135,11 @@ def scan_shard(path) -> list[dict]:
     members: dict[str, set[str]] = {}
     metas: dict[str, dict] = {}
     try:
-        with tarfile.open(path, "r:") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                base = info.name.rsplit("/", 1)[-1]
-                key, _, field = base.partition(".")
-                members.setdefault(key, set()).add(field)
-                if field == "meta.json":
-                    metas[key] = json.loads(tar.extractfile(info).read())
-    except (tarfile.TarError, OSError, json.JSONDecodeError) as e:
+        for key, field, info, tar in iter_members(path):
+            members.setdefault(key, set()).add(field)
+            if field == "meta.json":
+                metas[key] = json.loads(tar.extractfile(info).read())
+    except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError) as e:
         raise ShardError(f"shard {path}: cannot scan for the manifest ({e}); "
                          "re-create the shard") from e
     records = []

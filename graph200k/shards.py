@@ -168,6 +168,22 @@ def read_shard(path: str | os.PathLike) -> Iterator[dict]:
         ) from e
 
 
+def iter_members(path: str | os.PathLike):
+    """Walk a shard's tar headers: yield (key, field, TarInfo, open TarFile) per member.
+
+    Only regular members named `KEY.FIELD` are yielded; the name is split, never used as
+    a path. Data is not read unless the caller extracts it from the TarFile. Tar errors
+    propagate (tarfile.TarError / OSError / EOFError) for the caller to name the shard.
+    """
+    with tarfile.open(path, "r:") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, dot, field = info.name.rsplit("/", 1)[-1].partition(".")
+            if dot:
+                yield key, field, info, tar
+
+
 def read_json_member(sample: dict, name: str = "meta.json") -> dict:
     raw = sample.get(name)
     if raw is None:

@@ -16,7 +16,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from graph200k.shards import ShardError, atomic_write_bytes
+from graph200k.shards import ShardError, atomic_write_bytes, iter_members
 
 INDEX_VERSION = 1
 INDEX_DIR = ".index"
@@ -50,19 +50,12 @@ class ShardIndex:
         """Offsets of every regular member, read from the tar headers only."""
         members: dict[str, dict[str, tuple[int, int]]] = {}
         try:
-            with tarfile.open(path, "r:") as tar:
-                for info in tar:
-                    if not info.isfile():
-                        continue
-                    base = info.name.rsplit("/", 1)[-1]
-                    key, dot, field = base.partition(".")
-                    if not dot:
-                        continue  # not a webdataset member (no field)
-                    fields = members.setdefault(key, {})
-                    if field in fields:
-                        raise ShardError(f"shard {path}: sample {key!r} holds {field!r} twice; "
-                                         "re-create the shard")
-                    fields[field] = (info.offset_data, info.size)
+            for key, field, info, _ in iter_members(path):
+                fields = members.setdefault(key, {})
+                if field in fields:
+                    raise ShardError(f"shard {path}: sample {key!r} holds {field!r} twice; "
+                                     "re-create the shard")
+                fields[field] = (info.offset_data, info.size)
         except (tarfile.TarError, OSError, EOFError) as e:
             raise ShardError(f"shard {path} cannot be indexed ({type(e).__name__}: {e}); "
                              "it is truncated or corrupt: re-create it") from e

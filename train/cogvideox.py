@@ -25,7 +25,7 @@ import yaml
 
 from graph200k.grid import TwoFramePair
 from train.checkpoint import CheckpointManager, SigtermHandler
-from train.config import parse_args, to_dict
+from train.config import TrainConfig, parse_args, to_dict
 from train.logging_utils import MetricLogger
 from train.nan_guard import check_finite
 from train.realgeneral.encoders import encode_images, encode_text, load_components, tokenize
@@ -79,26 +79,13 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    out_dir: str = "runs/cogvideox"
-    max_steps: int = 20_000
-    global_batch_size: int = 64  # = micro_batch_size x processes x accumulation
-    seed: int = 0
-    mixed_precision: str = "bf16"  # accelerate: "no" | "bf16" | "fp16"
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    tensorboard: bool = True
-    wandb_project: str | None = None
-
-
-@dataclass
 class CogVideoXConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     realgeneral: RealGeneralConfig = field(default_factory=RealGeneralConfig)
     lora: LoraSection = field(default_factory=LoraSection)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/cogvideox"))
 
 
 # ---------------------------------------------------------------------------------- data

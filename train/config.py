@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import sys
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -128,3 +129,18 @@ def parse_args(cls, argv: Sequence[str] | None = None, description: str = ""):
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     return load_config(cls, args.config, args.overrides)
+
+
+@dataclass
+class TrainConfig:
+    """The `train:` section both recipes share (loop length, batch, precision, checkpoints)."""
+
+    out_dir: str = "runs/train"
+    max_steps: int = 20_000
+    global_batch_size: int = 64  # = micro_batch_size x processes x accumulation
+    seed: int = 0
+    mixed_precision: str = "bf16"  # accelerate: "no" | "bf16" | "fp16"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    tensorboard: bool = True
+    wandb_project: str | None = None

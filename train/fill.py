@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from train.checkpoint import CheckpointManager, SigtermHandler
-from train.config import parse_args, to_dict
+from train.config import TrainConfig, parse_args, to_dict
 from train.feature_cache import FeatureCache
 from train.fill_inputs import GridLatents, collate, encode_grid, encode_prompts, grid_tokens
 from train.fill_model import (PerSampleRopeAttnProcessor, add_lora, load_lora_state_dict, load_text_encoders,
@@ -85,26 +85,13 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    out_dir: str = "runs/fill"
-    max_steps: int = 20_000
-    global_batch_size: int = 64  # = micro_batch_size × processes × accumulation
-    seed: int = 0
-    mixed_precision: str = "bf16"  # accelerate: "no" | "bf16" | "fp16"
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    tensorboard: bool = True
-    wandb_project: str | None = None
-
-
-@dataclass
 class FillConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSection = field(default_factory=LoraSection)
     optim: OptimConfig = field(default_factory=OptimConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/fill"))
     tiny: TinyFillConfig = field(default_factory=TinyFillConfig)  # used only with model.build_tiny
 
 
