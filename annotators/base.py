@@ -5,6 +5,11 @@ A batch is Ray's "numpy" batch format holding webdataset-style samples column-wi
 Member columns hold raw bytes, or None where a sample lacks that member; columns whose
 names start with `__` are bookkeeping, never written as members.
 
+The pipeline sends only the members some stage reads; an optional bookkeeping column
+`__present__` (a JSON list per row) names every member the sample holds, whether or not
+its bytes travel, so that a sample already holding a stage's outputs is skipped without
+shipping them.
+
 An annotator adds the members of the node types it `produces` and two bookkeeping
 columns per stage: `__status__:<name>` ("ok", "skipped" or "failed: <reason>") and
 `__seconds__:<name>` (the batch's wall time shared over its rows). Errors on one sample
@@ -15,6 +20,7 @@ exception escaping a stage would kill the whole job (DESIGN.md).
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 from typing import ClassVar
 
@@ -25,6 +31,7 @@ from graph200k.shards import decode_image
 
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 ERROR_COLUMN = "__error__"  # set on the one placeholder row of a shard that could not be read
+PRESENT_COLUMN = "__present__"  # JSON list of the member names a sample holds (optional)
 _REASON_CHARS = 300  # a traceback-sized reason would bloat every stats file
 
 
@@ -96,6 +103,7 @@ class Annotator:
         keys = batch["__key__"]
         n = len(keys)
         errors = batch.get(ERROR_COLUMN)
+        present = batch.get(PRESENT_COLUMN)
         status = np.full(n, None, dtype=object)
         out = {m: _object_column(batch.get(m), n) for m in self.output_members}
 
@@ -103,8 +111,9 @@ class Annotator:
         for i in range(n):
             if errors is not None and errors[i]:
                 continue  # placeholder of an unreadable shard: nothing to annotate
-            if all(out[m][i] is not None for m in self.output_members):
-                status[i] = SKIPPED
+            held = set(json.loads(present[i])) if present is not None and present[i] else ()
+            if all(out[m][i] is not None or m in held for m in self.output_members):
+                status[i] = SKIPPED  # the pipeline keeps the held members byte for byte
                 continue
             absent = [m for m in self.input_members if batch.get(m) is None or batch[m][i] is None]
             if absent:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import ClassVar
 
 from annotators.base import Annotator
@@ -26,6 +27,12 @@ class Canny(Annotator):
         super().__init__(config)
         import cv2
 
+        # OpenCV runs Canny on its own thread pool (2 threads here by default) on top of
+        # Ray's one task per granted CPU: oversubscribed cores. Follow Ray's grant, which it
+        # passes as OMP_NUM_THREADS (1 for a 1-CPU task); `threads:` in the config overrides.
+        threads = self.config.get("threads", os.environ.get("OMP_NUM_THREADS"))
+        if threads:
+            cv2.setNumThreads(int(threads))
         self._canny = cv2.Canny
         self.low_threshold = int(self.config.get("low_threshold", 100))
         self.high_threshold = int(self.config.get("high_threshold", 200))

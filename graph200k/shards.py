@@ -24,7 +24,7 @@ SHARD_PATTERN = "{shard:06d}.tar"
 STATS_SUFFIX = ".stats.json"
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 # Fixed so a shard's bytes depend only on its content (reruns are byte-identical).
-FIXED_MTIME = 0.0
+FIXED_MTIME = 0  # an int: a float mtime makes tarfile add a PAX header (~1 KiB) per member
 
 
 class ShardError(RuntimeError):

@@ -5,10 +5,16 @@
 
 One source shard -> one annotated shard `{out}/{shard:06d}.tar` with the same keys in the
 same order, source members byte for byte, new members added, `meta.json` `nodes` updated,
-plus `{shard:06d}.stats.json`. The plan: a read step (one task per shard, cut into small
-blocks) -> one `map_batches` per stage in dependency order (CPU stages as tasks, model
-stages as actor pools) -> rows stream back to this process, which writes each shard with
-our own writer (temporary name -> rename) as soon as all its rows are in.
+plus `{shard:06d}.stats.json`. The plan: a read step (one task per shard, its output cut
+into blocks of `rows_per_block` samples inside the same task) -> one `map_batches` per
+stage in dependency order (CPU stages as tasks, model stages as actor pools) -> result rows
+stream back to this process, which writes each shard with our own writer (temporary name
+-> rename), sample by sample as the rows come in, in source order.
+
+Lean by design: only the key, a few bookkeeping columns and the members a stage reads
+(`target.jpg` for canny) go through Ray, and each stage passes on only what later stages
+still read plus what it produced. The writer re-reads the other members from the same
+shard file and copies them byte for byte.
 
 Resume: rerun the same command; a shard whose stats file lists every requested stage is
 skipped. Incremental: when the annotated shard exists it is the input, so a new stage only
@@ -35,11 +41,13 @@ from annotators.base import (
     OK,
     SKIPPED,
     MissingDependency,
+    members_of,
     seconds_column,
     status_column,
 )
 from graph200k.nodes import META_MEMBER, node_type
 from graph200k.shards import (
+    ShardError,
     ShardStats,
     ShardWriter,
     list_shards,
@@ -56,7 +64,15 @@ from pipelines.annotate_config import (
     parse_shards,
     select_stages,
 )
-from pipelines.shard_rows import COUNT, INDEX, SHARD, read_shards_udf, row_to_sample
+from pipelines.shard_rows import (
+    COUNT,
+    INDEX,
+    INPUT,
+    SHARD,
+    Reread,
+    merge_sample,
+    read_shards_udf,
+)
 
 DEFAULT_CONFIG = "configs/annotate.yaml"
 
@@ -126,53 +142,105 @@ def init_ray(num_cpus: int | None):
         ray.init(num_cpus=num_cpus, include_dashboard=False)
 
 
-def _task_stage(stage: Stage):
+def stage_plan(stages: list[Stage]) -> list[tuple[list[str], list[str]]]:
+    """(input members, output members) of each stage, in run order."""
+    return [(list(members_of(s.cls.needs)), list(members_of(s.cls.produces))) for s in stages]
+
+
+def columns_to_drop(stages: list[Stage]) -> list[list[str]]:
+    """For each stage, the member columns nothing after it reads: dropped from its output,
+    so a stage passes on only later stages' inputs and the members produced so far."""
+    plan = stage_plan(stages)
+    drops = []
+    for k in range(len(plan)):
+        produced = {m for _, outputs in plan[: k + 1] for m in outputs}
+        later = {m for inputs, _ in plan[k + 1:] for m in inputs}
+        drops.append(sorted({m for inputs, _ in plan[: k + 1] for m in inputs} - produced - later))
+    return drops
+
+
+def _drop(batch: dict, names: list[str]) -> dict:
+    for name in names:
+        batch.pop(name, None)
+    return batch
+
+
+def _task_stage(stage: Stage, drop: list[str]):
     cls, config = stage.cls, stage.config
 
     def run(batch):
         # A CPU task stage is cheap to build; building it per batch keeps tasks stateless
         # (a model stage runs as actors instead, which build it once).
-        return cls(config)(batch)
+        return _drop(cls(config)(batch), drop)
 
     run.__name__ = run.__qualname__ = stage.name  # the name Ray's progress bars show
     return run
+
+
+class _ActorStage:
+    """A model stage in an actor: builds the annotator once, drops what later stages do not read."""
+
+    def __init__(self, cls, config: dict, drop: list[str]):
+        self.annotator = cls(config)
+        self.drop = drop
+
+    def __call__(self, batch):
+        return _drop(self.annotator(batch), self.drop)
+
+
+def _actor_stage(stage: Stage):
+    # A subclass named after the stage: the name Ray's progress bars show.
+    return type(stage.name, (_ActorStage,), {"__module__": __name__})
 
 
 # Ray Data retries a task whose worker died forever by default: a sample that crashes its
 # worker every time (a segfault in a native library) would loop. Bounding it takes
 # `max_retries` / `max_restarts`, which Ray 2.60 accepts only as deprecated `ray_remote_args`
 # (removal announced for 2.64, no named replacement yet): hence the silenced warning.
+# The read step keeps Ray's default (it runs no native code on samples): any remote
+# argument of its own would stop Ray from fusing it with the block cutting below.
 _RAY_REMOTE_ARGS_WARNING = ".*ray_remote_args. is deprecated"
 
 
 def build_dataset(jobs: list[ShardJob], stages: list[Stage], ray_config: dict):
     import ray
 
-    rows_per_block = int(ray_config.get("rows_per_block", 64))
+    rows_per_block = int(ray_config.get("rows_per_block", 32))
     items = [{
         "shard": j.shard,
         "paths": json.dumps(j.paths),
         "drop": json.dumps(j.drop),
         "advice": j.advice,
-        "rows_per_block": rows_per_block,
     } for j in jobs]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_RAY_REMOTE_ARGS_WARNING)
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
         ds = ds.map_batches(read_shards_udf, batch_size=1, batch_format="numpy",
-                            num_cpus=float(ray_config.get("read_num_cpus", 1)), max_retries=3)
-        # A shard is read by one task; small blocks let every worker share its samples.
+                            fn_kwargs={"plan": stage_plan(stages),
+                                       "rows_per_block": rows_per_block},
+                            num_cpus=float(ray_config.get("read_num_cpus", 1)))
+        # A shard is read by one task; blocks of rows_per_block samples let every worker
+        # share its samples. Ray fuses this into the read task (its output is cut into
+        # blocks as it is produced): no extra step, no extra copy.
         ds = ds.repartition(target_num_rows_per_block=rows_per_block)
-        for stage in stages:
+        for stage, drop in zip(stages, columns_to_drop(stages)):
             common = dict(batch_size=stage.batch_size, batch_format="numpy",
                           num_cpus=stage.num_cpus, zero_copy_batch=True)
             if stage.uses_actors:
                 ds = ds.map_batches(
-                    stage.cls, fn_constructor_args=(stage.config,),
+                    _actor_stage(stage), fn_constructor_args=(stage.cls, stage.config, drop),
                     concurrency=stage.concurrency or 1, num_gpus=stage.num_gpus,
                     max_restarts=stage.max_retries, max_task_retries=stage.max_retries, **common)
             else:
-                ds = ds.map_batches(_task_stage(stage), max_retries=stage.max_retries, **common)
+                ds = ds.map_batches(_task_stage(stage, drop), max_retries=stage.max_retries,
+                                    **common)
+    # Ray Data's per-operator reservation splits the CPUs between the operators: while the
+    # read step still holds blocks the first stage has not taken, the stage gets only its
+    # share (on 2 CPUs: one canny task at a time; measured 1.05-1.3 tasks busy on average
+    # against 1.8-1.9 without it). Our read step is one short task per shard, so the stages
+    # should have every CPU; the global object-store limit still bounds the read-ahead.
+    if not ray_config.get("reserve_per_operator", False):
+        ds.context.op_resource_reservation_enabled = False
     return ds
 
 
@@ -200,49 +268,87 @@ def stage_stats(rows: list[dict], stage: Stage, previous: dict | None) -> dict:
     return entry
 
 
-def finish_shard(shard: int, rows: list[dict], stages: list[Stage], out: Path, src: Path,
-                 report: RunReport) -> None:
-    if len(rows) == 1 and rows[0].get(ERROR_COLUMN):
-        report.errors[shard] = rows[0][ERROR_COLUMN]
-        print(f"shard {shard:06d}: ERROR {rows[0][ERROR_COLUMN]}", file=sys.stderr, flush=True)
-        return
-    start = time.perf_counter()
-    rows.sort(key=lambda r: int(r[INDEX]))
-    if [int(r[INDEX]) for r in rows] != list(range(len(rows))):
-        report.errors[shard] = f"shard {shard:06d}: rows lost or duplicated in the pipeline; rerun"
-        return
-    old = read_stats(out, shard) or {}
-    stats = ShardStats(shard=shard, samples=len(rows))
-    per_stage = {}
-    for stage in stages:
-        per_stage[stage.name] = stage_stats(rows, stage, old.get("stages", {}).get(stage.name))
-        for f in per_stage[stage.name]["failed_keys"]:
-            stats.failed.append({"key": f["key"], "stage": stage.name, "reason": f["reason"]})
-    # Stages this run did not request keep their record (their members were kept).
-    for name, entry in old.get("stages", {}).items():
-        per_stage.setdefault(name, entry)
+class ShardAssembler:
+    """Writes one annotated shard as its result rows come back, in source order.
 
-    node_counts: dict[str, int] = defaultdict(int)
-    path = shard_path(out, shard)
-    with ShardWriter(path) as writer:
-        for row in rows:
-            sample = row_to_sample(row)
-            writer.write(sample)
-            if META_MEMBER in sample:
-                for node in json.loads(sample[META_MEMBER]).get("nodes", []):
-                    node_counts[node] += 1
-        stats.written = writer.count
-    stats.seconds = sum(e["seconds"] for n, e in per_stage.items() if n in {s.name for s in stages})
-    stats.seconds += time.perf_counter() - start
-    stats.extra = {
-        "source": str(shard_path(src, shard)),
-        "stages": per_stage,
-        "nodes": dict(sorted(node_counts.items())),
-    }
-    # The stats file marks the shard complete, so it is written after the shard is in place.
-    write_json_atomic(stats_path(out, shard), stats.to_json())
-    report.written[shard] = stats.to_json()
-    print(summary_line(shard, len(rows), per_stage, stages, path), flush=True)
+    Rows arrive in any order; each is held only until the rows before it are in. The
+    writer re-reads the input shard alongside (the file the read step used) and merges
+    each sample's untouched members, byte for byte, with the row's new members. The shard
+    is written under a temporary name and renamed when complete; its stats file follows.
+    """
+
+    def __init__(self, job: ShardJob, stages: list[Stage], out: Path, src: Path):
+        self.job, self.stages, self.out, self.src = job, stages, out, src
+        self.count: int | None = None
+        self.next = 0
+        self.waiting: dict[int, dict] = {}  # rows that came before their turn
+        self.records: list[dict] = []  # key + stage status/seconds of every written row
+        self.node_counts: dict[str, int] = defaultdict(int)
+        self.writer: ShardWriter | None = None
+        self.reread: Reread | None = None
+        self.seconds = 0.0  # time spent merging and writing
+
+    def add(self, row: dict) -> bool:
+        """Take one row; write what is ready. True once the shard is complete."""
+        start = time.perf_counter()
+        index = int(row[INDEX])
+        if self.count is None:
+            self.count = int(row[COUNT])
+        if index in self.waiting or not self.next <= index < self.count:
+            raise ShardError(f"shard {self.job.shard:06d}: rows duplicated in the pipeline; rerun")
+        self.waiting[index] = row
+        while self.next in self.waiting:
+            self._write(self.waiting.pop(self.next))
+            self.next += 1
+        self.seconds += time.perf_counter() - start
+        return self.next == self.count
+
+    def _write(self, row: dict) -> None:
+        if self.writer is None:
+            self.reread = Reread(str(row[INPUT]))
+            self.writer = ShardWriter(shard_path(self.out, self.job.shard))
+        sample = merge_sample(self.reread.next(row["__key__"]), row, self.job.drop)
+        self.writer.write(sample)
+        if META_MEMBER in sample:
+            for node in json.loads(sample[META_MEMBER]).get("nodes", []):
+                self.node_counts[node] += 1
+        self.records.append({k: v for k, v in row.items()
+                             if k == "__key__" or k.startswith(("__status__:", "__seconds__:"))})
+
+    def abort(self) -> None:
+        """Drop the temporary file: no partial shard ever appears under its final name."""
+        if self.reread is not None:
+            self.reread.close()
+        if self.writer is not None:
+            self.writer.abort()
+
+    def finish(self, report: RunReport) -> None:
+        start = time.perf_counter()
+        shard, stages, out = self.job.shard, self.stages, self.out
+        self.reread.finish()
+        path = self.writer.close()
+        old = read_stats(out, shard) or {}
+        stats = ShardStats(shard=shard, samples=len(self.records), written=self.writer.count)
+        per_stage = {}
+        for stage in stages:
+            per_stage[stage.name] = stage_stats(self.records, stage,
+                                                old.get("stages", {}).get(stage.name))
+            for f in per_stage[stage.name]["failed_keys"]:
+                stats.failed.append({"key": f["key"], "stage": stage.name, "reason": f["reason"]})
+        # Stages this run did not request keep their record (their members were kept).
+        for name, entry in old.get("stages", {}).items():
+            per_stage.setdefault(name, entry)
+        stats.seconds = sum(per_stage[s.name]["seconds"] for s in stages)
+        stats.seconds += self.seconds + time.perf_counter() - start
+        stats.extra = {
+            "source": str(shard_path(self.src, shard)),
+            "stages": per_stage,
+            "nodes": dict(sorted(self.node_counts.items())),
+        }
+        # The stats file marks the shard complete, so it is written after the shard is in place.
+        write_json_atomic(stats_path(out, shard), stats.to_json())
+        report.written[shard] = stats.to_json()
+        print(summary_line(shard, len(self.records), per_stage, stages, path), flush=True)
 
 
 def summary_line(shard, samples, per_stage, stages, path) -> str:
@@ -277,17 +383,44 @@ def run(shards: str, stage_names: list[str] | None = None, config_path: str = DE
 
     init_ray(num_cpus or ray_config.get("num_cpus", 2))
     ds = build_dataset(jobs, stages, ray_config)
-    pending: dict[int, list[dict]] = defaultdict(list)
-    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-        columns = list(batch)
-        for i in range(len(batch[SHARD])):
-            row = {c: batch[c][i] for c in columns}
-            shard = int(row[SHARD])
-            pending[shard].append(row)
-            if len(pending[shard]) == int(row[COUNT]):
-                finish_shard(shard, pending.pop(shard), stages, out_dir, src_dir, report)
-    for shard, rows in pending.items():
-        report.errors[shard] = f"shard {shard:06d}: only {len(rows)} rows came back; rerun"
+    by_shard = {j.shard: j for j in jobs}
+    open_shards: dict[int, ShardAssembler] = {}
+    failed: set[int] = set()
+
+    def fail(shard: int, message: str) -> None:
+        failed.add(shard)
+        report.errors[shard] = message
+        if shard in open_shards:
+            open_shards.pop(shard).abort()
+        print(f"shard {shard:06d}: ERROR {message}", file=sys.stderr, flush=True)
+
+    try:
+        for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+            columns = list(batch)
+            for i in range(len(batch[SHARD])):
+                row = {c: batch[c][i] for c in columns}
+                shard = int(row[SHARD])
+                if shard in failed:
+                    continue
+                if row.get(ERROR_COLUMN):
+                    fail(shard, row[ERROR_COLUMN])
+                    continue
+                assembler = open_shards.get(shard)
+                if assembler is None:
+                    assembler = open_shards[shard] = ShardAssembler(
+                        by_shard[shard], stages, out_dir, src_dir)
+                try:
+                    if assembler.add(row):
+                        assembler.finish(report)
+                        del open_shards[shard]
+                except ShardError as e:
+                    fail(shard, str(e))
+        for shard, assembler in list(open_shards.items()):
+            fail(shard, f"shard {shard:06d}: only {assembler.next + len(assembler.waiting)} "
+                        f"of {assembler.count} rows came back; rerun")
+    finally:
+        for assembler in open_shards.values():  # an exception (disk full...) leaves no partial shard
+            assembler.abort()
     return report
 
 
