@@ -79,7 +79,9 @@ def test_tiny_recipe_overfits_one_batch(tiny_dir, shards, tmp_path):
 
 
 def test_sigterm_then_resume_equals_uninterrupted(tiny_dir, shards, tmp_path, monkeypatch):
-    steps = ["train.max_steps=6", "train.checkpoint_every=100"]
+    # Validation reads its own fixed tasks at start (tests/test_validation.py); off here, where
+    # every read must be the training stream's.
+    steps = ["train.max_steps=6", "train.checkpoint_every=100", "validation.every=0"]
     built, reads = [], []
     real_build, real_bytes = GridStream.build, SampleReader.member_bytes
     monkeypatch.setattr(SampleReader, "member_bytes",

@@ -48,7 +48,9 @@ def test_tiny_recipe_trains_from_shards_and_overfits_one_batch(tiny_fill_dir, an
 def test_sigterm_then_rerun_equals_uninterrupted_without_rereading(tiny_fill_dir, annotated_shards, tmp_path,
                                                                    monkeypatch):
     # Mixed 1- to 3-row grids -> padded batches with per-sample position ids.
-    steps = ["train.max_steps=6", "train.checkpoint_every=100"]
+    # Validation reads its own fixed tasks at start (tests/test_validation.py); off here, where
+    # every read must be the training stream's.
+    steps = ["train.max_steps=6", "train.checkpoint_every=100", "validation.every=0"]
     built, reads = [], []
     real_build, real_bytes = GridStream.build, SampleReader.member_bytes
     monkeypatch.setattr(GridStream, "build", lambda self, task: built.append(task.task_id) or real_build(self, task))

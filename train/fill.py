@@ -27,6 +27,7 @@ from train.fill_model import (PerSampleRopeAttnProcessor, add_lora, load_lora_st
 from train.logging_utils import MetricLogger
 from train.nan_guard import check_finite
 from train.tiny import TinyFillConfig
+from train.validation import ValidationConfig, Validator, enabled, select_tasks
 
 
 # ----------------------------------------------------------------------------- config
@@ -93,6 +94,7 @@ class FillConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/fill"))
     tiny: TinyFillConfig = field(default_factory=TinyFillConfig)  # used only with model.build_tiny
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
 class Encoders:
@@ -123,6 +125,14 @@ class Encoders:
         self.latent_cache.put(key, out.to_dict())
         return out
 
+    def text_models(self):
+        """(clip tokenizer, CLIP, t5 tokenizer, T5), loaded once."""
+        if self._text is None:
+            m = self.cfg.model
+            tok, clip, tok2, t5 = load_text_encoders(m.pretrained, torch_dtype(m.dtype), m.revision)
+            self._text = (tok, clip.to(self.device), tok2, t5.to(self.device))
+        return self._text
+
     def text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.cfg.model
         rows = []
@@ -130,10 +140,7 @@ class Encoders:
             key = FeatureCache.key(m.pretrained, m.max_sequence_length, p) if self.text_cache else None
             hit = self.text_cache.get(key) if key else None
             if hit is None:
-                if self._text is None:
-                    tok, clip, tok2, t5 = load_text_encoders(m.pretrained, torch_dtype(m.dtype), m.revision)
-                    self._text = (tok, clip.to(self.device), tok2, t5.to(self.device))
-                t5_embeds, pooled = encode_prompts([p], *self._text, max_sequence_length=m.max_sequence_length)
+                t5_embeds, pooled = encode_prompts([p], *self.text_models(), max_sequence_length=m.max_sequence_length)
                 hit = {"text": t5_embeds[0], "pooled": pooled[0]}
                 if key:
                     self.text_cache.put(key, hit)
@@ -247,6 +254,9 @@ def train(cfg: FillConfig) -> dict:
     # ------------------------------------------------------------------------- loop
     log = MetricLogger(out_dir / "logs", cfg.train.max_steps, start, acc.is_main_process, cfg.train.tensorboard,
                        cfg.train.wandb_project, to_dict(cfg))
+    validate = fill_validator(cfg, acc, transformer, encoders, scale, log)
+    if validate is not None and validate.pending(start):  # preempted before that step's images were written
+        validate(start, transformer)
     obj = cfg.objective
     losses = []
     transformer.train()
@@ -284,9 +294,11 @@ def train(cfg: FillConfig) -> dict:
 
             tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), "sum"))
             losses.append(float(step_loss))
+            step_time = time.perf_counter() - t0
+            images = validate(step, transformer) if validate and validate.due(step) and not sigterm.requested else {}
             log.log(step, loss=float(step_loss), lr=lr_scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
-                    samples=cfg.train.global_batch_size, tokens=tokens, step_time=time.perf_counter() - t0,
-                    skipped_over_budget=batches.skipped)
+                    samples=cfg.train.global_batch_size, tokens=tokens, step_time=step_time,
+                    skipped_over_budget=batches.skipped, **images)
             last = step == cfg.train.max_steps
             if ckpt.should_save(step, sigterm.requested) or last:
                 ckpt.save(step, _trainable_state(acc, transformer), optimizer, lr_scheduler,
@@ -308,6 +320,40 @@ def train(cfg: FillConfig) -> dict:
     acc.wait_for_everyone()
     return {"losses": losses, "skipped_over_budget": batches.skipped, "last_step": start + len(losses),
             "lora_dir": lora_dir, "cache_hits": encoders.latent_cache.hits if encoders.latent_cache else 0}
+
+
+def fill_validator(cfg: FillConfig, acc, transformer, encoders: Encoders, scale: int, log) -> Validator | None:
+    """The fixed validation grids (inference sizing, masked cell unread), solved by GridFillPipeline
+    on the modules this run already holds: the LoRA transformer, the VAE, the text encoders."""
+    v = cfg.validation
+    if not enabled(v, acc, log.write):
+        return None
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from graph200k.reader import load_manifest
+    from graph200k.tasks import TaskConfig
+    from train.infer_fill import GridFillPipeline, build_sampled_grid, solve
+
+    manifest = load_manifest(cfg.data.manifest, cfg.data.shards)
+    tasks = select_tasks(v, manifest, TaskConfig.load(cfg.data.tasks_config), cfg.data.families, log.write)
+    res = v.res or cfg.data.res
+    guidance = 30.0 if v.guidance is None else v.guidance  # infer_fill's default
+    pipes = []
+
+    def run(grid, seed):
+        if not pipes:  # at the first validation: a cached run loads its encoders only if it gets there
+            tok, clip, tok2, t5 = encoders.text_models()
+            scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(cfg.model.pretrained, subfolder="scheduler",
+                                                                        revision=cfg.model.revision)
+            pipes.append(GridFillPipeline(scheduler=scheduler, vae=encoders.vae(), text_encoder=clip, tokenizer=tok,
+                                          text_encoder_2=t5, tokenizer_2=tok2, transformer=acc.unwrap_model(transformer)))
+            pipes[0].set_progress_bar_config(disable=True)
+        with acc.autocast():
+            return solve(pipes[0], grid, v.steps, guidance, seed, cfg.model.max_sequence_length)
+
+    return Validator(v, cfg.train.out_dir, tasks,
+                     lambda task: build_sampled_grid(task.to_json(), cfg.data.shards, manifest, res, 2 * scale),
+                     run, log)
 
 
 def _trainable_state(acc, transformer) -> dict[str, torch.Tensor]:

@@ -109,7 +109,8 @@ def build_sampled_grid(task: dict, shards, manifest, res: int, multiple: int):
 def solve(pipe: FluxFillPipeline, grid, steps: int = 28, guidance: float = 30.0, seed: int = 0,
           max_sequence_length: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Returns (generated grid image with rows stacked, target cell) as uint8 arrays."""
-    grid_pipe = GridFillPipeline(**pipe.components)
+    # A GridFillPipeline (train.fill's validation) is used as is: its progress-bar setting stays.
+    grid_pipe = pipe if isinstance(pipe, GridFillPipeline) else GridFillPipeline(**pipe.components)
     s = vae_scale_factor(pipe.vae)
     inputs = encode_grid(grid, pipe.vae)
     n, c4 = inputs.latents.shape

@@ -10,6 +10,7 @@ API
         or the process's peak RSS on CPU), writes them to TensorBoard, to
         ``<log_dir>/metrics.jsonl`` (one JSON object per step: what tests and plots read) and
         to wandb when configured, and updates the progress bar. Returns the row.
+    ``.image(tag, image, step)``: a uint8 H x W x 3 array to TensorBoard (and wandb).
     ``.write(msg)`` prints without breaking the bar; ``.close()``.
 
 ``peak_memory_gb() -> float``
@@ -89,6 +90,16 @@ class MetricLogger:
         self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", refresh=False)
         self.bar.refresh()
         return row
+
+    def image(self, tag: str, image, step: int) -> None:
+        if not self.enabled:
+            return
+        if self.tb is not None:
+            self.tb.add_image(tag, image, step, dataformats="HWC")
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({tag: wandb.Image(image)}, step=step)
 
     def write(self, msg: str) -> None:
         if self.enabled:
