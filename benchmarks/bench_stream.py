@@ -1,6 +1,6 @@
 """Training-stream throughput: grids/s on one core, indexed reads vs scanning the tar.
 
-    .venv/bin/python benchmarks/bench_stream.py [--samples 200] [--grids 150]
+    .venv/bin/python benchmarks/bench_stream.py [--samples 1000] [--per-shard 1000] [--grids 150]
 
 Builds a shard folder of real photos (scikit-image) at 512² with the annotated members
 (target, reference, canny, depth, rmbg matte, style pair), then composes 3-row x 3-column
@@ -82,11 +82,11 @@ def timed_grids(stream: GridStream, reader: SampleReader, n: int) -> tuple[float
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", type=int, default=200)
-    ap.add_argument("--per-shard", type=int, default=200,
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--per-shard", type=int, default=1000,
                     help="samples per shard (ingest's default is 1000)")
     ap.add_argument("--grids", type=int, default=150)
-    ap.add_argument("--scan-grids", type=int, default=30)
+    ap.add_argument("--scan-grids", type=int, default=20)
     ap.add_argument("--res", type=int, default=384)
     args = ap.parse_args(argv)
 
