@@ -53,3 +53,23 @@ def tiny_fill_dir(tmp_path_factory):
     from train.tiny import build_tiny_fill
 
     return build_tiny_fill(tmp_path_factory.mktemp("tiny-flux-fill") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_cogvideox_dir(tmp_path_factory):
+    """A tiny random CogVideoX1.5-layout model folder (diffusers layout), built offline once."""
+    from train.tiny_cogvideox import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny_cogvideox"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one intra-op thread. On 2 shared cores under load, OpenMP barriers made
+    the 50-step overfit test take 44 s instead of 1 s (measured); restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

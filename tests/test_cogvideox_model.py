@@ -15,30 +15,17 @@ skdata = pytest.importorskip("skimage.data")
 from train.realgeneral.encoders import encode_images, encode_text, load_components, tokenize  # noqa: E402
 from train.realgeneral.fcd import MASK_VARIANTS, fcd_mask  # noqa: E402
 from train.realgeneral.model import RealGeneralModel  # noqa: E402
-from train.tiny_cogvideox import save_tiny  # noqa: E402
 
 TASKS = ["canny", "reference"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread. On 2 shared cores under load, OpenMP barriers made
-    the 50-step overfit test take 44 s instead of 1 s (measured); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny(tmp_path_factory.mktemp("tiny_cogvideox"))
-
-
-@pytest.fixture(scope="module")
-def batch(tiny_dir):
+def batch(tiny_cogvideox_dir):
     """Real photos: the astronaut and its Canny edges as (target, condition); chelsea likewise."""
-    parts = load_components(str(tiny_dir))
+    parts = load_components(str(tiny_cogvideox_dir))
     targets = [cv2.resize(img, (32, 32), interpolation=cv2.INTER_AREA) for img in (skdata.astronaut(), skdata.chelsea())]
     conditions = [np.repeat(cv2.Canny(t, 100, 200)[..., None], 3, axis=2) for t in targets]
     prompts = ["a photo of the astronaut in a white suit", "a photo of a red cat on a table"]
@@ -54,8 +41,8 @@ def batch(tiny_dir):
     )
 
 
-def _fresh(tiny_dir, variant):
-    parts = load_components(str(tiny_dir))
+def _fresh(tiny_cogvideox_dir, variant):
+    parts = load_components(str(tiny_cogvideox_dir))
     base = parts["transformer"]
     return copy.deepcopy(base), RealGeneralModel(base, TASKS, variant), parts["tokenizer"]
 
@@ -78,8 +65,8 @@ def _predict(model, tokenizer, b, subjects=("astronaut", "cat"), tasks=TASKS, co
 
 
 @torch.no_grad()
-def test_identity_at_init_equals_base_transformer_exactly(tiny_dir, batch):
-    base, model, tokenizer = _fresh(tiny_dir, "none")
+def test_identity_at_init_equals_base_transformer_exactly(tiny_cogvideox_dir, batch):
+    base, model, tokenizer = _fresh(tiny_cogvideox_dir, "none")
     model.add_lora(rank=8, alpha=8)  # LoRA B starts at zero, UCE at zero
     ours = _predict(model, tokenizer, batch)
     theirs = _base_prediction(base, model, batch, batch["condition"])
@@ -113,19 +100,19 @@ def test_mask_patterns_on_a_small_sequence():
 
 
 @torch.no_grad()
-def test_masks_reach_attention(tiny_dir, batch):
+def test_masks_reach_attention(tiny_cogvideox_dir, batch):
     """B cuts the target's only path to the condition: the prediction ignores it; A does not."""
     other = batch["condition"] + torch.randn_like(batch["condition"])
     for variant, ignores in (("A", False), ("B", True), ("C", False)):
-        _, model, tokenizer = _fresh(tiny_dir, variant)
+        _, model, tokenizer = _fresh(tiny_cogvideox_dir, variant)
         same = torch.allclose(
             _predict(model, tokenizer, batch), _predict(model, tokenizer, batch, condition=other), atol=1e-6
         )
         assert same == ignores, variant
 
 
-def test_trainable_parameters_are_exactly_lora_on_sc_adaln_and_attention_plus_uce(tiny_dir):
-    _, model, _ = _fresh(tiny_dir, "A")
+def test_trainable_parameters_are_exactly_lora_on_sc_adaln_and_attention_plus_uce(tiny_cogvideox_dir):
+    _, model, _ = _fresh(tiny_cogvideox_dir, "A")
     model.add_lora(rank=4, alpha=4)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     expected = {"uce.keyword_proj.weight", "uce.keyword_proj.bias", "uce.task_bias"}
@@ -141,8 +128,8 @@ def test_trainable_parameters_are_exactly_lora_on_sc_adaln_and_attention_plus_uc
 
 
 @torch.no_grad()
-def test_keyword_missing_counts_and_contributes_nothing(tiny_dir, batch):
-    _, model, tokenizer = _fresh(tiny_dir, "none")
+def test_keyword_missing_counts_and_contributes_nothing(tiny_cogvideox_dir, batch):
+    _, model, tokenizer = _fresh(tiny_cogvideox_dir, "none")
     torch.nn.init.normal_(model.uce.keyword_proj.weight)
     torch.nn.init.normal_(model.uce.task_bias)
     keyword = model.uce.keyword_mask(tokenizer, batch["ids"], ["Astronaut", "dog"])  # case-insensitive; no dog
@@ -153,15 +140,15 @@ def test_keyword_missing_counts_and_contributes_nothing(tiny_dir, batch):
     assert not torch.allclose(conditioned[0], batch["condition"][0])
 
 
-def test_keyword_spanning_several_tokens(tiny_dir):
+def test_keyword_spanning_several_tokens(tiny_cogvideox_dir):
     from train.realgeneral.uce import find_keyword
 
-    tokenizer = load_components(str(tiny_dir))["tokenizer"]
+    tokenizer = load_components(str(tiny_cogvideox_dir))["tokenizer"]
     ids = tokenizer("a teddy bear and a bear, a Teddy Bear.").input_ids
     assert find_keyword(tokenizer, ids, "teddy bear") == [1, 2, 8, 9]
 
 
-def test_unknown_task_names_the_known_ones(tiny_dir):
-    _, model, _ = _fresh(tiny_dir, "A")
+def test_unknown_task_names_the_known_ones(tiny_cogvideox_dir):
+    _, model, _ = _fresh(tiny_cogvideox_dir, "A")
     with pytest.raises(KeyError, match="unknown task 'cany'.*known tasks: canny, reference"):
         model.uce.task_ids(["canny", "cany"])

@@ -25,24 +25,11 @@ from train.infer_cogvideox import generate  # noqa: E402
 from train.infer_cogvideox import main as infer_main  # noqa: E402
 from train.realgeneral.encoders import load_components  # noqa: E402
 from train.realgeneral.model import RealGeneralModel  # noqa: E402
-from train.tiny_cogvideox import save_tiny  # noqa: E402
 
 TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "train" / "cogvideox-tiny.yaml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread. On 2 shared cores under load, OpenMP barriers made
-    the 50-step overfit test take 44 s instead of 1 s (measured); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny(tmp_path_factory.mktemp("tiny_cogvideox"))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +38,16 @@ def shards(annotated_shards):
     return [f"data.shards={folder}", f"data.manifest={manifest}"]
 
 
-def _cfg(tiny_dir, shards, out_dir, *overrides):
+def _cfg(tiny_cogvideox_dir, shards, out_dir, *overrides):
     return load_config(
         CogVideoXConfig, TINY_YAML,
-        [f"model.pretrained={tiny_dir}", "model.build_tiny=false", f"train.out_dir={out_dir}", "train.tensorboard=false",
+        [f"model.pretrained={tiny_cogvideox_dir}", "model.build_tiny=false", f"train.out_dir={out_dir}", "train.tensorboard=false",
          *shards, *overrides],
     )
 
 
-def test_tiny_recipe_overfits_one_batch(tiny_dir, shards, tmp_path):
-    cfg = _cfg(tiny_dir, shards, tmp_path / "run", "train.max_steps=50", "train.global_batch_size=2",
+def test_tiny_recipe_overfits_one_batch(tiny_cogvideox_dir, shards, tmp_path):
+    cfg = _cfg(tiny_cogvideox_dir, shards, tmp_path / "run", "train.max_steps=50", "train.global_batch_size=2",
                "train.checkpoint_every=0")
     source = pair_source(cfg.data, 0, 1)
     assert isinstance(source, GridStream) and source.mode == "pair"
@@ -78,7 +65,7 @@ def test_tiny_recipe_overfits_one_batch(tiny_dir, shards, tmp_path):
     assert np.mean(result["losses"][-10:]) < np.mean(result["losses"][:10])
 
 
-def test_sigterm_then_resume_equals_uninterrupted(tiny_dir, shards, tmp_path, monkeypatch):
+def test_sigterm_then_resume_equals_uninterrupted(tiny_cogvideox_dir, shards, tmp_path, monkeypatch):
     # Validation reads its own fixed tasks at start (tests/test_validation.py); off here, where
     # every read must be the training stream's.
     steps = ["train.max_steps=6", "train.checkpoint_every=100", "validation.every=0"]
@@ -92,7 +79,7 @@ def test_sigterm_then_resume_equals_uninterrupted(tiny_dir, shards, tmp_path, mo
         return real_build(self, task)
 
     monkeypatch.setattr(GridStream, "build", record)
-    full = train(_cfg(tiny_dir, shards, tmp_path / "full", *steps))
+    full = train(_cfg(tiny_cogvideox_dir, shards, tmp_path / "full", *steps))
     full_built, full_reads = list(built), list(reads)
 
     def preempted(self, task):  # micro_batch 2 x grad_accum 2 = 4 pairs a step: SIGTERM in step 3
@@ -102,7 +89,7 @@ def test_sigterm_then_resume_equals_uninterrupted(tiny_dir, shards, tmp_path, mo
 
     built.clear(), reads.clear()
     monkeypatch.setattr(GridStream, "build", preempted)
-    cut = _cfg(tiny_dir, shards, tmp_path / "cut", *steps)
+    cut = _cfg(tiny_cogvideox_dir, shards, tmp_path / "cut", *steps)
     first = train(cut)
     assert first["stopped"] and first["step"] == 3
     saved = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir())
@@ -126,15 +113,15 @@ def test_sigterm_then_resume_equals_uninterrupted(tiny_dir, shards, tmp_path, mo
     assert second["model"].uce.counts["samples"] == full["model"].uce.counts["samples"] == 24
 
 
-def test_cli_trains_then_inference_uses_the_saved_adapter(tiny_dir, shards, annotated_shards, tmp_path):
+def test_cli_trains_then_inference_uses_the_saved_adapter(tiny_cogvideox_dir, shards, annotated_shards, tmp_path):
     out = tmp_path / "run"
-    main(["--config", str(TINY_YAML), f"model.pretrained={tiny_dir}", "model.build_tiny=false", f"train.out_dir={out}",
+    main(["--config", str(TINY_YAML), f"model.pretrained={tiny_cogvideox_dir}", "model.build_tiny=false", f"train.out_dir={out}",
           "train.max_steps=4", "train.tensorboard=false", *shards])
     rows = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert {"loss", "lr", "grad_norm", "samples_per_s", "peak_mem_gb", "keyword_missing"} <= rows[0].keys()
 
-    parts = load_components(str(tiny_dir))
+    parts = load_components(str(tiny_cogvideox_dir))
     trained = RealGeneralModel.from_adapter(parts.pop("transformer"), out / "lora")
     lora_b = trained.transformer.transformer_blocks[0].attn1.to_q.lora_B["default"].weight
     assert lora_b.abs().sum() > 0  # four steps moved the zero-initialised B
@@ -146,21 +133,21 @@ def test_cli_trains_then_inference_uses_the_saved_adapter(tiny_dir, shards, anno
     image = generate(parts, trained, condition, **args)
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
     assert np.array_equal(image, generate(parts, trained, condition, **args))  # seeded
-    base = RealGeneralModel(load_components(str(tiny_dir))["transformer"], trained.uce.tasks, "A")
+    base = RealGeneralModel(load_components(str(tiny_cogvideox_dir))["transformer"], trained.uce.tasks, "A")
     assert not np.array_equal(image, generate(parts, base, condition, **args))  # the adapter matters
 
     from PIL import Image
 
     Image.fromarray(condition).save(tmp_path / "condition.png")
-    infer_main(["--model", str(tiny_dir), "--lora", str(out / "lora"), "--condition", str(tmp_path / "condition.png"),
+    infer_main(["--model", str(tiny_cogvideox_dir), "--lora", str(out / "lora"), "--condition", str(tmp_path / "condition.png"),
                 "--prompt", args["prompt"], "--subject", "astronaut", "--task", "canny", "--steps", "4",
                 "--seed", "3", "--out", str(tmp_path / "target.png")])
     assert np.array_equal(np.asarray(Image.open(tmp_path / "target.png")), image)
     # Frame 1 straight from the shards: sample 0000000's canny, with the prompt, subject and
     # task name the training stream gives a canny -> target pair.
-    infer_main(["--model", str(tiny_dir), "--lora", str(out / "lora"), "--shards", str(folder), "--manifest",
+    infer_main(["--model", str(tiny_cogvideox_dir), "--lora", str(out / "lora"), "--shards", str(folder), "--manifest",
                 str(manifest), "--key", "0000000", "--resolution", "32", "--steps", "2",
                 "--out", str(tmp_path / "from_shards.png")])
     assert np.asarray(Image.open(tmp_path / "from_shards.png")).shape == (32, 32, 3)
     with pytest.raises(SystemExit):  # --key without --shards names what is missing
-        infer_main(["--model", str(tiny_dir), "--lora", str(out / "lora"), "--key", "0000000", "--out", "x.png"])
+        infer_main(["--model", str(tiny_cogvideox_dir), "--lora", str(out / "lora"), "--key", "0000000", "--out", "x.png"])
