@@ -136,29 +136,33 @@ def cpu_main(args) -> None:
     report(runners)
 
 
-def gpu_main(args) -> None:
-    if not torch.cuda.is_available():
+def gpu_main(args, device: str = "cuda", cfg: dict = COGVIDEOX15_5B, rank: int = 256) -> dict:
+    """Full size on CUDA; with device="cpu" and SMALL the same code runs in the tests."""
+    cuda = device == "cuda"
+    if cuda and not torch.cuda.is_available():
         print("gpu: skipped (no CUDA device on this machine)")
-        return
-    device = torch.device("cuda")
-    cfg = COGVIDEOX15_5B
+        return {}
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    dev = torch.device(device)
     res_latent = args.gpu_res // 8
     seq = cfg["max_text_seq_length"] + 2 * (res_latent // 2) ** 2
-    data = inputs(cfg, res_latent, 1, device, torch.bfloat16)
-    print(f"device: {torch.cuda.get_device_name()}")
+    data = inputs(cfg, res_latent, 1, dev, torch.bfloat16)
+    print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}")
     print(f"sequence_tokens: {seq}")
     # One 5B model at a time (five copies would not fit in 80 GB): variants run one after another.
     runners, peaks = [], {}
     for variant in (None, *VARIANTS):
-        runner = make_runner(variant, cfg, data, 256, device, torch.bfloat16, True)
-        torch.cuda.reset_peak_memory_stats()
-        time_steps([runner], args.steps, args.warmup, torch.cuda.synchronize)
-        peaks[runner.name] = torch.cuda.max_memory_allocated() / 2**30
+        runner = make_runner(variant, cfg, data, rank, dev, torch.bfloat16, True)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        time_steps([runner], args.steps, args.warmup, sync)
+        peaks[runner.name] = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
         if variant is None:  # MFU counts the base model's FLOPs for every variant
             params = sum(p.numel() for n, p in runner.model.named_parameters() if "lora_" not in n)
         runner.model = runner.optimizer = runner.params = None
         runners.append(runner)
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
     report(runners)
     # Model FLOPs of one step: forward (2 x params x tokens + 4 x layers x seq^2 x width for
     # QK^T and AV) plus the backward to the activations (about 1x forward: the base weights are
@@ -166,10 +170,12 @@ def gpu_main(args) -> None:
     width = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     forward = 2 * params * seq + 4 * cfg["num_layers"] * seq**2 * width
     peak = args.peak_tflops * 1e12
-    for r in runners:
-        print(f"mfu_{r.name}: {2 * forward / min(r.times) / peak:.3f}")
+    mfu = {r.name: 2 * forward / min(r.times) / peak for r in runners}
+    for name, value in mfu.items():
+        print(f"mfu_{name}: {value:.3f}")
     for name, gb in peaks.items():
         print(f"peak_memory_gb_{name}: {gb:.1f}")
+    return {"mfu": mfu, "peak_memory_gb": peaks, "steps": {r.name: list(r.times) for r in runners}}
 
 
 def report(runners) -> None:

@@ -95,37 +95,51 @@ def _attention_flops(seq: int, dim: int, layers: int) -> float:
     return layers * 4.0 * seq * seq * dim  # QK^T + AV, forward
 
 
-def bench_gpu(peak_tflops: float | None, iters: int) -> None:
+# FLUX.1 shapes (the diffusers defaults) with the Fill input width 64 + 64 + 256; the tiny
+# shapes run the same code on CPU (tests/test_bench_gpu_paths.py) so it is exercised
+# before a GPU session measures it.
+FULL = dict(in_channels=384, out_channels=64, guidance_embeds=True)
+TINY = dict(in_channels=384, out_channels=64, guidance_embeds=True, num_layers=1,
+            num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+            joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+
+
+def bench_gpu(peak_tflops: float | None, iters: int, device: str = "cuda", tiny: bool = False,
+              res: int = 384, text_tokens: int = 512) -> dict:
     import torch
 
-    if not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         print("gpu: skipped (no CUDA device)")
-        return
+        return {}
     from diffusers import FluxTransformer2DModel
 
     from train.fill_inputs import FillBatch, grid_position_ids
     from train.fill_model import PerSampleRopeAttnProcessor, add_lora, predict_velocity, velocity_loss
 
-    name = torch.cuda.get_device_name()
+    cuda = device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    name = torch.cuda.get_device_name() if cuda else "cpu"
     if peak_tflops is None:  # dense bf16 peak of the SXM parts
         peak_tflops = 989.0 if ("H100" in name or "H200" in name) else 312.0 if "A100" in name else float("nan")
     torch.manual_seed(0)
-    # FLUX.1 shapes (the diffusers defaults) with the Fill input width: 64 + 64 + 256.
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = FluxTransformer2DModel(in_channels=384, out_channels=64, guidance_embeds=True)
+    with torch.device(device):
+        model = FluxTransformer2DModel(**(TINY if tiny else FULL))
     torch.set_default_dtype(default_dtype)
+    cfg = model.config
     frozen_params = sum(p.numel() for p in model.parameters())
-    params = add_lora(model, 256, 256.0)
+    params = add_lora(model, 8 if tiny else 256, 8.0 if tiny else 256.0)
     model.set_attn_processor(PerSampleRopeAttnProcessor())
     model.enable_gradient_checkpointing()
     model.train()
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
 
-    cell = 384 // 16  # packed tokens per side of a 384² cell
+    cell = res // 16  # packed tokens per side of a res² cell (latent side 2·cell)
     ids = grid_position_ids([(2 * cell, 2 * 3 * cell)] * 3)  # 3 rows of 3 cells
-    n, txt = ids.shape[0], 512
+    n, txt = ids.shape[0], text_tokens
+    inner = cfg.num_attention_heads * cfg.attention_head_dim
+    layers = cfg.num_layers + cfg.num_single_layers
     print(f"gpu.device: {name}")
     print(f"gpu.transformer_params_b: {frozen_params / 1e9:.2f}")
     print(f"gpu.image_tokens: {n}")
@@ -134,36 +148,42 @@ def bench_gpu(peak_tflops: float | None, iters: int) -> None:
         valid = torch.ones(mb, n, dtype=torch.bool)
         cellmask = torch.zeros(mb, n, dtype=torch.bool)
         batch = FillBatch(torch.randn(mb, n, 64 + 256), torch.randn(mb, n, 64), ids, valid, cellmask,
-                          torch.randn(mb, txt, 4096), torch.randn(mb, 768), ["bench"] * mb)
-        torch.cuda.reset_peak_memory_stats()
+                          torch.randn(mb, txt, cfg.joint_attention_dim),
+                          torch.randn(mb, cfg.pooled_projection_dim), ["bench"] * mb)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         times = []
         for i in range(iters + 2):
-            torch.cuda.synchronize()
+            sync()
             t0 = time.perf_counter()
-            x0 = batch.latents.cuda()
-            t = torch.rand(mb, device="cuda")
+            x0 = batch.latents.to(device)
+            t = torch.rand(mb, device=device)
             noise = torch.randn_like(x0)
             noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = velocity_loss(predict_velocity(model, batch, noisy, t, 1.0), noise, x0, valid.cuda())
+            with torch.autocast(device, dtype=torch.bfloat16):
+                loss = velocity_loss(predict_velocity(model, batch, noisy, t, 1.0), noise, x0,
+                                     valid.to(device))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 2.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
+            sync()
             if i >= 2:  # warm-up steps excluded
                 times.append(time.perf_counter() - t0)
         step = statistics.median(times)
         seq = n + txt
-        # Model FLOPs (no recompute counted): fwd 2·P·tokens + attention, bwd ≈ 2× fwd.
-        flops = 3 * mb * (2.0 * frozen_params * seq + _attention_flops(seq, 3072, 57))
+        # Model FLOPs (recompute not counted): forward 2·P·tokens + attention, and the
+        # backward to the activations ≈ 1× forward: the base weights are frozen (LoRA), so
+        # there are no weight gradients. Same convention as bench_cogvideox.
+        flops = 2 * mb * (2.0 * frozen_params * seq + _attention_flops(seq, inner, layers))
         mfu = flops / step / (peak_tflops * 1e12)
-        results[mb] = step
-        print(f"gpu.mb{mb}.step_time_s: {step:.3f}")
-        print(f"gpu.mb{mb}.tokens_per_s: {mb * seq / step:.0f}")
-        print(f"gpu.mb{mb}.mfu: {mfu:.3f}")
-        print(f"gpu.mb{mb}.peak_mem_gb: {torch.cuda.max_memory_allocated() / 2**30:.1f}")
-    print(f"ratio.gpu.tokens_per_s.mb2_vs_mb1: {2 * results[1] / results[2]:.2f}")
+        peak_gb = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+        results[mb] = {"step_time_s": step, "tokens_per_s": mb * seq / step, "mfu": mfu,
+                       "peak_mem_gb": peak_gb, "loss": float(loss.detach())}
+        for k in ("step_time_s", "tokens_per_s", "mfu", "peak_mem_gb"):
+            print(f"gpu.mb{mb}.{k}: {results[mb][k]:.3f}")
+    print(f"ratio.gpu.tokens_per_s.mb2_vs_mb1: {2 * results[1]['step_time_s'] / results[2]['step_time_s']:.2f}")
+    return results
 
 
 def main(argv=None):
