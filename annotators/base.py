@@ -95,7 +95,11 @@ class Annotator:
     @staticmethod
     def image(sample: dict, node: str = "target", mode: str = "RGB") -> np.ndarray:
         member = node_type(node).members[0]
-        return decode_image(sample[member], mode)
+        try:
+            return decode_image(sample[member], mode)
+        except ValueError as e:
+            raise ValueError(f"{member} does not decode ({e}); re-create the source shard "
+                             "(python -m pipelines.ingest --force)") from None
 
     # -- the Ray Data entry point ----------------------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

