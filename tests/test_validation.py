@@ -23,18 +23,12 @@ from graph200k.stream import GridStream
 from graph200k.tasks import TaskConfig
 from train.config import load_config
 from train.infer_fill import build_sampled_grid
-from train.tiny_cogvideox import save_tiny
-from train.validation import ValidationConfig, isolated, select_tasks
+from train.validation import ValidationConfig, isolated, select_tasks, stream_tasks_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fill_cfg(tiny_fill_dir, shards, out, *overrides):
@@ -117,18 +111,13 @@ def test_fill_resume_with_validation_equals_uninterrupted(tiny_fill_dir, annotat
     assert len(_pngs(tmp_path / "full")) == 3 * 2
 
 
-@pytest.fixture(scope="module")
-def tiny_cogvideox(tmp_path_factory):
-    return save_tiny(tmp_path_factory.mktemp("tiny_cogvideox_val"))
-
-
-def test_cogvideox_writes_condition_and_target_and_leaves_training_untouched(tiny_cogvideox, annotated_shards,
+def test_cogvideox_writes_condition_and_target_and_leaves_training_untouched(tiny_cogvideox_dir, annotated_shards,
                                                                              tmp_path):
     folder, manifest = annotated_shards
 
     def cfg(out, *overrides):
         return load_config(cogvideox.CogVideoXConfig, ROOT / "configs/train/cogvideox-tiny.yaml", [
-            f"model.pretrained={tiny_cogvideox}", "model.build_tiny=false", f"data.shards={folder}",
+            f"model.pretrained={tiny_cogvideox_dir}", "model.build_tiny=false", f"data.shards={folder}",
             f"data.manifest={manifest}", f"train.out_dir={out}", "train.tensorboard=false", "train.max_steps=4",
             "train.checkpoint_every=0", "validation.every=2", "validation.num_tasks=2", "validation.steps=1",
             *overrides])
@@ -178,3 +167,22 @@ def test_select_tasks_prefers_unseen_variants_then_falls_back(annotated_shards):
     assert len(said) == 1 and "none satisfiable" in said[0]
     assert {t.family for t in fallback} == {"conditional_generation"} and "hed->target" not in {t.variant
                                                                                                for t in fallback}
+
+
+def test_validation_reuses_the_training_streams_manifest_and_tasks(annotated_shards, monkeypatch):
+    folder, manifest_path = annotated_shards
+    data = fill.DataConfig(shards=str(folder), manifest=None)  # null: would scan every shard
+    stream = GridStream(folder, manifest_path, res=32)
+
+    def no_scan(*a, **k):
+        raise AssertionError("the manifest was built a second time")
+
+    monkeypatch.setattr(Manifest, "from_shards", no_scan)
+    monkeypatch.setattr(Manifest, "load", no_scan)
+    manifest, config = stream_tasks_setup(data, stream)
+    assert manifest is stream.manifest and config is stream.config
+    monkeypatch.undo()
+    # Without a stream (a plain iterable of pairs in tests) it loads them, pair-filtered.
+    manifest, config = stream_tasks_setup(data, None, pairs=True)
+    assert len(manifest) == len(stream.manifest)
+    assert all(len(v.slots) == 2 for v in config.variants)

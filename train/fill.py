@@ -27,7 +27,7 @@ from train.fill_model import (PerSampleRopeAttnProcessor, add_lora, load_lora_st
 from train.logging_utils import MetricLogger
 from train.nan_guard import check_finite
 from train.tiny import TinyFillConfig
-from train.validation import ValidationConfig, Validator, enabled, select_tasks
+from train.validation import ValidationConfig, Validator, enabled, select_tasks, stream_tasks_setup
 
 
 # ----------------------------------------------------------------------------- config
@@ -254,7 +254,7 @@ def train(cfg: FillConfig) -> dict:
     # ------------------------------------------------------------------------- loop
     log = MetricLogger(out_dir / "logs", cfg.train.max_steps, start, acc.is_main_process, cfg.train.tensorboard,
                        cfg.train.wandb_project, to_dict(cfg))
-    validate = fill_validator(cfg, acc, transformer, encoders, scale, log)
+    validate = fill_validator(cfg, acc, transformer, encoders, scale, log, source)
     if validate is not None and validate.pending(start):  # preempted before that step's images were written
         validate(start, transformer)
     obj = cfg.objective
@@ -322,7 +322,8 @@ def train(cfg: FillConfig) -> dict:
             "lora_dir": lora_dir, "cache_hits": encoders.latent_cache.hits if encoders.latent_cache else 0}
 
 
-def fill_validator(cfg: FillConfig, acc, transformer, encoders: Encoders, scale: int, log) -> Validator | None:
+def fill_validator(cfg: FillConfig, acc, transformer, encoders: Encoders, scale: int, log,
+                   source=None) -> Validator | None:
     """The fixed validation grids (inference sizing, masked cell unread), solved by GridFillPipeline
     on the modules this run already holds: the LoRA transformer, the VAE, the text encoders."""
     v = cfg.validation
@@ -330,12 +331,10 @@ def fill_validator(cfg: FillConfig, acc, transformer, encoders: Encoders, scale:
         return None
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from graph200k.reader import load_manifest
-    from graph200k.tasks import TaskConfig
     from train.infer_fill import GridFillPipeline, build_sampled_grid, solve
 
-    manifest = load_manifest(cfg.data.manifest, cfg.data.shards)
-    tasks = select_tasks(v, manifest, TaskConfig.load(cfg.data.tasks_config), cfg.data.families, log.write)
+    manifest, config = stream_tasks_setup(cfg.data, source)
+    tasks = select_tasks(v, manifest, config, cfg.data.families, log.write)
     res = v.res or cfg.data.res
     guidance = 30.0 if v.guidance is None else v.guidance  # infer_fill's default
     pipes = []

@@ -77,6 +77,20 @@ def enabled(cfg: ValidationConfig, acc, say: Callable[[str], None] = print) -> b
     return True
 
 
+def stream_tasks_setup(data, source=None, pairs: bool = False):
+    """(manifest, task config) of the run: the training stream's own when `source` is a
+    GridStream (no second manifest scan, which at 200K samples is a walk over every
+    shard), else loaded from the recipe's `data:` section (pair-filtered for RealGeneral)."""
+    from graph200k.reader import load_manifest
+    from graph200k.stream import GridStream, pair_config
+    from graph200k.tasks import TaskConfig
+
+    if isinstance(source, GridStream):
+        return source.manifest, source.config
+    config = TaskConfig.load(data.tasks_config)
+    return load_manifest(data.manifest, data.shards), pair_config(config) if pairs else config
+
+
 def select_tasks(cfg: ValidationConfig, manifest, config, families=None, say: Callable[[str], None] = print,
                  attempts_per_task: int = 20):
     """Candidate validation tasks (num_tasks x attempts_per_task, in a fixed order).
