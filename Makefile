@@ -11,7 +11,7 @@ SRC    ?= shards/source
 OUT    ?= shards/graph200k
 DEMO_DATA = data.shards=$(DEMO)/shards/graph200k data.manifest=$(DEMO)/shards/graph200k/manifest.parquet
 
-.PHONY: install demo test test-all bench ingest annotate publish clean
+.PHONY: install demo test test-all test-weights bench ingest annotate publish clean
 
 # Reinstalled whenever pyproject.toml changes (pins live there).
 $(STAMP): pyproject.toml
@@ -43,6 +43,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m 'not weights'
+
+# Real-weights smoke tests: skipped unless the weights are in the local HF cache (README).
+test-weights: $(STAMP)
+	$(PY) -m pytest -q -m weights
 
 # Benchmarks print `name: value` lines, ratios last. `--gpu` modes need a CUDA machine.
 bench: $(STAMP)

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import ClassVar
 
-from annotators.base import Annotator
+from annotators.base import Annotator, ConfigError, Result, Sample
 from graph200k.shards import encode_image
+
+
+@dataclass
+class CannyOptions:
+    low_threshold: int = 100  # ControlNet's defaults
+    high_threshold: int = 200
+    threads: int | None = None  # OpenCV threads; default: Ray's grant (OMP_NUM_THREADS)
 
 
 class Canny(Annotator):
@@ -22,6 +30,7 @@ class Canny(Annotator):
     produces: ClassVar[tuple[str, ...]] = ("canny",)
     needs: ClassVar[tuple[str, ...]] = ("target",)
     requires: ClassVar[tuple[str, ...]] = ("cv2",)
+    Options = CannyOptions
 
     def __init__(self, config: dict | None = None):
         super().__init__(config)
@@ -30,20 +39,19 @@ class Canny(Annotator):
         # OpenCV runs Canny on its own thread pool (2 threads here by default) on top of
         # Ray's one task per granted CPU: oversubscribed cores. Follow Ray's grant, which it
         # passes as OMP_NUM_THREADS (1 for a 1-CPU task); `threads:` in the config overrides.
-        threads = self.config.get("threads", os.environ.get("OMP_NUM_THREADS"))
+        threads = self.options.threads or os.environ.get("OMP_NUM_THREADS")
         if threads:
             cv2.setNumThreads(int(threads))
         self._canny = cv2.Canny
-        self.low_threshold = int(self.config.get("low_threshold", 100))
-        self.high_threshold = int(self.config.get("high_threshold", 200))
-        if not 0 <= self.low_threshold <= self.high_threshold:
-            raise ValueError(
-                f"canny: need 0 <= low_threshold <= high_threshold, got "
-                f"{self.low_threshold}/{self.high_threshold} (configs/annotate.yaml)"
+        o = self.options
+        if not 0 <= o.low_threshold <= o.high_threshold:
+            raise ConfigError(
+                f"stage 'canny': need 0 <= low_threshold <= high_threshold, got "
+                f"{o.low_threshold}/{o.high_threshold} (configs/annotate.yaml)"
             )
 
     def edges(self, rgb):
-        return self._canny(rgb, self.low_threshold, self.high_threshold)
+        return self._canny(rgb, self.options.low_threshold, self.options.high_threshold)
 
-    def annotate(self, sample: dict) -> dict[str, bytes]:
-        return {"canny.png": encode_image(self.edges(self.image(sample, "target")), "png")}
+    def annotate(self, sample: Sample) -> Result:
+        return Result({"canny.png": encode_image(self.edges(sample.image("target")), "png")})

@@ -283,6 +283,28 @@ def names_of(mask: int) -> list[str]:
     return [n for n, b in NODE_BIT.items() if mask >> b & 1]
 
 
+_MEMBER_NODE: dict[str, str] = {}
+for _n in NODE_TYPES.values():
+    for _m in _n.members:
+        _MEMBER_NODE.setdefault(_m, _n.name)  # rmbg.png -> foreground (first of the two)
+    for _s in _n.slots:
+        _MEMBER_NODE.setdefault(_s.member, _n.name)
+
+
+def member_node(member: str) -> str | None:
+    """The node type a stored member belongs to (`hed.png` -> hed, `instantstyle_ref.3.jpg`
+    -> instantstyle, `filledit.2.jpg` -> filledit); None for meta and unknown members."""
+    if member in _MEMBER_NODE:
+        return _MEMBER_NODE[member]
+    slot, dot, rest = member.partition(".")
+    index, dot2, ext = rest.partition(".")
+    if dot and dot2 and index.isdigit() and slot in SLOT_NODE:
+        node = SLOT_NODE[slot]
+        if NODE_TYPES[node].kind in (STYLE, EDIT):  # the nodes stored as numbered variants
+            return node
+    return None
+
+
 def available_nodes(members) -> list[str]:
     """Node types a sample has, given the member names (e.g. `{"target.jpg", ...}`) it holds."""
     members = set(members)

@@ -9,13 +9,10 @@ from pathlib import Path
 import yaml
 
 from annotators.base import Annotator
+from graph200k.config import ConfigError, unknown_key_message
 
 # Keys of a stage block the pipeline reads; the rest is the annotator's own config.
 RESOURCE_KEYS = ("class", "num_cpus", "num_gpus", "batch_size", "concurrency", "max_retries")
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass
@@ -65,6 +62,11 @@ def build_stage(name: str, block: dict) -> Stage:
     if cls.name != name:
         raise ConfigError(f"stage {name!r}: class {block['class']} is named {cls.name!r}")
     cls.check_dependencies()  # fail on the driver, before any Ray work starts
+    known = set(RESOURCE_KEYS) | set(cls.option_names())
+    unknown = [k for k in block if k not in known]
+    if unknown:
+        raise ConfigError(unknown_key_message(f"stage {name!r}", unknown[0], known, name))
+    cls.parse_options({k: v for k, v in block.items() if k not in RESOURCE_KEYS})
     stage = Stage(
         name=name,
         cls=cls,
@@ -88,7 +90,10 @@ def dependency_order(stages: list[Stage]) -> list[Stage]:
             if node in producer:
                 raise ConfigError(f"node type {node!r} produced by both {producer[node]!r} and {s.name!r}")
             producer[node] = s.name
-    after = {s.name: {producer[n] for n in s.cls.needs if n in producer} - {s.name} for s in stages}
+    names = {s.name for s in stages}
+    after = {s.name: ({producer[n] for n in s.cls.needs if n in producer}
+                      | {r for r in s.cls.reads_annotations_of() if r in names}) - {s.name}
+             for s in stages}
     by_name = {s.name: s for s in stages}
     order: list[Stage] = []
     while after:

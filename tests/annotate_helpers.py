@@ -7,7 +7,9 @@ Ray fixture puts this folder on the workers' PYTHONPATH.
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -15,8 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
-from annotators.base import Annotator
-from annotators.canny import Canny
+from annotators.base import Annotator, Sample
+from annotators.canny import Canny, CannyOptions
 from graph200k.shards import encode_image, json_bytes, shard_path, write_json_atomic, write_shard
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -91,6 +93,19 @@ def annotate_args(src, out, config, shards="0-1", *extra) -> list[str]:
     return ["--shards", shards, "--config", config, "--src", str(src), "--out", str(out), *extra]
 
 
+def stage_samples(count: int, size: int = 64, shard: int = 0, seed: int = 0,
+                  reads=("description", "item", "category")) -> list[Sample]:
+    """Samples as a stage sees them: target/reference bytes, the source meta fields of
+    `reads`, the run seed. The photos of `make_samples`."""
+    out = []
+    for s in make_samples(shard, count, size):
+        meta = json.loads(s["meta.json"])
+        out.append(Sample(s["__key__"], {"target.jpg": s["target.jpg"],
+                                         "reference.jpg": s["reference.jpg"]},
+                          meta={k: meta[k] for k in reads if k in meta}, seed=seed))
+    return out
+
+
 # -- annotators that misbehave on purpose ------------------------------------------------
 
 class FakeHED(Annotator):
@@ -101,24 +116,38 @@ class FakeHED(Annotator):
     needs = ("target",)
 
     def annotate(self, sample):
-        gray = cv2.cvtColor(self.image(sample), cv2.COLOR_RGB2GRAY)
+        gray = cv2.cvtColor(sample.image(), cv2.COLOR_RGB2GRAY)
         return {"hed.png": encode_image(cv2.GaussianBlur(gray, (5, 5), 0), "png")}
+
+
+@dataclass
+class RaisingOptions(CannyOptions):
+    raise_on: list = field(default_factory=list)
 
 
 class RaisingCanny(Canny):
     """Canny that raises on the keys listed in its config."""
 
+    Options = RaisingOptions
+
     def annotate(self, sample):
-        if sample["__key__"] in self.config.get("raise_on", []):
-            raise RuntimeError(f"boom on {sample['__key__']}")
+        if sample.key in self.options.raise_on:
+            raise RuntimeError(f"boom on {sample.key}")
         return super().annotate(sample)
+
+
+@dataclass
+class DyingOptions(CannyOptions):
+    marker: str = ""
 
 
 class DyingCanny(Canny):
     """Canny whose worker process dies the first time it runs (marker file in tmp)."""
 
+    Options = DyingOptions
+
     def annotate(self, sample):
-        marker = Path(self.config["marker"])
+        marker = Path(self.options.marker)
         if not marker.exists():
             marker.write_text(str(os.getpid()))
             os._exit(17)  # no cleanup, no exception: what an OOM kill or segfault looks like

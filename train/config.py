@@ -25,61 +25,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override names a key that does not exist, or is malformed."""
+from graph200k.config import ConfigError, build, field_types, unknown_key_message  # noqa: F401
 
 
-def _field_types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _build(cls, data: dict, source: str, prefix: str = ""):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {type(data).__name__}")
-    types = _field_types(cls)
-    unknown = [k for k in data if k not in types]
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown config key '{prefix}{unknown[0]}' "
-            f"(known keys in '{prefix.rstrip('.') or '<root>'}': {', '.join(sorted(types))})"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        typ = types[name]
-        if dataclasses.is_dataclass(typ):
-            kwargs[name] = _build(typ, value or {}, source, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, typ, source, f"{prefix}{name}")
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # a required field without a value
-        raise ConfigError(f"{source}: section '{prefix.rstrip('.') or '<root>'}': {e}") from e
-
-
-def _coerce(value, typ, source: str, key: str):
-    """YAML reads `1e-4` (no dot) as a string: convert plain scalars to the field's type."""
-    if typ is float and isinstance(value, (str, int)) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}") from None
-    if typ is int and isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}") from None
-    if typ is bool and not isinstance(value, bool):
-        raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
-    return value
+# The model-agnostic part lives in graph200k.config (annotators use it too).
+_field_types = field_types
+_build = build
 
 
 def _set_override(data: dict, cls, override: str) -> None:
@@ -92,9 +49,7 @@ def _set_override(data: dict, cls, override: str) -> None:
         types = _field_types(typ)
         if part not in types:
             where = ".".join(parts[:i]) or "<root>"
-            raise ConfigError(
-                f"command line: unknown config key '{key}' (known keys in '{where}': {', '.join(sorted(types))})"
-            )
+            raise ConfigError(unknown_key_message("command line", key, types, where))
         if i == len(parts) - 1:
             node[part] = yaml.safe_load(raw) if raw != "" else ""
         else:

@@ -1,0 +1,5 @@
+import sys
+
+from annotators.tiny_models import main
+
+sys.exit(main())
