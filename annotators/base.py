@@ -153,6 +153,7 @@ class Annotator:
         self.output_members = members_of(self.produces)
         self.input_members = members_of(self.needs)
         self._loaded = False
+        self.side: dict = {}  # side inputs by name, set by the runner (also seen in predict)
 
     @classmethod
     def parse_options(cls, config: dict | None):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tarfile
 from pathlib import Path
 from typing import Iterable
@@ -19,10 +20,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from graph200k.nodes import DEGRADATIONS, NODE_BIT, available_nodes, mask_of
-from graph200k.shards import ShardError, iter_members, list_shards, shard_index
+from graph200k import storage
+from graph200k.dataset import ShardSet, is_annotation_member, part_fingerprint
+from graph200k.nodes import DEGRADATIONS, NODE_BIT, NODE_NAMES, available_nodes, mask_of
+from graph200k.shards import ShardError, iter_members, shard_index
 
 QUALITY_FIELDS = ("compositeStructure", "objectConsistency", "imageQuality")
+MANIFEST_VERSION = 2
+META_KEY = "graph200k"  # parquet schema metadata: registry order, root, part fingerprints
 _TARGET_BIT = 1 << NODE_BIT["target"]
 # Degradations are computed online from `target`: available wherever target is.
 _DEGRADATION_MASK = mask_of(DEGRADATIONS)
@@ -35,7 +40,8 @@ def with_online(mask: int) -> int:
 class Manifest:
     """Columns as numpy / Arrow arrays; row i is one sample."""
 
-    def __init__(self, keys, shards, masks, items, descriptions, quality):
+    def __init__(self, keys, shards, masks, items, descriptions, quality, root: str | None = None,
+                 parts: dict | None = None):
         self.keys = pa.array(keys, pa.string()) if not isinstance(keys, pa.Array) else keys
         self.shards = np.asarray(shards, dtype=np.int32)
         self.masks = np.asarray(masks, dtype=np.uint64)
@@ -48,6 +54,10 @@ class Manifest:
                 == len(self.quality) == n):
             raise ValueError("manifest columns differ in length")
         self._key_index: dict[str, int] | None = None
+        # Which dataset and which bytes the manifest was built from: shard -> part
+        # fingerprints (graph200k.dataset.part_fingerprint); checked by `check`.
+        self.root = root
+        self.parts: dict[int, list[dict]] = {int(k): v for k, v in (parts or {}).items()}
 
     def __len__(self) -> int:
         return len(self.shards)
@@ -73,10 +83,19 @@ class Manifest:
         return cls(keys, shards, masks, items, descs, np.array(qual, dtype=np.int8).reshape(-1, 3))
 
     @classmethod
-    def from_shards(cls, folder) -> "Manifest":
-        """Scan every complete shard of `folder`: member names give availability, meta.json
-        gives item / description / quality. Only tar headers and meta.json are read."""
-        return cls.from_records(r for p in list_shards(folder) for r in scan_shard(p))
+    def from_shards(cls, shards) -> "Manifest":
+        """Scan every shard of a dataset (a folder, URL or ShardSet): member names give
+        availability, the source meta.json gives item / description / quality. Only indexes
+        (or tar headers) and meta.json members are read."""
+        shard_set = shards if isinstance(shards, ShardSet) else ShardSet(shards)
+        records, parts = [], {}
+        for n in shard_set.shards():
+            recs, fingerprints = scan_parts(shard_set, n)
+            records += recs
+            parts[n] = fingerprints
+        m = cls.from_records(records)
+        m.root, m.parts = shard_set.root, parts
+        return m
 
     # ---- persistence ----------------------------------------------------------------
     def to_table(self) -> pa.Table:
@@ -86,20 +105,58 @@ class Manifest:
             **{f: self.quality[:, i] for i, f in enumerate(QUALITY_FIELDS)},
         })
 
-    def save(self, path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(self.to_table(), tmp)
-        tmp.replace(path)
-        return path
+    def save(self, path):
+        table = self.to_table()
+        meta = {"version": MANIFEST_VERSION, "node_names": list(NODE_NAMES), "root": self.root,
+                "parts": {str(k): v for k, v in sorted(self.parts.items())}}
+        table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True)})
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        storage.atomic_write(path, sink.getvalue().to_pybytes())
+        return Path(path) if not storage.is_url(path) else path
 
     @classmethod
     def load(cls, path) -> "Manifest":
-        t = pq.read_table(path)
-        return cls(t["key"].combine_chunks(), t["shard"].to_numpy(), t["nodes"].to_numpy(),
+        try:
+            t = pq.read_table(pa.BufferReader(storage.read_bytes(path)))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"manifest {path} does not exist: build it with "
+                                    "`python -m graph200k.manifest --shards <folder>`") from None
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ShardError(f"manifest {path} is not a readable parquet file ({e}); rebuild it "
+                             "with `python -m graph200k.manifest --shards <folder>`") from None
+        meta = json.loads((t.schema.metadata or {}).get(META_KEY.encode(), b"{}"))
+        masks = remap_masks(t["nodes"].to_numpy(), meta.get("node_names"), path)
+        return cls(t["key"].combine_chunks(), t["shard"].to_numpy(), masks,
                    t["item"].combine_chunks(), t["description"].combine_chunks(),
-                   np.stack([t[f].to_numpy() for f in QUALITY_FIELDS], axis=1))
+                   np.stack([t[f].to_numpy() for f in QUALITY_FIELDS], axis=1),
+                   root=meta.get("root"), parts=meta.get("parts"))
+
+    # ---- does it still describe the shards? -----------------------------------------
+    def check(self, shards=None) -> list[str]:
+        """What changed in the dataset since this manifest was built ([] = nothing).
+
+        Compares every shard's parts (source tar, stage sidecars) by size and sha256 from
+        their stats files: an added or removed shard, a new or removed sidecar, a rewritten
+        part. Costs a listing and one small JSON read per part."""
+        shard_set = shards if isinstance(shards, ShardSet) else ShardSet(shards or self.root)
+        problems = []
+        now = {n: [part_fingerprint(p) for p in shard_set.parts(n)] for n in shard_set.shards()}
+        for n in sorted(set(now) - set(self.parts)):
+            problems.append(f"shard {n:06d}: not in the manifest (written after it was built)")
+        for n in sorted(set(self.parts) - set(now)):
+            problems.append(f"shard {n:06d}: in the manifest but no longer in {shard_set.root}")
+        for n in sorted(set(now) & set(self.parts)):
+            old = {f["part"]: f for f in self.parts[n]}
+            new = {f["part"]: f for f in now[n]}
+            for part in sorted(set(old) | set(new)):
+                if part not in old:
+                    problems.append(f"shard {n:06d}: {part} is new since the manifest was built")
+                elif part not in new:
+                    problems.append(f"shard {n:06d}: {part} is gone")
+                elif old[part] != new[part]:
+                    problems.append(f"shard {n:06d}: {part} changed since the manifest was built")
+        return problems
 
     # ---- queries --------------------------------------------------------------------
     def key(self, i: int) -> str:
@@ -127,6 +184,55 @@ class Manifest:
     def node_counts(self) -> dict[str, int]:
         return {n: int(((self.masks >> np.uint64(b)) & np.uint64(1)).sum())
                 for n, b in NODE_BIT.items()}
+
+
+def scan_parts(shard_set: ShardSet, shard: int) -> tuple[list[dict], list[dict]]:
+    """Manifest records of one shard of a dataset, and its parts' fingerprints."""
+    from graph200k.tarindex import ShardIndex
+
+    parts = shard_set.parts(shard)
+    fields: dict[str, set[str]] = {}
+    source = parts[0]
+    try:
+        indexes = [ShardIndex.load_or_build(p.url, writer_index=p.index_url) for p in parts]
+        for i, index in enumerate(indexes):
+            for key in index.keys():
+                if i and key not in fields:
+                    continue  # a sidecar key the source lacks: stale, reported by verify
+                fields.setdefault(key, set()).update(
+                    f for f in index.fields(key) if not is_annotation_member(f))
+        metas = {}
+        with storage.open_read(source.url, block_size=1 << 20) as f:
+            for key in fields:
+                loc = indexes[0].locate(key, "meta.json")
+                if loc is not None:
+                    f.seek(loc[0])
+                    metas[key] = json.loads(f.read(loc[1]))
+    except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError, ShardError) as e:
+        raise ShardError(f"shard {shard:06d} of {shard_set.root}: cannot scan it for the "
+                         f"manifest ({e}); run `python -m graph200k.verify --shards "
+                         f"{shard_set.root}` to see what is wrong") from e
+    records = []
+    for key, names in fields.items():
+        meta = metas.get(key, {})
+        records.append({"key": key, "shard": shard, "nodes": available_nodes(names),
+                        "item": meta.get("item"), "description": meta.get("description"),
+                        "quality": meta.get("quality")})
+    return records, [part_fingerprint(p) for p in parts]
+
+
+def remap_masks(masks: np.ndarray, names, path) -> np.ndarray:
+    """Bitmasks saved under another node registry order -> this registry's bits."""
+    if not names or list(names) == list(NODE_NAMES):
+        return masks
+    unknown = [n for n in names if n not in NODE_BIT]
+    if unknown:
+        raise ShardError(f"manifest {path} names node types this version does not know "
+                         f"({unknown}); rebuild it with `python -m graph200k.manifest`")
+    out = np.zeros_like(masks)
+    for old_bit, name in enumerate(names):
+        out |= ((masks >> np.uint64(old_bit)) & np.uint64(1)) << np.uint64(NODE_BIT[name])
+    return out
 
 
 def scan_shard(path) -> list[dict]:
@@ -157,11 +263,19 @@ def main(argv=None) -> int:
     ap.add_argument("--shards", required=True, help="folder of NNNNNN.tar shards")
     ap.add_argument("--out", help="parquet path (default: <shards>/manifest.parquet)")
     args = ap.parse_args(argv)
-    out = args.out or str(Path(args.shards) / "manifest.parquet")
-    m = Manifest.from_shards(args.shards)
+    out = args.out or storage.join(args.shards, "manifest.parquet")
+    shard_set = ShardSet(args.shards)
+    if not shard_set.shards():
+        print(f"error: no shards (NNNNNN.tar) in {shard_set.source}", file=sys.stderr)
+        return 1
+    try:
+        m = Manifest.from_shards(shard_set)
+    except ShardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     m.save(out)
     counts = m.node_counts()
-    print(f"manifest: {len(m)} samples from {len(list_shards(args.shards))} shards -> {out}")
+    print(f"manifest: {len(m)} samples from {len(m.parts)} shards -> {out}")
     print("node types with samples: " + ", ".join(f"{n}={c}" for n, c in counts.items()
                                                    if c and n not in DEGRADATIONS)
           + f" (+{len(DEGRADATIONS)} online degradations)")

@@ -5,8 +5,9 @@
     reader.fetch("0000042", "foreground")                # uint8 H x W x 3, derived online
     reader.grid(task, res=384)                           # a graph200k.grid.Grid
 
-Each key is looked up in the manifest (key -> shard), then in the shard's member index
-(graph200k.tarindex) and read with one `pread`. Open shard files are kept in a small LRU
+Each key is looked up in the manifest (key -> shard), then in the member indexes of the
+shard's parts (its source tar and stage sidecars, graph200k.dataset) and read with one
+`pread` (local) or one ranged GET (object stores). Open shard files are kept in a small LRU
 per process. Every failure is a FetchError naming the shard, the key and the node, with a
 `reason` the training stream counts: unknown_key, shard_unreadable, stale_index,
 missing_member, undecodable.
@@ -17,17 +18,18 @@ from __future__ import annotations
 import os
 import random
 from collections import OrderedDict
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from graph200k import tarindex
+from graph200k import storage, tarindex
+from graph200k.dataset import Part, ShardSet, is_annotation_member, joined_meta
 from graph200k.grid import (TRAIN, Grid, TwoFramePair, centre_square, compose, resize,
                             to_rgb, train_cell_size)
 from graph200k.manifest import Manifest
-from graph200k.nodes import DEGRADATION, NODE_TYPES, SLOT_NODE, SLOTS
-from graph200k.shards import GREY, NATIVE, RGB, ShardError, decode_image, shard_path
+from graph200k.nodes import DEGRADATION, META_MEMBER, NODE_TYPES, SLOT_NODE, SLOTS
+from graph200k.shards import (GREY, NATIVE, RGB, ShardError, decode_image, shard_index,
+                              shard_path)
 
 REASONS = ("unknown_key", "shard_unreadable", "stale_index", "missing_member", "undecodable")
 MATTE_MEMBER = "rmbg.png"
@@ -58,7 +60,7 @@ class StaleIndexError(FetchError, tarindex.StaleIndexError):
 
 
 def load_manifest(manifest, shards) -> Manifest:
-    """A Manifest, a parquet path, or None (then scanned from the shard folder)."""
+    """A Manifest, a parquet path or URL, or None (then scanned from the shard folder)."""
     if isinstance(manifest, Manifest):
         return manifest
     if manifest is None:
@@ -112,13 +114,14 @@ def pair_prompt(columns, description: str, subject: str, seed: int) -> str:
 class SampleReader:
     def __init__(self, shards, manifest=None, index_dir=None, max_open: int = 16,
                  write_index: bool = True):
-        self.folder = Path(shards)
-        self.manifest = load_manifest(manifest, self.folder)
+        self.shard_set = shards if isinstance(shards, ShardSet) else ShardSet(shards)
+        self.folder = self.shard_set.root
+        self.manifest = load_manifest(manifest, self.shard_set)
         self.index_dir = index_dir
         self.max_open = max(1, int(max_open))
         self.write_index = write_index
-        self._indexes: dict[int, tarindex.ShardIndex] = {}
-        self._handles: OrderedDict[int, int] = OrderedDict()  # shard -> fd, LRU order
+        self._views: dict[int, list[tuple[Part, tarindex.ShardIndex]]] = {}
+        self._handles: OrderedDict[str, int] = OrderedDict()  # local part path -> fd, LRU
 
     # ---- raw members -----------------------------------------------------------------
     def shard_of(self, key: str, node: str | None = None) -> int:
@@ -129,58 +132,91 @@ class SampleReader:
                              "manifest", "rebuild the manifest (python -m graph200k.manifest) "
                              "or check the task's keys") from None
 
-    def _index(self, shard: int, key: str, node: str | None) -> tarindex.ShardIndex:
-        index = self._indexes.get(shard)
-        path = shard_path(self.folder, shard)
-        if index is None:
+    def _view(self, shard: int, key: str, node: str | None):
+        view = self._views.get(shard)
+        where = shard_path(self.shard_set.source, shard)
+        if view is None:
+            view = []
             try:
-                index = tarindex.ShardIndex.load_or_build(path, self.index_dir, self.write_index)
+                for part in self.shard_set.parts(shard):
+                    view.append((part, tarindex.ShardIndex.load_or_build(
+                        part.url, self.index_dir, self.write_index, part.index_url)))
             except (OSError, ShardError) as e:
-                raise FetchError("shard_unreadable", path, key, node, f"cannot index the shard "
-                                 f"({e})", "check the shard exists and is complete, or "
+                raise FetchError("shard_unreadable", where, key, node, f"cannot index the "
+                                 f"shard ({e})", "check the shard exists and is complete, or "
                                  "re-create it") from e
-            self._indexes[shard] = index
-        elif not index.is_fresh():
-            self.forget(shard)  # the next read re-indexes the new file
-            raise StaleIndexError("stale_index", path, key, node, "the shard changed on disk "
+            self._views[shard] = view
+        elif not all(index.is_fresh() for _, index in view):
+            self.forget(shard)  # the next read re-indexes the new files
+            raise StaleIndexError("stale_index", where, key, node, "the shard changed on disk "
                                   "after it was indexed (size or mtime differ)",
                                   "it was re-annotated or copied while training; its index "
                                   "is rebuilt at the next read")
-        return index
+        return view
 
-    def _fd(self, shard: int) -> int:
-        fd = self._handles.get(shard)
-        if fd is not None:
-            self._handles.move_to_end(shard)
-            return fd
-        fd = os.open(shard_path(self.folder, shard), os.O_RDONLY)
-        self._handles[shard] = fd
-        while len(self._handles) > self.max_open:
-            _, old = self._handles.popitem(last=False)
-            os.close(old)
-        return fd
+    def _read(self, part: Part, offset: int, size: int) -> bytes:
+        if storage.is_url(part.url):
+            return storage.read_range(part.url, offset, size)
+        fd = self._handles.get(part.url)
+        if fd is None:
+            fd = self._handles[part.url] = os.open(part.url, os.O_RDONLY)
+            while len(self._handles) > self.max_open:
+                os.close(self._handles.popitem(last=False)[1])
+        else:
+            self._handles.move_to_end(part.url)
+        return os.pread(fd, size, offset)
+
+    def fields(self, key: str) -> list[str]:
+        """Every member the joined sample holds (sidecar annotation members excluded)."""
+        view = self._view(self.shard_of(key), key, None)
+        return sorted({f for _, index in view for f in index.fields(key)
+                       if not is_annotation_member(f)})
 
     def member_bytes(self, key: str, member: str, node: str | None = None) -> bytes:
         shard = self.shard_of(key, node)
-        index = self._index(shard, key, node)
-        path = shard_path(self.folder, shard)
-        loc = index.locate(key, member)
-        if loc is None:
-            have = index.fields(key)
-            detail = (f"member {member!r} is missing (the sample holds {', '.join(have)})"
-                      if have else "the sample is not in this shard")
-            raise FetchError("missing_member", path, key, node, detail,
-                             "re-annotate the shard or rebuild the manifest from it")
+        view = self._view(shard, key, node)
+        if member == META_MEMBER:
+            return self._joined_meta(key, view, node)
+        for part, index in view:
+            loc = index.locate(key, member)
+            if loc is not None:
+                return self._member(part, key, member, node, loc)
+        have = sorted({f for _, index in view for f in index.fields(key)})
+        detail = (f"member {member!r} is missing (the sample holds {', '.join(have)})"
+                  if have else "the sample is not in this shard")
+        raise FetchError("missing_member", shard_path(self.shard_set.source, shard), key,
+                         node, detail, "re-annotate the shard or rebuild the manifest from it")
+
+    def _member(self, part: Part, key: str, member: str, node, loc) -> bytes:
         offset, size = loc
         try:
-            data = os.pread(self._fd(shard), size, offset)
+            data = self._read(part, offset, size)
         except OSError as e:
-            raise FetchError("shard_unreadable", path, key, node, f"reading {member!r} failed "
-                             f"({e})", "check the file system") from e
+            raise FetchError("shard_unreadable", part.url, key, node, f"reading {member!r} "
+                             f"failed ({e})", "check the file system") from e
         if len(data) != size:
-            raise FetchError("shard_unreadable", path, key, node, f"member {member!r} is cut "
-                             f"short ({len(data)} of {size} bytes)", "re-create the shard")
+            raise FetchError("shard_unreadable", part.url, key, node, f"member {member!r} is "
+                             f"cut short ({len(data)} of {size} bytes)", "re-create the shard")
         return data
+
+    def _joined_meta(self, key: str, view, node) -> bytes:
+        source_part, source_index = view[0]
+        loc = source_index.locate(key, META_MEMBER)
+        if loc is None:
+            raise FetchError("missing_member", source_part.url, key, node, "meta.json is "
+                             "missing", "re-create the source shard")
+        meta = self._member(source_part, key, META_MEMBER, node, loc)
+        if len(view) == 1:
+            return meta  # one tar per shard: its meta.json is the sample's
+        annotations, members = {}, set()
+        for part, index in view:
+            for f in index.fields(key):
+                if is_annotation_member(f):
+                    annotations[part.stage] = self._member(part, key, f, node,
+                                                           index.locate(key, f))
+                else:
+                    members.add(f)
+        return joined_meta(meta, annotations, members)
 
     def image(self, key: str, member: str, node: str | None = None, mode: str = RGB,
               min_side: int | None = None) -> np.ndarray:
@@ -188,8 +224,8 @@ class SampleReader:
         try:
             return decode_image(data, mode, min_side)
         except Exception as e:  # a decoder may raise several types for bad bytes
-            raise FetchError("undecodable", shard_path(self.folder, self.shard_of(key)), key,
-                             node, f"member {member!r} is not a readable image "
+            raise FetchError("undecodable", shard_path(self.shard_set.source, self.shard_of(key)),
+                             key, node, f"member {member!r} is not a readable image "
                              f"({type(e).__name__}: {e})", "re-annotate the shard") from e
 
     # ---- node images -----------------------------------------------------------------
@@ -252,18 +288,21 @@ class SampleReader:
     # ---- housekeeping ----------------------------------------------------------------
     @property
     def open_files(self) -> list[int]:
-        return list(self._handles)
+        """Shards with an open file (local parts)."""
+        return sorted({shard_index(p) for p in self._handles})
 
     def forget(self, shard: int) -> None:
-        self._indexes.pop(shard, None)
-        fd = self._handles.pop(shard, None)
-        if fd is not None:
-            os.close(fd)
+        for part, _ in self._views.pop(shard, []):
+            fd = self._handles.pop(part.url, None)
+            if fd is not None:
+                os.close(fd)
 
     def close(self) -> None:
-        for shard in list(self._handles):
+        for shard in list(self._views):
             self.forget(shard)
-        self._indexes.clear()
+        for fd in self._handles.values():
+            os.close(fd)
+        self._handles.clear()
 
     def __del__(self):
         try:

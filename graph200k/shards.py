@@ -11,17 +11,21 @@ same keys, byte-identical on rerun (DESIGN.md). Reproducibility comes from webda
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import re
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
+
+from graph200k import storage
 
 SHARD_PATTERN = "{shard:06d}.tar"
 STATS_SUFFIX = ".stats.json"
@@ -34,25 +38,31 @@ class ShardError(RuntimeError):
     """A shard that cannot be read or written; the message names the shard and what to do."""
 
 
-def shard_path(folder: str | os.PathLike, shard: int) -> Path:
-    return Path(folder) / SHARD_PATTERN.format(shard=shard)
+def shard_path(folder, shard: int):
+    """`folder/NNNNNN.tar`: a Path for a local folder, a str for a URL."""
+    return _as_path(storage.join(folder, SHARD_PATTERN.format(shard=shard)))
 
 
-def stats_path(folder: str | os.PathLike, shard: int) -> Path:
-    return Path(folder) / f"{shard:06d}{STATS_SUFFIX}"
+def stats_path(folder, shard: int):
+    return _as_path(storage.join(folder, f"{shard:06d}{STATS_SUFFIX}"))
 
 
-def shard_index(path: str | os.PathLike) -> int:
-    name = Path(path).name
+def _as_path(p: str):
+    return p if storage.is_url(p) else Path(p)
+
+
+def shard_index(path) -> int:
+    name = storage.name(path)
     m = re.fullmatch(r"(\d{6})\.tar", name)
     if not m:
         raise ShardError(f"{path}: not a shard name (expected NNNNNN.tar)")
     return int(m.group(1))
 
 
-def list_shards(folder: str | os.PathLike) -> list[Path]:
+def list_shards(folder) -> list:
     """Complete shards of a folder, in shard order (temporary files are never listed)."""
-    return sorted(p for p in Path(folder).glob("*.tar") if re.fullmatch(r"\d{6}\.tar", p.name))
+    return [_as_path(storage.join(folder, n)) for n in storage.listdir(folder)
+            if re.fullmatch(r"\d{6}\.tar", n)]
 
 
 def check_key(key: str) -> str:
@@ -65,71 +75,177 @@ def check_key(key: str) -> str:
     return key
 
 
-def _tmp_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path, data: bytes) -> None:
     """Write `data` so that `path` is either absent, the old file, or the complete new file."""
-    path = Path(path)
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    storage.atomic_write(path, data)
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+def write_json_atomic(path, obj) -> None:
+    storage.atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+# -- tar members with their record ---------------------------------------------------------
+# One member of a shard in a record: [key, field, header offset, data offset, size, digest]
+# (digest: the first 16 hex digits of the data's sha256). Offsets let a reader fetch any
+# member with one ranged read and no header walk; digests let `verify` name the member.
+KEY, FIELD, HEADER, DATA, SIZE, DIGEST = range(6)
+_BLOCK = 512
+_RECORD_BYTES = 20 * _BLOCK  # tar pads its end to whole records, as tarfile does
+
+
+def member_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def member_header(key: str, field: str, size: int) -> bytes:
+    info = tarfile.TarInfo(f"{key}.{field}")
+    info.size, info.mtime, info.mode = size, FIXED_MTIME, 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(format=tarfile.GNU_FORMAT, encoding="utf-8", errors="strict")
+
+
+def _padding(n: int) -> bytes:
+    return b"\0" * (-n % _BLOCK)
+
+
+def sample_fields(sample: dict, where: str = "") -> list[tuple[str, bytes]]:
+    """A sample's (field, bytes) in the order they are written: sorted by field name."""
+    key = check_key(sample.get("__key__"))
+    fields = []
+    for name, value in sample.items():
+        if name.startswith("__"):
+            continue
+        if not name or "/" in name or "\\" in name or name.startswith(".") or ".." in name:
+            raise ValueError(f"{where}key {key}: bad field name {name!r}")
+        if isinstance(value, str):
+            value = value.encode()
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"{where}key {key}: field {name!r} must be bytes")
+        fields.append((name, bytes(value)))
+    return sorted(fields)
+
+
+class TarMembers:
+    """Samples -> tar member bytes (no end-of-archive) and their records.
+
+    Headers do not depend on where a member lands, so members serialised in pieces and
+    concatenated are byte for byte the tar written in one go: block parts written by
+    different workers join into one shard by concatenation.
+    """
+
+    def __init__(self, start: int = 0):
+        self.offset = start
+        self.records: list[list] = []
+
+    def sample(self, sample: dict, where: str = "") -> list[bytes]:
+        key = sample["__key__"]
+        chunks = []
+        for name, data in sample_fields(sample, where):
+            header = member_header(key, name, len(data))
+            self.records.append([key, name, self.offset, self.offset + len(header), len(data),
+                                 member_digest(data)])
+            chunks += [header, data, _padding(len(data))]
+            self.offset += len(header) + len(data) + len(chunks[-1])
+        return chunks
+
+
+def end_of_archive(offset: int) -> bytes:
+    end = offset + 2 * _BLOCK
+    return b"\0" * (2 * _BLOCK + (-end % _RECORD_BYTES))
+
+
+@dataclass
+class ShardRecord:
+    """What a shard's writer knew: size, sha256 and every member's place and digest."""
+
+    size: int
+    sha256: str
+    members: list  # [key, field, header offset, data offset, size, digest]
+
+    def to_json(self) -> dict:
+        keys = dict.fromkeys(m[KEY] for m in self.members)
+        return {"size": self.size, "sha256": self.sha256, "samples": len(keys),
+                "member_count": len(self.members), "members": self.members}
+
+    @classmethod
+    def from_json(cls, d) -> "ShardRecord | None":
+        try:
+            return cls(int(d["size"]), str(d["sha256"]), [list(m) for m in d["members"]])
+        except (TypeError, KeyError, ValueError):
+            return None
 
 
 class ShardWriter:
-    """Writes one shard under a temporary name; `close()` renames it into place.
+    """Writes one shard under a temporary name; `close()` puts it in place, whole.
 
-    Use as a context manager: an exception inside the block removes the temporary file,
-    so a half-written shard never appears under its final name.
+    Use as a context manager: an exception inside the block removes the temporary file, so
+    a half-written shard never appears under its final name. `record` (after `close`) is
+    the shard's ShardRecord: keep it in the shard's stats. Local folders get a temporary
+    sibling and a rename; URLs a local temporary file and one atomic upload.
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = _tmp_name(self.path)
-        import webdataset as wds  # lazy: webdataset imports torch when it is installed
-
-        self._file = open(self.tmp, "wb")
-        self._tar = wds.TarWriter(self._file, encoder=False, mtime=FIXED_MTIME)
+    def __init__(self, path):
+        self.path = path if storage.is_url(path) else Path(path)
+        self.url = storage.normalize(path)
+        if storage.is_url(self.url):
+            self._staging = tempfile.NamedTemporaryFile(prefix="graph200k-", suffix=".tar",
+                                                        delete=False)
+            self.tmp = Path(self._staging.name)
+            self._file = self._staging
+        else:
+            Path(self.url).parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(storage.tmp_name(self.url))
+            self._file = open(self.tmp, "wb")
+        self._members = TarMembers()
+        self._sha = hashlib.sha256()
         self._keys: set[str] = set()
         self.count = 0
+        self.record: ShardRecord | None = None
+
+    def _put(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self._sha.update(chunk)
 
     def write(self, sample: dict) -> None:
         key = check_key(sample.get("__key__"))
         if key in self._keys:
-            raise ValueError(f"{self.path}: sample key {key!r} written twice")
-        fields = {}
-        for name, value in sample.items():
-            if name.startswith("__"):
-                continue
-            if "/" in name or name.startswith("."):
-                raise ValueError(f"{self.path}: key {key}: bad field name {name!r}")
-            if isinstance(value, str):
-                value = value.encode()
-            if not isinstance(value, (bytes, bytearray)):
-                raise TypeError(f"{self.path}: key {key}: field {name!r} must be bytes")
-            fields[name] = bytes(value)
-        # TarWriter writes fields in sorted order; no user metadata beyond fixed mtime.
-        self._tar.write({"__key__": key, **fields})
+            raise ValueError(f"{self.url}: sample key {key!r} written twice")
+        for chunk in self._members.sample(sample, f"{self.url}: "):
+            self._put(chunk)
         self._keys.add(key)
         self.count += 1
 
-    def close(self) -> Path:
-        self._tar.close()  # closes the underlying file too
-        os.replace(self.tmp, self.path)
+    def write_raw(self, data: bytes, records: list[list], samples: int) -> None:
+        """Append serialised members whose records start at this writer's offset."""
+        self._put(data)
+        self._members.records.extend(records)
+        self._members.offset += len(data)
+        self.count += samples
+
+    @property
+    def offset(self) -> int:
+        return self._members.offset
+
+    def close(self):
+        self._put(end_of_archive(self._members.offset))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self.record = ShardRecord(self._members.offset + len(end_of_archive(self._members.offset)),
+                                  self._sha.hexdigest(), self._members.records)
+        if storage.is_url(self.url):
+            try:
+                storage.put_file(str(self.tmp), self.url)
+            finally:
+                self.tmp.unlink(missing_ok=True)
+        else:
+            os.replace(self.tmp, self.url)
         return self.path
 
     def abort(self) -> None:
         try:
-            self._tar.close()
+            self._file.close()
         except Exception:
             pass
         self.tmp.unlink(missing_ok=True)
@@ -145,14 +261,14 @@ class ShardWriter:
         return False
 
 
-def write_shard(path: str | os.PathLike, samples: Iterable[dict]) -> int:
+def write_shard(path, samples: Iterable[dict]) -> int:
     with ShardWriter(path) as w:
         for s in samples:
             w.write(s)
         return w.count
 
 
-def read_shard(path: str | os.PathLike) -> Iterator[dict]:
+def read_shard(path) -> Iterator[dict]:
     """Yield the samples of one shard as dicts of raw bytes, in file order.
 
     A truncated or corrupt tar raises ShardError naming the shard. Member names are only
@@ -160,31 +276,64 @@ def read_shard(path: str | os.PathLike) -> Iterator[dict]:
     """
     import webdataset as wds  # lazy: webdataset imports torch when it is installed
 
-    path = Path(path)
+    url = storage.normalize(path)
     try:
-        for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
-            yield {k: v for k, v in sample.items() if k != "__url__" and k != "__local_path__"}
+        with storage.open_read(url) as f:
+            check_archive_end(f, url)
+            f.seek(0)
+            stream = [{"url": url, "stream": f}]
+            for sample in wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander(
+                    stream, handler=wds.reraise_exception)):
+                yield {k: v for k, v in sample.items() if k not in ("__url__", "__local_path__")}
     except (tarfile.TarError, OSError, ValueError, EOFError) as e:
         raise ShardError(
-            f"shard {path} is truncated or corrupt ({type(e).__name__}: {e}); "
+            f"shard {url} is truncated or corrupt ({type(e).__name__}: {e}); "
             "re-create it from its source (rerun ingest/annotate with --force for that shard)"
         ) from e
 
 
-def iter_members(path: str | os.PathLike):
+def iter_members(path):
     """Walk a shard's tar headers: yield (key, field, TarInfo, open TarFile) per member.
 
     Only regular members named `KEY.FIELD` are yielded; the name is split, never used as
-    a path. Data is not read unless the caller extracts it from the TarFile. Tar errors
-    propagate (tarfile.TarError / OSError / EOFError) for the caller to name the shard.
+    a path. Data is not read unless the caller extracts it from the TarFile. The walk fails
+    loudly (tarfile.ReadError) when the archive ends early or a header is corrupt: tarfile
+    alone stops quietly at a bad header after the first member.
     """
-    with tarfile.open(path, "r:") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, dot, field = info.name.rsplit("/", 1)[-1].partition(".")
-            if dot:
-                yield key, field, info, tar
+    url = storage.normalize(path)
+    with storage.open_read(url, block_size=1 << 20) as f:
+        with tarfile.open(fileobj=f, mode="r:") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                # Split at the first dot of the whole name: a directory part stays in the
+                # key, where check_key refuses it (a member is never a path).
+                key, dot, field = info.name.partition(".")
+                if dot:
+                    yield key, field, info, tar
+            check_archive_end(f, url, tar.offset)
+
+
+def check_archive_end(f, url: str, offset: int | None = None) -> None:
+    """Raise tarfile.ReadError unless everything after the last member is zero blocks.
+
+    With `offset` None the members are walked here from their headers' sizes."""
+    if offset is None:
+        with tarfile.open(fileobj=f, mode="r:") as tar:
+            for _ in tar:
+                pass
+            offset = tar.offset
+    f.seek(0, os.SEEK_END)
+    end = f.tell()
+    if offset > end:
+        raise tarfile.ReadError(f"archive ends early: the last member runs to byte {offset} "
+                                f"of a {end}-byte file (truncated)")
+    f.seek(offset)
+    tail = f.read(min(end - offset, 64 * _BLOCK))
+    if len(tail) < 2 * _BLOCK or tail.strip(b"\0"):
+        what = ("no end-of-archive blocks (truncated at a member boundary?)"
+                if len(tail) < 2 * _BLOCK else f"a corrupt header at byte {offset}")
+        raise tarfile.ReadError(f"{what}; the walk stopped after byte {offset} of {end}")
 
 
 def read_json_member(sample: dict, name: str = "meta.json") -> dict:
@@ -228,14 +377,16 @@ class ShardStats:
         return d
 
 
-def read_stats(folder: str | os.PathLike, shard: int) -> dict | None:
-    p = stats_path(folder, shard)
-    if not p.exists():
-        return None
+def read_json(path) -> dict | None:
+    """A JSON file, or None when it is absent or unreadable (it then marks nothing done)."""
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
-        return None  # an unreadable stats file does not mark the shard done
+        return json.loads(storage.read_bytes(path))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
+        return None
+
+
+def read_stats(folder, shard: int) -> dict | None:
+    return read_json(stats_path(folder, shard))
 
 
 def encode_image(array, ext: str, quality: int = 95) -> bytes:

@@ -1,24 +1,25 @@
-"""Random access into a shard: where each member's bytes lie, key -> field -> (offset, size).
+"""Random access into one tar: where each member's bytes lie, key -> field -> (offset, size).
 
-Built once from the tar headers (no member data is read) and cached as JSON, by default
-in `<shards>/.index/NNNNNN.json` next to the shard. The cache records the shard's size
-and mtime; a cache that no longer matches its shard is rebuilt, and an index already in
-memory whose shard changed raises StaleIndexError at the next read (the caller decides
-whether to skip or re-index). Member names are only split into (key, field): they are
-never used as file-system paths.
+Shards we write carry their index: the writer records every member's offset, size and
+digest and saves it beside the tar (`NNNNNN.index.json`), so a reader (local or over an
+object store) finds any member with no header walk. A tar without one (written elsewhere)
+is indexed once from its headers (no member data read) and the result cached as JSON in
+`<folder>/.index/NNNNNN.json` where the folder is writable. Either index records the tar's
+size; one that no longer matches is not used, and an index in memory whose tar changed
+raises StaleIndexError at the next read (the caller decides whether to skip or re-index).
+Member names are only split into (key, field): never used as file-system paths.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 
-from graph200k.shards import ShardError, atomic_write_bytes, iter_members
+from graph200k import storage
+from graph200k.shards import DATA, DIGEST, FIELD, KEY, SIZE, ShardError, iter_members
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 INDEX_DIR = ".index"
 
 
@@ -26,29 +27,25 @@ class StaleIndexError(ShardError):
     """The shard changed on disk after it was indexed."""
 
 
-def index_file(shard, index_dir=None) -> Path:
-    shard = Path(shard)
-    folder = Path(index_dir) if index_dir is not None else shard.parent / INDEX_DIR
-    return folder / (shard.name.removesuffix(".tar") + ".json")
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
+def index_file(shard, index_dir=None) -> str:
+    """Where a header-walk index of `shard` is cached."""
+    shard = str(shard)
+    folder = str(index_dir) if index_dir is not None else storage.join(storage.parent(shard),
+                                                                        INDEX_DIR)
+    return storage.join(folder, storage.name(shard).removesuffix(".tar") + ".json")
 
 
 @dataclass
 class ShardIndex:
-    path: Path
-    size: int
-    mtime_ns: int
-    members: dict[str, dict[str, tuple[int, int]]]  # key -> field -> (data offset, size)
+    path: str
+    stamp: tuple
+    members: dict[str, dict[str, tuple]]  # key -> field -> (data offset, size[, digest])
 
     # ---- building --------------------------------------------------------------------
     @staticmethod
-    def scan(path) -> dict[str, dict[str, tuple[int, int]]]:
+    def scan(path) -> dict[str, dict[str, tuple]]:
         """Offsets of every regular member, read from the tar headers only."""
-        members: dict[str, dict[str, tuple[int, int]]] = {}
+        members: dict[str, dict[str, tuple]] = {}
         try:
             for key, field, info, _ in iter_members(path):
                 fields = members.setdefault(key, {})
@@ -61,58 +58,83 @@ class ShardIndex:
                              "it is truncated or corrupt: re-create it") from e
         return members
 
-    @classmethod
-    def build(cls, path) -> "ShardIndex":
-        path = Path(path)
-        before = _stamp(path)
-        members = cls.scan(path)
-        if _stamp(path) != before:
-            raise StaleIndexError(f"shard {path} changed while it was being indexed; retry "
-                                  "once the writer has finished")
-        return cls(path, before[0], before[1], members)
+    @staticmethod
+    def from_records(records) -> dict[str, dict[str, tuple]]:
+        members: dict[str, dict[str, tuple]] = {}
+        for r in records:
+            members.setdefault(r[KEY], {})[r[FIELD]] = (int(r[DATA]), int(r[SIZE]), r[DIGEST])
+        return members
 
     @classmethod
-    def load_or_build(cls, path, index_dir=None, write: bool = True) -> "ShardIndex":
-        """The cached index if it matches the shard's size and mtime, else a fresh one
-        (saved back when the folder is writable; an unwritable cache is not an error)."""
-        path = Path(path)
+    def build(cls, path) -> "ShardIndex":
+        path = storage.normalize(path)
+        before = storage.stamp(path)
+        members = cls.scan(path)
+        if storage.stamp(path) != before:
+            raise StaleIndexError(f"shard {path} changed while it was being indexed; retry "
+                                  "once the writer has finished")
+        return cls(path, before, members)
+
+    @classmethod
+    def load_or_build(cls, path, index_dir=None, write: bool = True,
+                      writer_index: str | None = None) -> "ShardIndex":
+        """The writer's index when it matches the tar's size, else a cached header-walk
+        index matching its size and mtime, else a fresh walk (cached where writable)."""
+        path = storage.normalize(path)
+        stamp = storage.stamp(path)
+        if writer_index is not None:
+            raw = _read(writer_index)
+            if raw is not None and raw.get("size") == stamp[0] and "members" in raw:
+                try:
+                    return cls(path, stamp, cls.from_records(raw["members"]))
+                except (TypeError, IndexError, ValueError):
+                    pass  # a foreign or damaged index: walk the headers instead
         cache = index_file(path, index_dir)
-        stamp = _stamp(path)
-        try:
-            raw = json.loads(cache.read_text())
-            if (raw.get("version") == INDEX_VERSION and raw.get("shard") == path.name
-                    and (raw.get("size"), raw.get("mtime_ns")) == stamp):
+        raw = _read(cache)
+        if (raw is not None and raw.get("version") == INDEX_VERSION
+                and raw.get("shard") == storage.name(path) and raw.get("stamp") == list(stamp)):
+            try:
                 members = {k: {f: tuple(v) for f, v in fs.items()}
                            for k, fs in raw["members"].items()}
-                return cls(path, stamp[0], stamp[1], members)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            pass  # absent, unreadable or foreign cache: rebuild it
+                return cls(path, stamp, members)
+            except (AttributeError, TypeError, KeyError):
+                pass
         index = cls.build(path)
-        if write:
+        if write and not storage.is_url(path):
             try:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(cache, json.dumps(index.to_json(),
-                                                     separators=(",", ":")).encode())
+                storage.atomic_write(cache, json.dumps(index.to_json(),
+                                                       separators=(",", ":")).encode())
             except OSError:
                 pass  # read-only shard folder: keep the index in memory only
         return index
 
     def to_json(self) -> dict:
-        return {"version": INDEX_VERSION, "shard": self.path.name, "size": self.size,
-                "mtime_ns": self.mtime_ns,
+        return {"version": INDEX_VERSION, "shard": storage.name(self.path),
+                "stamp": list(self.stamp),
                 "members": {k: {f: list(v) for f, v in fs.items()}
                             for k, fs in self.members.items()}}
 
     # ---- queries ---------------------------------------------------------------------
     def is_fresh(self) -> bool:
         try:
-            return _stamp(self.path) == (self.size, self.mtime_ns)
+            return tuple(storage.stamp(self.path)) == tuple(self.stamp)
         except OSError:
             return False
 
     def locate(self, key: str, field: str) -> tuple[int, int] | None:
         fields = self.members.get(key)
-        return None if fields is None else fields.get(field)
+        loc = None if fields is None else fields.get(field)
+        return None if loc is None else (loc[0], loc[1])
 
     def fields(self, key: str) -> list[str]:
         return sorted(self.members.get(key, ()))
+
+    def keys(self) -> list[str]:
+        return list(self.members)
+
+
+def _read(url) -> dict | None:
+    try:
+        return json.loads(storage.read_bytes(url))
+    except (OSError, ValueError):
+        return None

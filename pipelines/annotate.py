@@ -1,26 +1,33 @@
 """`make annotate SHARD=…`: run the configured annotators over shards with Ray Data.
 
     python -m pipelines.annotate --shards 3 [--stages canny,hed] [--config configs/annotate.yaml]
-                                 [--src shards/source] [--out shards/graph200k] [--force]
+        [--src shards/source] [--out shards/graph200k] [--force | --retry-failed] [--verify]
 
-One source shard -> one annotated shard `{out}/{shard:06d}.tar` with the same keys in the
-same order, source members byte for byte, new members added, `meta.json` `nodes` updated,
-plus `{shard:06d}.stats.json`. The plan: a read step (one task per shard, its output cut
-into blocks of `rows_per_block` samples inside the same task) -> one `map_batches` per
-stage in dependency order (CPU stages as tasks, model stages as actor pools) -> result rows
-stream back to this process, which writes each shard with our own writer (temporary name
--> rename), sample by sample as the rows come in, in source order.
+`--src` and `--out` are local folders or fsspec URLs (s3://bucket/graph200k, gs://…). The
+output is a stages-layout dataset (graph200k.dataset): every stage writes, per shard, a
+sidecar `{out}/{stage}/{shard:06d}.tar` with only its own members (+ `.index.json`, and a
+`.stats.json` written last that marks it complete). The source shards are never copied, so a
+stage costs the bytes it produces; `python -m graph200k.publish` assembles one tar per shard.
 
-Lean by design: only the key, a few bookkeeping columns and the members a stage reads
-(`target.jpg` for canny) go through Ray, and each stage passes on only what later stages
-still read plus what it produced. The writer re-reads the other members from the same
-shard file and copies them byte for byte.
+Design — the driver carries no samples:
+- The driver plans: per (stage, shard) it reads the stats files to decide done / to do /
+  retry (`--retry-failed`: only the samples whose last status was failed), takes a lease
+  per (stage, shard) so that concurrent runs never do the same work, and groups the stages
+  into waves (a stage after those it reads from; actor pools of a wave fit the cluster).
+- Per wave, one Ray Data pipeline: a read task per shard (source tar + the sidecars holding
+  the inputs, digests checked) -> each stage's operators (CPU stage: one task op; model
+  stage: prepare tasks -> an actor pool that only runs the model -> encode tasks) -> a write
+  op per stage that writes each block's results as a *part* -> a collect op. The driver sees
+  only part ids; when a shard's parts cover all its rows it starts a join task that writes
+  the sidecar (pipelines.annotate_io). Shard bytes are identical whatever the block size,
+  worker count or cluster size.
+- Resume = rerun the same command: complete (stage, shard)s are skipped (size checked; with
+  `--verify` the sha256 too), leftovers of a killed run are swept, and what was missing is
+  computed to the same bytes. `--force` recomputes the requested stages from the source.
 
-Resume: rerun the same command; a shard whose stats file lists every requested stage is
-skipped. Incremental: when the annotated shard exists it is the input, so a new stage only
-computes its own members. `--force` recomputes the requested stages.
-Without RAY_ADDRESS, Ray starts locally with `--num-cpus`; with it, the job runs on that
-cluster unchanged (shard paths must then be on storage every node sees).
+Exit code: 0 done; 1 a shard could not be annotated (unreadable source, missing input);
+2 a bad config or command line; 3 written, but a stage failed more than
+`max_failed_fraction` of its samples (rerun with `--retry-failed`).
 """
 
 from __future__ import annotations
@@ -31,397 +38,500 @@ import os
 import sys
 import time
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from annotators.base import (
-    ERROR_COLUMN,
-    FAILED,
-    OK,
-    SKIPPED,
-    MissingDependency,
-    members_of,
-    seconds_column,
-    status_column,
-)
-from graph200k.nodes import META_MEMBER, node_type
-from graph200k.shards import (
-    ShardError,
-    ShardStats,
-    ShardWriter,
-    list_shards,
-    read_stats,
-    shard_index,
-    shard_path,
-    stats_path,
-    write_json_atomic,
-)
-from pipelines.annotate_config import (
-    ConfigError,
-    Stage,
-    load_config,
-    parse_shards,
-    select_stages,
-)
-from pipelines.shard_rows import (
-    COUNT,
-    INDEX,
-    INPUT,
-    SHARD,
-    Reread,
-    merge_sample,
-    read_shards_udf,
-)
+from annotators.base import FAILED, OK, SKIPPED, MissingDependency
+from annotators.side_inputs import load_side_input
+from graph200k import storage
+from graph200k.config import ConfigError
+from graph200k.dataset import ShardSet, part_fingerprint
+from graph200k.shards import ShardError, read_json
+from pipelines import annotate_io, leases
+from pipelines.annotate_config import (Stage, load_config, parse_shards,
+                                       plan_waves, producers, run_options, select_stages)
+from pipelines.stage_ops import (StageRunner, annot_column, do_column, seconds_column,
+                                 status_column)
 
 DEFAULT_CONFIG = "configs/annotate.yaml"
-
-
-@dataclass
-class ShardJob:
-    shard: int
-    paths: list[str]  # inputs in order of preference
-    drop: list[str]  # members discarded before the stages run (--force)
-    advice: str  # what to do when the input cannot be read
+REPORT_DIR = "_report"
+SOURCE_NODES = ("target", "reference")  # what ingest writes into every source shard
 
 
 @dataclass
 class RunReport:
-    written: dict[int, dict] = field(default_factory=dict)  # shard -> its stats
-    skipped: list[int] = field(default_factory=list)  # complete before this run
-    errors: dict[int, str] = field(default_factory=dict)
+    written: dict = field(default_factory=dict)  # (stage, shard) -> stats
+    skipped: list = field(default_factory=list)  # (stage, shard) complete before this run
+    busy: dict = field(default_factory=dict)  # (stage, shard) -> who holds the lease
+    errors: dict = field(default_factory=dict)  # (stage, shard) or shard -> message
+    too_many_failed: list = field(default_factory=list)  # stage names
+    seconds: float = 0.0
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.errors else 0
+        if self.errors:
+            return 1
+        return 3 if self.too_many_failed else 0
+
+    def shards_written(self) -> list[int]:
+        return sorted({shard for _, shard in self.written})
 
 
-def is_complete(out: Path, shard: int, stage_names: list[str]) -> bool:
-    stats = read_stats(out, shard)
-    return (
-        stats is not None
-        and shard_path(out, shard).exists()
-        and set(stage_names) <= set(stats.get("stages", {}))
-    )
+# -- planning ------------------------------------------------------------------------------
+def stage_state(shard_set: ShardSet, stage: str, shard: int, verify: bool = False
+                ) -> tuple[str, dict | None, str]:
+    """("done" | "todo", stats, why) of one stage's sidecar of one shard."""
+    part = shard_set.stage_part(stage, shard)
+    stats = read_json(part.stats_url)
+    if stats is None:
+        return "todo", None, "not annotated yet"
+    recorded = stats.get("file") or {}
+    try:
+        size = storage.size(part.url)
+    except FileNotFoundError:
+        return "todo", stats, f"{part.url} is missing"
+    if size != recorded.get("size"):
+        return "todo", stats, (f"{part.url} holds {size} bytes, its stats say "
+                               f"{recorded.get('size')} (truncated or replaced)")
+    source = part_fingerprint(shard_set.source_part(shard))
+    was = stats.get("source") or {}
+    if was.get("sha256") and source.get("sha256") and was["sha256"] != source["sha256"]:
+        return "todo", stats, "its source shard changed since it was annotated"
+    if verify:
+        from graph200k.verify import file_sha256
+
+        if file_sha256(part.url) != recorded.get("sha256"):
+            return "todo", stats, f"{part.url} does not match its recorded sha256 (corrupt)"
+    return "done", stats, "complete"
 
 
-def plan_jobs(shards, src: Path, out: Path, stages: list[Stage], force: bool, report: RunReport):
-    names = [s.name for s in stages]
-    produced = [m for s in stages for n in s.cls.produces for m in node_type(n).members]
-    jobs = []
-    for n in shards:
-        source, annotated = shard_path(src, n), shard_path(out, n)
-        if not force and is_complete(out, n, names):
-            report.skipped.append(n)
+@dataclass
+class Plan:
+    todo: dict = field(default_factory=dict)  # (stage, shard) -> "all" | [keys to retry]
+    count: dict = field(default_factory=dict)  # shard -> samples (from the source stats)
+
+
+def plan(shard_set, stages, shards, force, retry_failed, verify, report, log) -> Plan:
+    p = Plan()
+    for shard in shards:
+        source = read_json(shard_set.source_part(shard).stats_url) or {}
+        p.count[shard] = int(source.get("written", 0) or (source.get("file") or {}).get(
+            "samples", 0) or 0)
+        for s in stages:
+            if force:
+                p.todo[(s.name, shard)] = "all"
+                continue
+            state, stats, why = stage_state(shard_set, s.name, shard, verify)
+            if state == "todo":
+                if stats is not None:
+                    log(f"shard {shard:06d} {s.name}: {why}; annotating it again")
+                p.todo[(s.name, shard)] = "all"
+            elif retry_failed and stats.get("failed", 0):
+                p.todo[(s.name, shard)] = [f["key"] for f in stats.get("failed_keys", [])]
+            else:
+                report.skipped.append((s.name, shard))
+    return p
+
+
+def missing_inputs(shard_set, stage: Stage, shard: int, producer: dict[str, str]) -> str | None:
+    """Why `stage` cannot run on `shard` now (an input no sidecar holds), or None."""
+    for node in stage.cls.needs:
+        if node in SOURCE_NODES:
             continue
-        if annotated.exists():
-            # The annotated shard is the input: existing members stay byte for byte.
-            paths = [str(annotated)] + ([str(source)] if force else [])
-            advice = (f"rebuild it from {source} with --force (that recomputes the "
-                      f"requested stages)" if not force else
-                      f"re-create {source} with `python -m pipelines.ingest` and rerun")
-        elif source.exists():
-            paths = [str(source)]
-            advice = f"re-create it with `python -m pipelines.ingest` (shard {n}), then rerun"
-        else:
-            report.errors[n] = (f"shard {n:06d}: source shard {source} does not exist; run "
-                                f"`python -m pipelines.ingest` first or fix --src/--shards")
-            continue
-        jobs.append(ShardJob(n, paths, produced if force else [], advice))
-    return jobs
+        owner = producer.get(node)
+        if owner is None:
+            return (f"needs node {node!r}, which no stage of the config produces: add the "
+                    "stage that makes it")
+        if stage_state(shard_set, owner, shard)[0] != "done":
+            return (f"needs {node!r} from stage {owner!r}, which shard {shard:06d} lacks: run "
+                    f"`--stages {owner}` first (or together)")
+    for other in stage.cls.reads_annotations_of():
+        if stage_state(shard_set, other, shard)[0] != "done":
+            return f"reads the meta entry of stage {other!r}, which shard {shard:06d} lacks"
+    return None
 
 
-def init_ray(num_cpus: int | None):
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()  # the cluster's own resources; num_cpus applies to a local Ray only
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+# -- Ray operators -------------------------------------------------------------------------
+def _runner(cls, config: dict, seed: int, side: dict) -> StageRunner:
+    return StageRunner(cls(config), seed, side)
 
 
-def stage_plan(stages: list[Stage]) -> list[tuple[list[str], list[str]]]:
-    """(input members, output members) of each stage, in run order."""
-    return [(list(members_of(s.cls.needs)), list(members_of(s.cls.produces))) for s in stages]
+def annotate_op(batch, cls, config, seed, side):
+    return _runner(cls, config, seed, side).annotate_batch(batch)
 
 
-def columns_to_drop(stages: list[Stage]) -> list[list[str]]:
-    """For each stage, the member columns nothing after it reads: dropped from its output,
-    so a stage passes on only later stages' inputs and the members produced so far."""
-    plan = stage_plan(stages)
-    drops = []
-    for k in range(len(plan)):
-        produced = {m for _, outputs in plan[: k + 1] for m in outputs}
-        later = {m for inputs, _ in plan[k + 1:] for m in inputs}
-        drops.append(sorted({m for inputs, _ in plan[: k + 1] for m in inputs} - produced - later))
-    return drops
+def prepare_op(batch, cls, config, seed, side):
+    return _runner(cls, config, seed, side).prepare_batch(batch)
 
 
-def _drop(batch: dict, names: list[str]) -> dict:
-    for name in names:
-        batch.pop(name, None)
-    return batch
+def encode_op(batch, cls, config, seed, side):
+    return _runner(cls, config, seed, side).encode_batch(batch)
 
 
-def _task_stage(stage: Stage, drop: list[str]):
-    cls, config = stage.cls, stage.config
+class PredictActor:
+    """A model stage's actor: the annotator and its weights, loaded once."""
 
-    def run(batch):
-        # A CPU task stage is cheap to build; building it per batch keeps tasks stateless
-        # (a model stage runs as actors instead, which build it once).
-        return _drop(cls(config)(batch), drop)
-
-    run.__name__ = run.__qualname__ = stage.name  # the name Ray's progress bars show
-    return run
-
-
-class _ActorStage:
-    """A model stage in an actor: builds the annotator once, drops what later stages do not read."""
-
-    def __init__(self, cls, config: dict, drop: list[str]):
-        self.annotator = cls(config)
-        self.drop = drop
+    def __init__(self, cls, config, seed, side):
+        self.runner = _runner(cls, config, seed, side)
+        self.runner.annotator.ensure_loaded()
 
     def __call__(self, batch):
-        return _drop(self.annotator(batch), self.drop)
+        return self.runner.predict_batch(batch)
 
 
-def _actor_stage(stage: Stage):
-    # A subclass named after the stage: the name Ray's progress bars show.
-    return type(stage.name, (_ActorStage,), {"__module__": __name__})
+def _named(fn, name: str):
+    def op(batch, **kwargs):
+        return fn(batch, **kwargs)
+
+    op.__name__ = op.__qualname__ = name  # the name Ray's progress bars show
+    return op
 
 
 # Ray Data retries a task whose worker died forever by default: a sample that crashes its
 # worker every time (a segfault in a native library) would loop. Bounding it takes
-# `max_retries` / `max_restarts`, which Ray 2.60 accepts only as deprecated `ray_remote_args`
-# (removal announced for 2.64, no named replacement yet): hence the silenced warning.
-# The read step keeps Ray's default (it runs no native code on samples): any remote
-# argument of its own would stop Ray from fusing it with the block cutting below.
+# `max_retries` / `max_restarts`, which Ray 2.60 accepts only as deprecated `ray_remote_args`.
 _RAY_REMOTE_ARGS_WARNING = ".*ray_remote_args. is deprecated"
 
 
-def build_dataset(jobs: list[ShardJob], stages: list[Stage], ray_config: dict):
+def build_wave(jobs: list[dict], stages: list[Stage], root: str, seed: int, side: dict,
+               ray_options, producer: dict[str, str]):
     import ray
 
-    rows_per_block = int(ray_config.get("rows_per_block", 32))
-    items = [{
-        "shard": j.shard,
-        "paths": json.dumps(j.paths),
-        "drop": json.dumps(j.drop),
-        "advice": j.advice,
-    } for j in jobs]
+    instances = {s.name: s.cls(s.config) for s in stages}
+    needed = [list(instances[s.name].input_members) for s in stages]
+    reads = sorted({r for s in stages for r in s.cls.reads})
+    inputs = sorted({producer[n] for s in stages for n in s.cls.needs if n in producer}
+                    | {o for s in stages for o in s.cls.reads_annotations_of()})
+    wave = {"root": root, "stages": [s.name for s in stages], "inputs": inputs,
+            "members": sorted({m for ms in needed for m in ms}), "reads": reads}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_RAY_REMOTE_ARGS_WARNING)
-        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        ds = ds.map_batches(read_shards_udf, batch_size=1, batch_format="numpy",
-                            fn_kwargs={"plan": stage_plan(stages),
-                                       "rows_per_block": rows_per_block},
-                            num_cpus=float(ray_config.get("read_num_cpus", 1)))
-        # A shard is read by one task; blocks of rows_per_block samples let every worker
-        # share its samples. Ray fuses this into the read task (its output is cut into
-        # blocks as it is produced): no extra step, no extra copy.
-        ds = ds.repartition(target_num_rows_per_block=rows_per_block)
-        for stage, drop in zip(stages, columns_to_drop(stages)):
-            common = dict(batch_size=stage.batch_size, batch_format="numpy",
-                          num_cpus=stage.num_cpus, zero_copy_batch=True)
-            if stage.uses_actors:
-                ds = ds.map_batches(
-                    _actor_stage(stage), fn_constructor_args=(stage.cls, stage.config, drop),
-                    concurrency=stage.concurrency or 1, num_gpus=stage.num_gpus,
-                    max_restarts=stage.max_retries, max_task_retries=stage.max_retries, **common)
-            else:
-                ds = ds.map_batches(_task_stage(stage, drop), max_retries=stage.max_retries,
+        ds = ray.data.from_items([{"job": json.dumps(j)} for j in jobs],
+                                 override_num_blocks=max(1, len(jobs)))
+        # Every task op gets the same max_retries: Ray fuses consecutive task ops only when
+        # their remote arguments match (read -> canny -> write -> collect is one task).
+        retries = stages[0].max_retries
+        ds = ds.map_batches(_named(annotate_io.read_shards, "read"), batch_size=1,
+                            batch_format="numpy", num_cpus=ray_options.read_num_cpus,
+                            max_retries=retries,
+                            fn_kwargs={"wave": wave, "rows_per_block": ray_options.rows_per_block})
+        for k, s in enumerate(stages):
+            args = {"cls": s.cls, "config": s.config, "seed": seed,
+                    "side": {n: side[n] for n in s.cls.side_inputs}}
+            common = dict(batch_format="numpy", batch_size=s.batch_size, num_cpus=s.num_cpus)
+            task = dict(common, max_retries=retries, fn_kwargs=args)
+            if s.uses_actors:
+                ds = ds.map_batches(_named(prepare_op, f"{s.name}.prepare"), **task)
+                actor = type(s.name, (PredictActor,), {"__module__": __name__})
+                ds = ds.map_batches(actor, fn_constructor_kwargs=args, concurrency=s.concurrency,
+                                    num_gpus=s.num_gpus or None, resources=s.resources or None,
+                                    max_restarts=s.max_retries, max_task_retries=s.max_retries,
                                     **common)
-    # Ray Data's per-operator reservation splits the CPUs between the operators: while the
-    # read step still holds blocks the first stage has not taken, the stage gets only its
-    # share (on 2 CPUs: one canny task at a time; measured 1.05-1.3 tasks busy on average
-    # against 1.8-1.9 without it). Our read step is one short task per shard, so the stages
-    # should have every CPU; the global object-store limit still bounds the read-ahead.
-    if not ray_config.get("reserve_per_operator", False):
+                ds = ds.map_batches(_named(encode_op, f"{s.name}.encode"), **task)
+            else:
+                ds = ds.map_batches(_named(annotate_op, s.name), **task)
+            later = {m for ms in needed[k + 1:] for m in ms}
+            outputs = list(instances[s.name].output_members)
+            drop = ([m for m in needed[k] if m not in later] + outputs +
+                    [do_column(s.name), status_column(s.name), seconds_column(s.name),
+                     annot_column(s.name)])
+            ds = ds.map_batches(_named(annotate_io.write_parts, f"{s.name}.write"),
+                                batch_format="numpy", batch_size=None, num_cpus=s.num_cpus,
+                                max_retries=retries,
+                                fn_kwargs={"stage": s.name, "root": root,
+                                           "output_members": outputs, "drop": drop})
+        ds = ds.map_batches(_named(annotate_io.collect, "collect"), batch_format="numpy",
+                            batch_size=None, num_cpus=stages[-1].num_cpus, max_retries=retries,
+                            fn_kwargs={"stages": [s.name for s in stages]})
+    ds.context.wait_for_min_actors_s = ray_options.actor_start_timeout_s
+    if not ray_options.reserve_per_operator:
+        # Ray Data splits the CPUs between operators by default; our read step is one short
+        # task per shard, so the stages should have every CPU (measured: 1.05-1.3 canny tasks
+        # busy on average with the reservation against 1.8-1.9 without it, on 2 CPUs).
         ds.context.op_resource_reservation_enabled = False
     return ds
 
 
-def stage_stats(rows: list[dict], stage: Stage, previous: dict | None) -> dict:
-    counts = {OK: 0, SKIPPED: 0, FAILED: 0}
-    failed = []
-    for r in rows:
-        status = r.get(status_column(stage.name)) or f"{FAILED}: stage did not run"
-        if status.startswith(FAILED):
-            counts[FAILED] += 1
-            failed.append({"key": r["__key__"], "reason": status.split(": ", 1)[-1]})
+# -- running -------------------------------------------------------------------------------
+def init_ray(num_cpus: int | None, progress: bool):
+    import ray
+
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()  # the cluster's own resources; num_cpus applies to a local Ray only
         else:
-            counts[status] += 1
-    seconds = float(sum(r.get(seconds_column(stage.name)) or 0.0 for r in rows))
-    entry = {
-        **counts,
-        "failed_keys": failed,
-        "seconds": round(seconds, 3),  # worker seconds spent in the stage
-        "images_per_s": round(counts[OK] / seconds, 1) if seconds > 0 and counts[OK] else 0.0,
-        "config": stage.config,
-    }
-    if previous:
-        previous = {k: v for k, v in previous.items() if k != "previous"}
-        entry["previous"] = previous  # the run that computed members this run kept
-    return entry
+            ray.init(num_cpus=num_cpus, include_dashboard=False)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = progress
+    return ray
 
 
-class ShardAssembler:
-    """Writes one annotated shard as its result rows come back, in source order.
+class Progress:
+    """Samples done per stage: a tqdm bar on a terminal, a line every 30 s in a log file."""
 
-    Rows arrive in any order; each is held only until the rows before it are in. The
-    writer re-reads the input shard alongside (the file the read step used) and merges
-    each sample's untouched members, byte for byte, with the row's new members. The shard
-    is written under a temporary name and renamed when complete; its stats file follows.
-    """
+    def __init__(self, totals: dict[str, int], tty: bool):
+        self.totals, self.done = totals, Counter()
+        self.start = self.last = time.perf_counter()
+        self.bar = None
+        if tty:
+            from tqdm import tqdm
 
-    def __init__(self, job: ShardJob, stages: list[Stage], out: Path, src: Path):
-        self.job, self.stages, self.out, self.src = job, stages, out, src
-        self.count: int | None = None
-        self.next = 0
-        self.waiting: dict[int, dict] = {}  # rows that came before their turn
-        self.records: list[dict] = []  # key + stage status/seconds of every written row
-        self.node_counts: dict[str, int] = defaultdict(int)
-        self.writer: ShardWriter | None = None
-        self.reread: Reread | None = None
-        self.seconds = 0.0  # time spent merging and writing
+            self.bar = tqdm(total=sum(totals.values()), unit="sample", desc="annotate",
+                            file=sys.stderr)
 
-    def add(self, row: dict) -> bool:
-        """Take one row; write what is ready. True once the shard is complete."""
-        start = time.perf_counter()
-        index = int(row[INDEX])
-        if self.count is None:
-            self.count = int(row[COUNT])
-        if index in self.waiting or not self.next <= index < self.count:
-            raise ShardError(f"shard {self.job.shard:06d}: rows duplicated in the pipeline; rerun")
-        self.waiting[index] = row
-        while self.next in self.waiting:
-            self._write(self.waiting.pop(self.next))
-            self.next += 1
-        self.seconds += time.perf_counter() - start
-        return self.next == self.count
+    def add(self, stage: str, n: int) -> None:
+        self.done[stage] += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif time.perf_counter() - self.last > 30:
+            self.last = time.perf_counter()
+            print(self.line(), flush=True)
 
-    def _write(self, row: dict) -> None:
-        if self.writer is None:
-            self.reread = Reread(str(row[INPUT]))
-            self.writer = ShardWriter(shard_path(self.out, self.job.shard))
-        sample = merge_sample(self.reread.next(row["__key__"]), row, self.job.drop)
-        self.writer.write(sample)
-        if META_MEMBER in sample:
-            for node in json.loads(sample[META_MEMBER]).get("nodes", []):
-                self.node_counts[node] += 1
-        self.records.append({k: v for k, v in row.items()
-                             if k == "__key__" or k.startswith(("__status__:", "__seconds__:"))})
+    def line(self) -> str:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        parts = []
+        for stage, total in self.totals.items():
+            done = self.done[stage]
+            rate = done / elapsed
+            eta = (total - done) / rate if rate > 0 else float("inf")
+            parts.append(f"{stage} {done}/{total} ({rate:.1f}/s, ETA {eta:.0f} s)")
+        return "progress: " + ", ".join(parts)
 
-    def abort(self) -> None:
-        """Drop the temporary file: no partial shard ever appears under its final name."""
-        if self.reread is not None:
-            self.reread.close()
-        if self.writer is not None:
-            self.writer.abort()
-
-    def finish(self, report: RunReport) -> None:
-        start = time.perf_counter()
-        shard, stages, out = self.job.shard, self.stages, self.out
-        self.reread.finish()
-        path = self.writer.close()
-        old = read_stats(out, shard) or {}
-        stats = ShardStats(shard=shard, samples=len(self.records), written=self.writer.count)
-        per_stage = {}
-        for stage in stages:
-            per_stage[stage.name] = stage_stats(self.records, stage,
-                                                old.get("stages", {}).get(stage.name))
-            for f in per_stage[stage.name]["failed_keys"]:
-                stats.failed.append({"key": f["key"], "stage": stage.name, "reason": f["reason"]})
-        # Stages this run did not request keep their record (their members were kept).
-        for name, entry in old.get("stages", {}).items():
-            per_stage.setdefault(name, entry)
-        stats.seconds = sum(per_stage[s.name]["seconds"] for s in stages)
-        stats.seconds += self.seconds + time.perf_counter() - start
-        stats.extra = {
-            "source": str(shard_path(self.src, shard)),
-            "stages": per_stage,
-            "nodes": dict(sorted(self.node_counts.items())),
-        }
-        # The stats file marks the shard complete, so it is written after the shard is in place.
-        write_json_atomic(stats_path(out, shard), stats.to_json())
-        report.written[shard] = stats.to_json()
-        print(summary_line(shard, len(self.records), per_stage, stages, path), flush=True)
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def summary_line(shard, samples, per_stage, stages, path) -> str:
-    parts = [f"shard {shard:06d}: {samples} samples"]
-    for s in stages:
-        e = per_stage[s.name]
-        parts.append(f"{s.name} ok {e[OK]} skipped {e[SKIPPED]} failed {e[FAILED]} "
-                     f"({e['seconds']:.1f} s, {e['images_per_s']:.0f} img/s)")
-    parts.append(f"-> {path}")
-    return " | ".join(parts)
+def run_wave(ray, stages, jobs, shard_set, counts, seed, side, opts, report, held, log, tty,
+             producer):
+    ds = build_wave(jobs, stages, shard_set.root, seed, side, opts.ray, producer)
+    join = ray.remote(num_cpus=opts.ray.join_num_cpus, max_retries=2)(annotate_io.join_parts)
+    todo = {(s.name, j["shard"]): j["stages"][s.name] for j in jobs for s in stages
+            if s.name in j["stages"]}
+    coverage: dict = defaultdict(set)
+    pending = {}
+    progress = Progress({s.name: sum(counts.get(j["shard"], 0) for j in jobs
+                                     if s.name in j["stages"]) for s in stages}, tty)
+    configs = {s.name: s.config for s in stages}
+    failed_shards = set()
+    try:
+        for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+            for i in range(len(batch["kind"])):
+                shard = int(batch["shard"][i])
+                if batch["kind"][i] == "error":
+                    failed_shards.add(shard)
+                    report.errors[shard] = str(batch["message"][i])
+                    log(f"shard {shard:06d}: ERROR {batch['message'][i]}", error=True)
+                    continue
+                stage = str(batch["stage"][i])
+                start, end, count = (int(batch[k][i]) for k in ("start", "end", "count"))
+                ranges = coverage[(stage, shard)]
+                if (start, end) in ranges:
+                    continue
+                ranges.add((start, end))
+                progress.add(stage, end - start)
+                if sum(e - s for s, e in ranges) == count and (stage, shard) not in pending:
+                    pending[(stage, shard)] = join.remote(
+                        shard_set.root, stage, shard, count, sorted(ranges), configs[stage],
+                        held["owner"]["run"])
+        for (stage, shard), ref in pending.items():
+            try:
+                stats = ray.get(ref)
+            except Exception as e:  # a join that failed names the shard and stage
+                report.errors[(stage, shard)] = f"shard {shard:06d} {stage}: {e}"
+                continue
+            report.written[(stage, shard)] = stats
+            log(summary_line(stats))
+        for key in todo:
+            if key not in pending and key[1] not in failed_shards:
+                stage, shard = key
+                report.errors[key] = (f"shard {shard:06d} {stage}: only part of its rows came "
+                                      "back from the pipeline; rerun")
+    finally:
+        progress.close()
+        for key in todo:
+            lease = held["leases"].pop(key, None)
+            if lease is not None:
+                leases.release(lease)
+
+
+def summary_line(stats: dict) -> str:
+    return (f"shard {stats['shard']:06d} {stats['stage']}: ok {stats[OK]} skipped "
+            f"{stats[SKIPPED]} failed {stats[FAILED]} of {stats['samples']} "
+            f"({stats['seconds']:.1f} worker-s, {stats['images_per_s']:.0f} img/s)")
 
 
 def run(shards: str, stage_names: list[str] | None = None, config_path: str = DEFAULT_CONFIG,
         src: str | None = None, out: str | None = None, force: bool = False,
-        num_cpus: int | None = None) -> RunReport:
+        num_cpus: int | None = None, retry_failed: bool = False, verify: bool = False,
+        log=None) -> RunReport:
+    start = time.perf_counter()
+    tty = sys.stderr.isatty()
+
+    def say(message: str, error: bool = False) -> None:
+        if log is not None:
+            log(message)
+        print(message, file=sys.stderr if error else sys.stdout, flush=True)
+
+    if force and retry_failed:
+        raise ConfigError("--force recomputes everything; --retry-failed only the failed "
+                          "samples: choose one")
     config = load_config(config_path)
+    opts = run_options(config)
     stages = select_stages(config, stage_names)
-    # Absolute paths: Ray workers do not share this process's working directory.
-    src_dir = Path(src or config.get("src", "shards/source")).resolve()
-    out_dir = Path(out or config.get("out", "shards/graph200k")).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ray_config = config.get("ray", {}) or {}
-    available = [shard_index(p) for p in list_shards(src_dir)]
+    all_stages = select_stages(config, None)  # who produces what, for the inputs check
+    src_url = storage.normalize(src or opts.src)
+    out_url = storage.normalize(out or opts.out)
+    probe = ShardSet(src_url)
+    if probe.layout != "plain":
+        raise ConfigError(f"--src {src_url} is an annotate output; give the source shards it "
+                          f"annotates ({probe.source})")
+    available = probe.shards()
+    if not available:
+        raise ConfigError(f"--src {src_url} holds no source shards (NNNNNN.tar): run "
+                          "`python -m pipelines.ingest` first, or fix --src")
+    selected = parse_shards(shards, available)
     report = RunReport()
-    jobs = plan_jobs(parse_shards(shards, available), src_dir, out_dir, stages, force, report)
-    for n in report.skipped:
-        print(f"shard {n:06d}: complete ({stats_path(out_dir, n)} lists every stage), skipped")
-    for n, message in report.errors.items():
-        print(f"shard {n:06d}: ERROR {message}", file=sys.stderr)
-    if not jobs:
+    for n in sorted(set(selected) - set(available)):
+        report.errors[n] = (f"shard {n:06d}: no source shard {n:06d}.tar in {src_url}; run "
+                            "`python -m pipelines.ingest` for it or fix --shards")
+    selected = [n for n in selected if n in available]
+    try:
+        shard_set = ShardSet.create(out_url, src_url)
+    except ShardError as e:
+        raise ConfigError(str(e)) from None
+    except OSError as e:
+        raise ConfigError(f"cannot write to --out {out_url} ({e})") from None
+
+    side_specs = config.get("side_inputs") or {}
+    side = {}
+    for name in sorted({n for s in stages for n in s.cls.side_inputs}):
+        if name not in side_specs:
+            users = [s.name for s in stages if name in s.cls.side_inputs]
+            raise ConfigError(f"stage(s) {users} draw from side input {name!r}: declare it under "
+                              "`side_inputs:` in the config (kind, path)")
+        side[name] = load_side_input(name, side_specs[name])
+
+    p = plan(shard_set, stages, selected, force, retry_failed, verify, report, say)
+    done = Counter(stage for stage, _ in report.skipped)
+    for stage, n in sorted(done.items()):
+        say(f"{stage}: {n} shard(s) complete, skipped")
+    if not p.todo:
+        report.seconds = time.perf_counter() - start
         return report
 
-    init_ray(num_cpus or ray_config.get("num_cpus", 2))
-    ds = build_dataset(jobs, stages, ray_config)
-    by_shard = {j.shard: j for j in jobs}
-    open_shards: dict[int, ShardAssembler] = {}
-    failed: set[int] = set()
-
-    def fail(shard: int, message: str) -> None:
-        failed.add(shard)
-        report.errors[shard] = message
-        if shard in open_shards:
-            open_shards.pop(shard).abort()
-        print(f"shard {shard:06d}: ERROR {message}", file=sys.stderr, flush=True)
-
+    ray = init_ray(num_cpus or opts.ray.num_cpus,
+                   tty if opts.ray.progress is None else opts.ray.progress)
+    capacity = {k: float(v) for k, v in ray.cluster_resources().items()}
+    by_name = {s.name: s for s in stages}
+    waves = plan_waves(stages, capacity, task_cpus=opts.ray.read_num_cpus)
+    if len(waves) > 1:
+        say("waves: " + " -> ".join("+".join(s.name for s in w) for w in waves))
+    producer = producers(all_stages)
+    held = {"owner": leases.run_owner(), "leases": {}}
     try:
-        for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-            columns = list(batch)
-            for i in range(len(batch[SHARD])):
-                row = {c: batch[c][i] for c in columns}
-                shard = int(row[SHARD])
-                if shard in failed:
-                    continue
-                if row.get(ERROR_COLUMN):
-                    fail(shard, row[ERROR_COLUMN])
-                    continue
-                assembler = open_shards.get(shard)
-                if assembler is None:
-                    assembler = open_shards[shard] = ShardAssembler(
-                        by_shard[shard], stages, out_dir, src_dir)
-                try:
-                    if assembler.add(row):
-                        assembler.finish(report)
-                        del open_shards[shard]
-                except ShardError as e:
-                    fail(shard, str(e))
-        for shard, assembler in list(open_shards.items()):
-            fail(shard, f"shard {shard:06d}: only {assembler.next + len(assembler.waiting)} "
-                        f"of {assembler.count} rows came back; rerun")
+        for wave in waves:
+            shard_set.refresh()
+            jobs: dict[int, dict] = {}
+            for s in wave:
+                for shard in selected:
+                    todo = p.todo.get((s.name, shard))
+                    if todo is None:
+                        continue
+                    if shard in report.errors:
+                        continue
+                    why = missing_inputs(shard_set, by_name[s.name], shard, producer)
+                    if why is not None:
+                        report.errors[(s.name, shard)] = f"shard {shard:06d} {s.name}: {why}"
+                        say(f"shard {shard:06d} {s.name}: ERROR {why}", error=True)
+                        continue
+                    lease = leases.acquire(shard_set.root, s.name, shard, held["owner"],
+                                           opts.lease_seconds)
+                    if isinstance(lease, str):
+                        report.busy[(s.name, shard)] = lease
+                        say(f"shard {shard:06d} {s.name}: skipped, {lease}")
+                        continue
+                    held["leases"][(s.name, shard)] = lease
+                    sweep(shard_set, s.name, shard)
+                    jobs.setdefault(shard, {"shard": shard, "stages": {}})["stages"][s.name] = todo
+            if not jobs:
+                continue
+            run_wave(ray, wave, sorted(jobs.values(), key=lambda j: j["shard"]), shard_set,
+                     p.count, opts.seed, side, opts, report, held, say, tty, producer)
     finally:
-        for assembler in open_shards.values():  # an exception (disk full...) leaves no partial shard
-            assembler.abort()
+        for lease in held["leases"].values():
+            leases.release(lease)
+    report.seconds = time.perf_counter() - start
+    report.too_many_failed = _too_many_failed(report, opts.max_failed_fraction)
+    write_report(shard_set, report, stages)
     return report
+
+
+def sweep(shard_set: ShardSet, stage: str, shard: int) -> None:
+    """Leftovers of a killed run on a (stage, shard) this run now holds: its parts and the
+    temporary files of its sidecar. Never listed, never published; removed here."""
+    storage.remove(annotate_io.parts_folder(shard_set.root, stage, shard))
+    folder = storage.join(shard_set.root, stage)
+    for name in storage.listdir(folder):
+        if storage.is_tmp(name) and name[1:7] == f"{shard:06d}":
+            storage.remove(storage.join(folder, name))
+
+
+def _too_many_failed(report: RunReport, fraction: float) -> list[str]:
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for (stage, _), stats in report.written.items():
+        totals[stage][0] += stats[FAILED]
+        totals[stage][1] += stats["samples"]
+    return sorted(s for s, (f, n) in totals.items() if n and f / n > fraction)
+
+
+def summarise(report: RunReport, stages) -> dict:
+    out = {}
+    for s in stages:
+        entries = [st for (name, _), st in report.written.items() if name == s.name]
+        reasons = Counter(f["reason"] for st in entries for f in st["failed_keys"])
+        seconds = sum(st["seconds"] for st in entries)
+        ok = sum(st[OK] for st in entries)
+        out[s.name] = {
+            "shards_written": len(entries),
+            "shards_skipped": sum(1 for name, _ in report.skipped if name == s.name),
+            OK: ok, SKIPPED: sum(st[SKIPPED] for st in entries),
+            FAILED: sum(st[FAILED] for st in entries),
+            "top_failures": [{"reason": r, "count": c} for r, c in reasons.most_common(5)],
+            "worker_seconds": round(seconds, 3),
+            "samples_per_s": round(ok / report.seconds, 2) if report.seconds else 0.0,
+        }
+    return out
+
+
+def write_report(shard_set: ShardSet, report: RunReport, stages) -> str:
+    summary = summarise(report, stages)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = storage.join(shard_set.root, REPORT_DIR, f"annotate-{stamp}-{os.getpid()}.json")
+    body = {"stages": summary, "seconds": round(report.seconds, 3),
+            "errors": {str(k): v for k, v in report.errors.items()},
+            "busy": {f"{k[0]}/{k[1]:06d}": v for k, v in report.busy.items()},
+            "exit_code": report.exit_code}
+    storage.atomic_write(path, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
+    report.summary, report.report_path = summary, path
+    return path
+
+
+def print_summary(report: RunReport) -> None:
+    summary = getattr(report, "summary", None) or {}
+    if summary:
+        print(f"{'stage':<14}{'shards':>8}{'ok':>9}{'skipped':>9}{'failed':>9}{'samples/s':>11}")
+        for name, e in summary.items():
+            print(f"{name:<14}{e['shards_written']:>8}{e[OK]:>9}{e[SKIPPED]:>9}{e[FAILED]:>9}"
+                  f"{e['samples_per_s']:>11.1f}")
+            for f in e["top_failures"]:
+                print(f"    {f['count']:>6} x {f['reason']}")
+        remaining = sum(e[FAILED] for e in summary.values())
+        if remaining:
+            print(f"annotate: {remaining} failed sample(s) remain; `--retry-failed` reruns only them")
+    if getattr(report, "report_path", None):
+        print(f"annotate: report -> {report.report_path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,22 +539,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards", required=True, help="N, N-M, N,M,... or all")
     p.add_argument("--stages", default="", help="comma-separated stage names (default: all in config)")
     p.add_argument("--config", default=DEFAULT_CONFIG)
-    p.add_argument("--src", default=None, help="source shard folder (default: config `src`)")
-    p.add_argument("--out", default=None, help="annotated shard folder (default: config `out`)")
+    p.add_argument("--src", default=None, help="source shards: folder or URL (default: config `src`)")
+    p.add_argument("--out", default=None, help="output dataset: folder or URL (default: config `out`)")
     p.add_argument("--force", action="store_true", help="recompute the requested stages")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="recompute only the samples whose last status was failed")
+    p.add_argument("--verify", action="store_true",
+                   help="check complete sidecars against their sha256, not only their size")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (no RAY_ADDRESS)")
     args = p.parse_args(argv)
     stage_names = [s.strip() for s in args.stages.split(",") if s.strip()] or None
     try:
         report = run(args.shards, stage_names, args.config, args.src, args.out, args.force,
-                     args.num_cpus)
+                     args.num_cpus, args.retry_failed, args.verify)
     except (ConfigError, MissingDependency) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"annotate: {len(report.written)} shard(s) written, {len(report.skipped)} already "
-          f"complete, {len(report.errors)} failed")
-    for shard, message in sorted(report.errors.items()):
+    print_summary(report)
+    print(f"annotate: {len(report.written)} stage sidecar(s) written over "
+          f"{len(report.shards_written())} shard(s), {len(report.skipped)} already complete, "
+          f"{len(report.busy)} leased by another run, {len(report.errors)} failed")
+    for key, message in sorted(report.errors.items(), key=lambda kv: str(kv[0])):
         print(f"  FAILED {message}", file=sys.stderr)
+    if report.too_many_failed:
+        print(f"annotate: stage(s) {report.too_many_failed} failed more than the allowed share "
+              "of their samples (max_failed_fraction); exit 3", file=sys.stderr)
     return report.exit_code
 
 

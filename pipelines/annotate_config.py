@@ -1,4 +1,8 @@
-"""configs/annotate.yaml -> the stages to run, in dependency order, and the shards to run them on."""
+"""configs/annotate.yaml -> the run's settings, its stages in dependency order, and its waves.
+
+Every key is checked: an unknown key anywhere (top level, `ray:`, a stage block, a side
+input) is an error naming the close match.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,36 @@ from pathlib import Path
 import yaml
 
 from annotators.base import Annotator
-from graph200k.config import ConfigError, unknown_key_message
+from graph200k.config import ConfigError, build, check_keys, unknown_key_message
 
-# Keys of a stage block the pipeline reads; the rest is the annotator's own config.
-RESOURCE_KEYS = ("class", "num_cpus", "num_gpus", "batch_size", "concurrency", "max_retries")
+# Keys of a stage block the pipeline reads; the rest is the annotator's own Options.
+RESOURCE_KEYS = ("class", "num_cpus", "num_gpus", "batch_size", "concurrency", "max_retries",
+                 "resources")
+TOP_KEYS = ("src", "out", "seed", "ray", "side_inputs", "stages", "lease_seconds",
+            "max_failed_fraction")
+
+
+@dataclass
+class RayOptions:
+    num_cpus: int | None = 2  # a local Ray only (no RAY_ADDRESS); a cluster brings its own
+    read_num_cpus: float = 1.0  # per shard-reading task
+    rows_per_block: int = 32  # samples per Ray block
+    reserve_per_operator: bool = False  # Ray Data's per-operator CPU reservation
+    join_num_cpus: float = 0.25  # per join task (mostly I/O)
+    progress: bool | None = None  # Ray's progress bars; default: only on a terminal
+    # An actor pool waits this long for its minimum actors (their weights loaded) before
+    # work starts; then a pool the cluster cannot place fails clearly instead of hanging.
+    actor_start_timeout_s: float = 1800.0
+
+
+@dataclass
+class RunOptions:
+    src: str = "shards/source"
+    out: str = "shards/graph200k"
+    seed: int = 0  # per-sample seeds derive from (seed, key, stage, variant)
+    lease_seconds: float = 6 * 3600.0  # a shard lease older than this is taken over
+    max_failed_fraction: float = 0.05  # exit 3 when a stage fails more of its samples
+    ray: RayOptions = field(default_factory=RayOptions)
 
 
 @dataclass
@@ -22,15 +52,28 @@ class Stage:
     config: dict
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    batch_size: int | None = 32
-    concurrency: int | None = None
+    batch_size: int = 32
+    concurrency: tuple[int, int] = (1, 1)  # model stages: actor pool (min, max)
     max_retries: int = 3
     resources: dict = field(default_factory=dict)
 
     @property
     def uses_actors(self) -> bool:
-        # A model stage loads weights once per actor; a GPU fraction only makes sense there.
-        return self.concurrency is not None or self.num_gpus > 0
+        # A model stage loads its weights once per actor; its CPU steps run as tasks.
+        return self.cls.is_model_stage()
+
+    def held_resources(self) -> dict[str, float]:
+        """What the stage's actor pool holds for the whole wave at its smallest (a CPU
+        stage's tasks hold nothing between batches)."""
+        if not self.uses_actors:
+            return {}
+        n = self.concurrency[0]
+        need = {"CPU": self.num_cpus * n}
+        if self.num_gpus:
+            need["GPU"] = self.num_gpus * n
+        for k, v in self.resources.items():
+            need[k] = float(v) * n
+        return need
 
 
 def load_config(path: str | Path) -> dict:
@@ -39,13 +82,29 @@ def load_config(path: str | Path) -> dict:
         config = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"annotate config {path} not found (see configs/annotate.yaml)") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{line} ({getattr(e, 'problem', e)})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: must be a mapping of settings (src, out, ray, stages, ...)")
+    check_keys(config, TOP_KEYS, str(path))
     if not isinstance(config.get("stages"), dict) or not config["stages"]:
         raise ConfigError(f"{path}: needs a non-empty `stages:` mapping")
+    side = config.get("side_inputs") or {}
+    if not isinstance(side, dict):
+        raise ConfigError(f"{path}: `side_inputs:` must map names to {{kind, path, ...}}")
+    config["_source"] = str(path)
     return config
 
 
+def run_options(config: dict) -> RunOptions:
+    data = {k: v for k, v in config.items() if k in TOP_KEYS and k not in ("stages", "side_inputs")}
+    return build(RunOptions, data, config.get("_source", "annotate config"))
+
+
 def import_class(dotted: str, stage: str) -> type[Annotator]:
-    module, _, attr = dotted.rpartition(".")
+    module, _, attr = str(dotted).rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as e:
@@ -53,6 +112,30 @@ def import_class(dotted: str, stage: str) -> type[Annotator]:
     if not (isinstance(cls, type) and issubclass(cls, Annotator)):
         raise ConfigError(f"stage {stage!r}: {dotted} is not an annotators.base.Annotator")
     return cls
+
+
+def _concurrency(name: str, value) -> tuple[int, int]:
+    if value is None:
+        return (1, 1)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return (value, value)
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            and 1 <= value[0] <= value[1]):
+        return (int(value[0]), int(value[1]))
+    raise ConfigError(f"stage {name!r}: concurrency must be N >= 1 or [min, max] with "
+                      f"1 <= min <= max (an autoscaling actor pool), got {value!r}")
+
+
+def _positive(name: str, key: str, value, kind=float, allow_zero=False):
+    try:
+        v = kind(value)
+    except (TypeError, ValueError):
+        v = None
+    if v is None or isinstance(value, bool) or v < 0 or (v == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"stage {name!r}: {key} must be a number {bound}, got {value!r}")
+    return v
 
 
 def build_stage(name: str, block: dict) -> Stage:
@@ -66,46 +149,100 @@ def build_stage(name: str, block: dict) -> Stage:
     unknown = [k for k in block if k not in known]
     if unknown:
         raise ConfigError(unknown_key_message(f"stage {name!r}", unknown[0], known, name))
-    cls.parse_options({k: v for k, v in block.items() if k not in RESOURCE_KEYS})
-    stage = Stage(
-        name=name,
-        cls=cls,
-        config={k: v for k, v in block.items() if k not in RESOURCE_KEYS},
-        num_cpus=float(block.get("num_cpus", 1)),
-        num_gpus=float(block.get("num_gpus", 0)),
-        batch_size=block.get("batch_size", 32),
-        concurrency=block.get("concurrency"),
-        max_retries=int(block.get("max_retries", 3)),
+    options = {k: v for k, v in block.items() if k not in RESOURCE_KEYS}
+    cls.parse_options(options)
+    if cls.is_model_stage() and not block.get("batch_size"):
+        raise ConfigError(f"stage {name!r}: a model stage needs batch_size (inputs per forward pass)")
+    if not cls.is_model_stage() and block.get("concurrency") is not None:
+        raise ConfigError(f"stage {name!r}: concurrency sizes a model stage's actor pool; "
+                          f"{cls.__name__} is a CPU stage (tasks): drop it")
+    resources = block.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise ConfigError(f"stage {name!r}: resources must map names to amounts")
+    return Stage(
+        name=name, cls=cls, config=options,
+        num_cpus=_positive(name, "num_cpus", block.get("num_cpus", 1), allow_zero=True),
+        num_gpus=_positive(name, "num_gpus", block.get("num_gpus", 0), allow_zero=True),
+        batch_size=int(_positive(name, "batch_size", block.get("batch_size") or 32, int)),
+        concurrency=_concurrency(name, block.get("concurrency")),
+        max_retries=int(_positive(name, "max_retries", block.get("max_retries", 3), int,
+                                  allow_zero=True)),
+        resources={k: _positive(name, f"resources.{k}", v) for k, v in resources.items()},
     )
-    if stage.uses_actors and not block.get("batch_size"):
-        raise ConfigError(f"stage {name!r}: an actor stage (concurrency/num_gpus) needs batch_size")
-    return stage
 
 
-def dependency_order(stages: list[Stage]) -> list[Stage]:
-    """Stages sorted so each runs after the stages producing what it needs (ties: by name)."""
+def producers(stages: list[Stage]) -> dict[str, str]:
     producer = {}
     for s in stages:
         for node in s.cls.produces:
             if node in producer:
                 raise ConfigError(f"node type {node!r} produced by both {producer[node]!r} and {s.name!r}")
             producer[node] = s.name
-    names = {s.name for s in stages}
-    after = {s.name: ({producer[n] for n in s.cls.needs if n in producer}
-                      | {r for r in s.cls.reads_annotations_of() if r in names}) - {s.name}
-             for s in stages}
+    return producer
+
+
+def depends_on(stage: Stage, producer: dict[str, str], names) -> set[str]:
+    """Stages (among `names`) whose members or meta entries `stage` reads."""
+    deps = {producer[n] for n in stage.cls.needs if n in producer}
+    deps |= {r for r in stage.cls.reads_annotations_of()}
+    return (deps & set(names)) - {stage.name}
+
+
+def dependency_order(stages: list[Stage]) -> list[Stage]:
+    """Stages sorted so each runs after the stages producing what it reads (ties: by name)."""
+    return [s for wave in dependency_levels(stages) for s in wave]
+
+
+def dependency_levels(stages: list[Stage]) -> list[list[Stage]]:
+    producer = producers(stages)
+    names = [s.name for s in stages]
+    after = {s.name: depends_on(s, producer, names) for s in stages}
     by_name = {s.name: s for s in stages}
-    order: list[Stage] = []
+    levels: list[list[Stage]] = []
     while after:
         ready = sorted(n for n, deps in after.items() if not deps)
         if not ready:
             raise ConfigError(f"stages depend on each other in a cycle: {sorted(after)}")
+        levels.append([by_name[n] for n in ready])
         for n in ready:
-            order.append(by_name[n])
             del after[n]
         for deps in after.values():
             deps.difference_update(ready)
-    return order
+    return levels
+
+
+def plan_waves(stages: list[Stage], capacity: dict[str, float],
+               task_cpus: float = 1.0) -> list[list[Stage]]:
+    """Stages -> waves run one after the other. A stage runs in a wave after every stage it
+    reads from (its inputs come from their sidecars), and the actor pools of one wave hold
+    at most the cluster's resources at their smallest, leaving `task_cpus` for the read and
+    CPU tasks; so a cluster with fewer GPUs than all pools together still finishes, wave by
+    wave. A stage that cannot fit even alone is an error naming what it lacks."""
+    room = dict(capacity)
+    room["CPU"] = capacity.get("CPU", 0) - task_cpus
+    waves: list[list[Stage]] = []
+    for level in dependency_levels(stages):
+        current: list[Stage] = []
+        used: dict[str, float] = {}
+        for s in level:
+            need = s.held_resources()
+            short = {k: v for k, v in need.items() if v > room.get(k, 0) + 1e-9}
+            if short:
+                have = {k: room.get(k, 0) for k in short}
+                raise ConfigError(
+                    f"stage {s.name!r}: its actor pool needs {short} at its smallest, but the "
+                    f"cluster has {have} (CPU after {task_cpus:g} kept for tasks): lower its "
+                    "concurrency, num_gpus or num_cpus, or add nodes with those resources")
+            if current and any(used.get(k, 0) + v > room.get(k, 0) + 1e-9
+                               for k, v in need.items()):
+                waves.append(current)
+                current, used = [], {}
+            current.append(s)
+            for k, v in need.items():
+                used[k] = used.get(k, 0) + v
+        if current:
+            waves.append(current)
+    return waves
 
 
 def select_stages(config: dict, names: list[str] | None) -> list[Stage]:

@@ -19,8 +19,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from graph200k.dataset import part_in, write_part
 from graph200k.shards import (ShardStats, ShardWriter, encode_image, json_bytes, read_stats,
-                              shard_path, stats_path, write_json_atomic)
+                              shard_path)
 from graph200k.subjects200k import (HUB_ID, RowError, load_subjects200k, passes_quality,
                                     resolve_quality, row_key, row_to_samples)
 
@@ -75,8 +76,8 @@ def ingest_shard(ds, shard: int, out: Path, shard_size: int, thresholds: dict,
                 stats.written += 1
     stats.seconds = time.perf_counter() - t0
     result = stats.to_json()
-    write_json_atomic(stats_path(out, shard), result)
-    return result
+    write_part(part_in(out, shard), writer.record, result)  # index, then stats: marks it done
+    return read_stats(out, shard)
 
 
 def _run_one(args) -> dict:

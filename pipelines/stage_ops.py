@@ -6,7 +6,8 @@ A batch is Ray's "numpy" format, one column per field, one row per sample. Colum
     __meta__              JSON: the text/meta fields the run's stages `read`
                           (`annotations.<stage>` holds an earlier run's meta entry)
     <member>              bytes of a member (`target.jpg`, `depth.png`), or None
-    __do__:<stage>        whether to compute <stage> for this row (False: passed through)
+    __do__:<stage>        "run": compute <stage> for this row; "keep": the stage's earlier
+                          result for the row is kept (--retry-failed); "": not this run
     __in__:<stage>        the pickled model input (prepare -> predict)
     __ctx__:<stage>       the pickled context (prepare -> encode)
     __out__:<stage>       the pickled model output (predict -> encode)
@@ -84,12 +85,7 @@ def cell_str(batch: dict, column: str, i: int) -> str:
     return str(v) if isinstance(v, str) else ""
 
 
-def cell_bool(batch: dict, column: str, i: int) -> bool:
-    col = batch.get(column)
-    if col is None:
-        return False
-    v = col[i]
-    return bool(v) if isinstance(v, (bool, np.bool_)) else False
+RUN, KEEP = "run", "keep"
 
 
 def object_column(values) -> np.ndarray:
@@ -138,6 +134,7 @@ class StageRunner:
         self.stage = annotator.name
         self.seed = int(seed)
         self.side = dict(side or {})
+        annotator.side = self.side  # the model side reads side inputs too (in `predict`)
 
     # -- samples -------------------------------------------------------------------------
     def _sample(self, batch: dict, i: int) -> Sample:
@@ -167,7 +164,7 @@ class StageRunner:
     def _todo(self, batch: dict, only_with: str | None = None) -> list[int]:
         rows = []
         for i in range(_rows(batch)):
-            if not cell_bool(batch, do_column(self.stage), i):
+            if cell_str(batch, do_column(self.stage), i) != RUN:
                 continue
             if cell_str(batch, status_column(self.stage), i):  # already decided (failed)
                 continue
@@ -317,7 +314,7 @@ def samples_batch(samples: Iterable[Sample], stages: Iterable[str]) -> dict:
     for m in names:
         batch[m] = object_column(s.members.get(m) for s in samples)
     for stage in stages:
-        batch[do_column(stage)] = np.ones(len(samples), dtype=bool)
+        batch[do_column(stage)] = np.full(len(samples), RUN, dtype=object)
     return batch
 
 

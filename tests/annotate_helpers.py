@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import yaml
 
-from annotators.base import Annotator, Sample
+from annotators.base import Annotator, Prepared, Result, Sample
 from annotators.canny import Canny, CannyOptions
-from graph200k.shards import encode_image, json_bytes, shard_path, write_json_atomic, write_shard
+from graph200k.dataset import part_in, write_part
+from graph200k.shards import ShardWriter, encode_image, json_bytes, shard_path
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 SAMPLES = 6  # per test shard
@@ -77,16 +78,35 @@ def make_source_shard(folder: Path, shard: int, count: int, size: int = 64, corr
         if s["__key__"] in corrupt:
             s["target.jpg"] = b"\xff\xd8 this is not a jpeg"
     path = shard_path(folder, shard)
-    write_shard(path, samples)
-    write_json_atomic(folder / f"{shard:06d}.stats.json", {"shard": shard, "written": count})
+    with ShardWriter(path) as writer:  # as ingest writes it: tar, index, then stats
+        for s in samples:
+            writer.write(s)
+    write_part(part_in(folder, shard), writer.record, {"shard": shard, "written": count})
     return path
 
 
-def write_config(folder: Path, stages: dict, rows_per_block: int = 4) -> str:
+def write_config(folder: Path, stages: dict, rows_per_block: int = 4, name="annotate.yaml",
+                 **top) -> str:
     """An annotate config with small blocks, so even 6 samples spread over both workers."""
-    path = folder / "annotate.yaml"
-    path.write_text(yaml.safe_dump({"ray": {"rows_per_block": rows_per_block}, "stages": stages}))
+    path = folder / name
+    path.write_text(yaml.safe_dump({"ray": {"rows_per_block": rows_per_block}, "stages": stages,
+                                    **top}))
     return str(path)
+
+
+def sidecar(out, stage: str, shard: int) -> Path:
+    return Path(out) / stage / f"{shard:06d}.tar"
+
+
+def stage_stats(out, stage: str, shard: int) -> dict:
+    return json.loads((Path(out) / stage / f"{shard:06d}.stats.json").read_text())
+
+
+def joined(out, shard: int) -> list[dict]:
+    from graph200k.assemble import joined_samples
+    from graph200k.dataset import ShardSet
+
+    return list(joined_samples(ShardSet(out), shard))
 
 
 def annotate_args(src, out, config, shards="0-1", *extra) -> list[str]:
@@ -154,6 +174,94 @@ class DyingCanny(Canny):
         return super().annotate(sample)
 
 
+class WordCount(Annotator):
+    """A toy *model* stage: reads the description and item, writes only a meta entry (the
+    word count, its per-sample seed and a seeded draw), through prepare -> predict -> encode."""
+
+    name = "wordcount"
+    produces = ()
+    needs = ("target",)
+    reads = ("description", "item")
+
+    def prepare(self, sample):
+        return Prepared(len(sample.text("description").split()), sample.seed_for(0))
+
+    def predict(self, inputs):
+        return [n * 1 for n in inputs]  # the "model": identity, one call per batch
+
+    def encode(self, sample, context, output):
+        return Result({}, meta={"words": output, "item": sample.text("item"), "seed": context,
+                                "draw": int(sample.rng(1).integers(1 << 30))})
+
+
+@dataclass
+class PoolPickOptions:
+    marker_dir: str = ""
+
+
+class PoolPick(Annotator):
+    """A model stage whose actors read a side input: which image each sample drew, its
+    size as the actor read it, and the actor's pid."""
+
+    name = "poolpick"
+    produces = ()
+    side_inputs = ("pool",)
+    Options = PoolPickOptions
+
+    def load(self):
+        # every actor reads the whole pool once and says so: a file named by its pid
+        pool = self.side["pool"]
+        sizes = {i: len(pool.read(i)) for i in pool.ids}
+        Path(self.options.marker_dir, f"{os.getpid()}.json").write_text(json.dumps(sizes))
+
+    def prepare(self, sample):
+        return Prepared(sample.side["pool"].choose(sample.seed_for(0)))
+
+    def predict(self, inputs):
+        pool = self.side["pool"]
+        return [(pick, len(pool.read(pick)), os.getpid()) for pick in inputs]
+
+    def encode(self, sample, context, output):
+        pick, size, pid = output
+        return Result({}, meta={"pick": pick, "bytes": size, "pid": pid})
+
+
+class AlwaysFails(Annotator):
+    """A model stage whose model fails on every input (bad weights, an OOM on every batch)."""
+
+    name = "mlsd"
+    produces = ("mlsd",)
+
+    def prepare(self, sample):
+        return Prepared(sample.key)
+
+    def predict(self, inputs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+
+class _GpuLike(Annotator):
+    needs = ("target",)
+
+    def prepare(self, sample):
+        return Prepared(sample.image().mean(axis=2).astype(np.uint8))
+
+    def predict(self, inputs):
+        return [255 - x for x in inputs]
+
+    def encode(self, sample, context, output):
+        return Result({f"{self.name}.png": encode_image(output, "png")})
+
+
+class GpuLikeHED(_GpuLike):
+    name = "hed"
+    produces = ("hed",)
+
+
+class GpuLikeDepth(_GpuLike):
+    name = "depth"
+    produces = ("depth",)
+
+
 class NeedsMissing(Annotator):
     name = "mlsd"
     produces = ("mlsd",)
@@ -172,6 +280,7 @@ def ray_local():
 
     if not ray.is_initialized():
         path = os.pathsep.join([str(TESTS_DIR), str(REPO), os.environ.get("PYTHONPATH", "")])
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": path}})
+        # gpu_like: a stand-in accelerator, one per cluster, for the wave-planning test
+        ray.init(num_cpus=2, resources={"gpu_like": 1}, include_dashboard=False,
+                 log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield ray

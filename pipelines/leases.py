@@ -1,0 +1,79 @@
+"""Per-shard leases: two annotate runs on the same shards never do the same work twice.
+
+Before it plans a (stage, shard), a run creates `{out}/_leases/{stage}/{shard:06d}.json`
+exclusively (O_EXCL locally, a conditional PUT on object stores) holding its owner and an
+expiry. A second run finds the lease and skips that shard, saying who holds it and until
+when. A lease is taken over when it has expired, or when its owner ran on this host and
+that process is gone (a killed run: rerunning at once resumes, no waiting for the expiry).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+
+from graph200k import storage
+
+LEASES_DIR = "_leases"
+
+
+def run_owner() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "run": uuid.uuid4().hex[:12]}
+
+
+def lease_path(root: str, stage: str, shard: int) -> str:
+    return storage.join(root, LEASES_DIR, stage, f"{shard:06d}.json")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Lease:
+    path: str
+    owner: dict
+
+
+def acquire(root: str, stage: str, shard: int, owner: dict, seconds: float) -> Lease | str:
+    """A Lease, or a sentence saying who holds the shard."""
+    path = lease_path(root, stage, shard)
+    body = json.dumps({**owner, "expires": time.time() + seconds}).encode()
+    for _ in range(2):
+        if storage.create_exclusive(path, body):
+            return Lease(path, owner)
+        try:
+            held = json.loads(storage.read_bytes(path))
+        except (FileNotFoundError, ValueError):
+            storage.remove(path)  # vanished or half-written: try once more
+            continue
+        if held.get("run") == owner["run"]:
+            return Lease(path, owner)
+        stale = time.time() > float(held.get("expires", 0)) or (
+            held.get("host") == owner["host"] and not _alive(int(held.get("pid", -1))))
+        if not stale:
+            until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(held["expires"])))
+            return (f"leased by run {held.get('run')} (pid {held.get('pid')} on "
+                    f"{held.get('host')}) until {until}; it is being annotated now: rerun "
+                    "later, or delete the lease file if that run is gone: " + path)
+        storage.remove(path)
+    return f"could not take the lease {path}; rerun"
+
+
+def release(lease: Lease) -> None:
+    try:
+        held = json.loads(storage.read_bytes(lease.path))
+    except (FileNotFoundError, ValueError):
+        return
+    if held.get("run") == lease.owner["run"]:
+        storage.remove(lease.path)
