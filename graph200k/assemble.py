@@ -12,10 +12,12 @@ assembled again, and a changed part (a repaired sidecar) makes it stale.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from graph200k import storage
 from graph200k.dataset import (ShardSet, is_annotation_member, joined_meta, part_fingerprint,
                                part_in, write_part)
-from graph200k.nodes import META_MEMBER
+from graph200k.nodes import META_MEMBER, available_nodes
 from graph200k.shards import ShardError, ShardWriter, read_json
 from graph200k.tarindex import ShardIndex
 
@@ -64,13 +66,17 @@ def assemble(shard_set: ShardSet, shard: int, dest, force: bool = False) -> bool
             and storage.exists(target.url) and storage.size(target.url) == (old.get("file") or {}).get("size"):
         return False
     source_stats = read_json(shard_set.source_part(shard).stats_url) or {}
+    nodes: Counter = Counter()
     with ShardWriter(target.url) as writer:
         for sample in joined_samples(shard_set, shard):
             writer.write(sample)
+            nodes.update(available_nodes(m for m in sample if m != "__key__"))
     stats = {"shard": shard, "samples": writer.count, "written": writer.count,
+             "nodes": dict(sorted(nodes.items())),
              "assembled_from": made_from,
              "stages": {p.stage: {k: v for k, v in (read_json(p.stats_url) or {}).items()
-                                  if k in ("ok", "skipped", "failed", "samples", "config", "run")}
+                                  if k in ("ok", "skipped", "failed", "seconds", "samples",
+                                           "config", "run")}
                         for p in shard_set.parts(shard) if p.stage},
              "source": {k: source_stats.get(k) for k in ("filtered_count", "failed_count")
                         if k in source_stats}}

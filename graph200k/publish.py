@@ -1,97 +1,144 @@
-"""Publish a folder of annotated shards, with a generated dataset card.
+"""Publish a Graph200K dataset, one tar per shard, with a generated dataset card.
 
     python -m graph200k.publish --src shards/graph200k --to hf://datasets/ORG/graph200k
     python -m graph200k.publish --src shards/graph200k --to s3://bucket/graph200k
     python -m graph200k.publish --src shards/graph200k --to /data/release   (or file://...)
-    python -m graph200k.publish --src shards/graph200k                      (card only)
+    python -m graph200k.publish --src shards/graph200k                      (assemble + card only)
 
-Published: the complete shards (`NNNNNN.tar`), their `.stats.json`, and `README.md`, the
-card, last, so a reader that sees the card sees every shard it counts. Temporary files of
-a run in progress are never published.
+A stages-layout `--src` (what `pipelines.annotate` writes: source shards + per-stage
+sidecars) is first assembled into one tar per shard in a release folder (`--release`,
+default `<src>/_release`; graph200k.assemble): the layout WebDataset users expect, with the
+stage meta entries merged into `meta.json`. A shard whose parts did not change since it was
+assembled is not assembled again. A plain `--src` (one tar per shard) is published as it is.
 
-- Hub: `HfApi.upload_folder`, which in huggingface_hub 2.x is the resumable, multi-commit
-  upload that `upload_large_folder` used to be (rerun to resume); `upload_large_folder`
-  is used where it still exists.
-- Any fsspec URL: each file is copied to a temporary name and renamed into place where the
-  filesystem can rename; object stores (s3, gs, az, ...) get a single PUT, which already
-  makes an object appear whole or not at all. A file already there with the same size is
-  skipped (rerun to resume); --force copies everything again.
+Nothing corrupt is published: every shard is checked against the sha256 its writer
+recorded before anything is copied; a mismatch stops the publish, naming the shard and
+the command that repairs it. Copies compare hashes, not sizes: a shard already at the
+destination whose recorded sha256 matches is skipped (rerun to resume), one that differs
+(a repaired shard) is copied again. Each file is written atomically (a temporary name and
+a rename, or a single PUT on object stores); per shard the stats file goes last, and the
+card, last of all, so a reader that sees the card sees every shard it counts.
+- Hub: `HfApi.upload_folder` (resumable and multi-commit in huggingface_hub 2.x).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import yaml
 
+from graph200k import storage
+from graph200k.assemble import assemble
+from graph200k.dataset import ShardSet, part_in
 from graph200k.dataset_card import render
-from graph200k.shards import list_shards
+from graph200k.shards import list_shards, read_json, shard_index
 
 CARD = "README.md"
 HUB_PREFIX = "hf://datasets/"
-OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "r2"}
+RELEASE_DIR = "_release"
 
 
-def files_to_publish(folder: Path) -> list[Path]:
-    files = []
+class PublishError(RuntimeError):
+    pass
+
+
+def release_folder(src: str, release: str | None, log=print) -> str:
+    """The folder of one-tar-per-shard files to publish: `src` itself when plain, else the
+    assembled release folder (made or brought up to date here)."""
+    shard_set = ShardSet(src)
+    if shard_set.layout == "plain":
+        return shard_set.root
+    folder = storage.normalize(release or storage.join(shard_set.root, RELEASE_DIR))
+    for shard in shard_set.shards():
+        if assemble(shard_set, shard, folder):
+            log(f"publish: assembled shard {shard:06d} -> {folder}")
+    return folder
+
+
+def files_to_publish(folder) -> list[tuple[int, list[str]]]:
+    """Per shard: its tar, index and stats (stats last), those that exist."""
+    out = []
     for tar in list_shards(folder):
-        files.append(tar)
-        stats = tar.with_name(tar.name[:-4] + ".stats.json")
-        if stats.exists():
-            files.append(stats)
-    return files
+        shard = shard_index(tar)
+        part = part_in(str(folder), shard)
+        out.append((shard, [p for p in (part.url, part.index_url, part.stats_url)
+                            if storage.exists(p)]))
+    return out
 
 
-def write_card(folder: Path, config: dict, tasks: Path | None) -> Path:
-    text = render(folder, config.get("card") or {}, tasks)
-    path = folder / CARD
-    tmp = folder / f".{CARD}.tmp-{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def check_shards(folder) -> list[str]:
+    """Shards that do not match their writer's record (size, sha256), as error lines."""
+    from graph200k.verify import file_sha256
+
+    problems = []
+    for tar in list_shards(folder):
+        shard = shard_index(tar)
+        part = part_in(str(folder), shard)
+        recorded = (read_json(part.stats_url) or {}).get("file") or {}
+        if not recorded.get("sha256"):
+            continue  # written elsewhere, nothing recorded to check against
+        size = storage.size(part.url)
+        if size != recorded.get("size") or file_sha256(part.url) != recorded["sha256"]:
+            problems.append(f"shard {shard:06d} ({part.url}) does not match its recorded "
+                            "sha256: run `python -m graph200k.verify --shards "
+                            f"{storage.parent(part.url)}` and the repair it prints")
+    return problems
+
+
+def write_card(folder, config: dict, tasks: Path | None) -> str:
+    text = render(Path(folder), config.get("card") or {}, tasks)
+    path = storage.join(folder, CARD)
+    storage.atomic_write(path, text.encode())
     return path
 
 
-def copy_to_fsspec(folder: Path, url: str, force: bool = False, log=print) -> list[str]:
-    """Copy shards, stats and card to an fsspec URL; returns the names copied."""
-    import fsspec
+def _sha(tar: str, stats_url: str) -> str | None:
+    """The shard's sha256: as its writer recorded it, else read from the file where that is
+    cheap (a local file); None when neither is known."""
+    from graph200k.verify import file_sha256
 
-    fs, root = fsspec.core.url_to_fs(url)
-    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-    atomic_put = bool(protocols & OBJECT_STORES)
-    fs.makedirs(root, exist_ok=True)
+    recorded = ((read_json(stats_url) or {}).get("file") or {}).get("sha256")
+    if recorded:
+        return recorded
+    if storage.exists(tar) and not storage.is_url(tar):
+        return file_sha256(tar)
+    return None
+
+
+def copy_to_fsspec(folder, url: str, force: bool = False, log=print) -> list[str]:
+    """Copy shards (tar, index, stats), then the card, to a folder or fsspec URL; returns
+    the names copied. A shard whose sha256 equals the one at the destination is skipped."""
+    dest_root = storage.normalize(url)
+    storage.makedirs(dest_root)
     copied = []
-    for path in files_to_publish(folder) + [folder / CARD]:
-        dest = f"{root.rstrip('/')}/{path.name}"
-        if not force and path.name != CARD and fs.exists(dest) and fs.size(dest) == path.stat().st_size:
+    for shard, files in files_to_publish(folder):
+        local = part_in(str(folder), shard)
+        dest = part_in(dest_root, shard)
+        if not force and storage.exists(dest.url) and \
+                _sha(local.url, local.stats_url) == _sha(dest.url, dest.stats_url) is not None:
             continue
-        if atomic_put:
-            fs.put_file(str(path), dest)
-        else:
-            tmp = f"{root.rstrip('/')}/.{path.name}.tmp-{os.getpid()}"
-            try:
-                fs.put_file(str(path), tmp)
-                fs.mv(tmp, dest)
-            except BaseException:
-                if fs.exists(tmp):
-                    fs.rm(tmp)
-                raise
-        copied.append(path.name)
-        log(f"publish: {path.name} -> {dest}")
+        if storage.exists(dest.stats_url):
+            storage.remove(dest.stats_url)  # the old shard stops counting before it is replaced
+        for path in files:
+            storage.put_file(path, storage.join(dest_root, storage.name(path)))
+            copied.append(storage.name(path))
+            log(f"publish: {storage.name(path)} -> {dest_root}")
+    storage.put_file(storage.join(folder, CARD), storage.join(dest_root, CARD))
+    copied.append(CARD)
     return copied
 
 
-def hub_upload(folder: Path, repo_id: str, private: bool = False, api=None, revision=None):
-    """Create the dataset repo if needed and upload shards, stats and card."""
+def hub_upload(folder, repo_id: str, private: bool = False, api=None, revision=None):
+    """Create the dataset repo if needed and upload shards, indexes, stats and card."""
     from huggingface_hub import HfApi
 
     api = api or HfApi()
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     kwargs = dict(repo_id=repo_id, folder_path=str(folder), repo_type="dataset",
-                  allow_patterns=["*.tar", "*.stats.json", CARD],
-                  ignore_patterns=[".*", "*.tmp-*"])
+                  allow_patterns=["*.tar", "*.stats.json", "*.index.json", CARD],
+                  ignore_patterns=[".*", "*.tmp-*", "_*"])
     if hasattr(api, "upload_large_folder"):  # huggingface_hub < 2.0
         kwargs.pop("ignore_patterns")
         return api.upload_large_folder(revision=revision, **kwargs)
@@ -110,22 +157,32 @@ def load_config(path: str | None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m graph200k.publish", description=__doc__.split("\n")[0])
-    p.add_argument("--src", default="shards/graph200k", help="folder of annotated shards")
+    p.add_argument("--src", default="shards/graph200k", help="dataset folder or URL")
     p.add_argument("--to", default=None,
                    help="hf://datasets/ORG/NAME, an fsspec URL (s3://, file://, ...) or a folder; "
-                        "omitted: only write README.md into --src")
+                        "omitted: only assemble and write README.md")
+    p.add_argument("--release", default=None,
+                   help="where a stages-layout --src is assembled (default: <src>/_release)")
     p.add_argument("--config", default="configs/publish.yaml")
     p.add_argument("--tasks", default="configs/tasks.yaml")
     p.add_argument("--private", action="store_true", help="hub: create the repo private")
     p.add_argument("--revision", default=None, help="hub: branch to upload to")
-    p.add_argument("--force", action="store_true", help="fsspec: copy files already there too")
+    p.add_argument("--force", action="store_true", help="copy shards already there too")
     args = p.parse_args(argv)
 
-    folder = Path(args.src)
-    if not list_shards(folder):
-        print(f"error: no shards (NNNNNN.tar) in {folder}; run `make annotate` first", file=sys.stderr)
+    shard_set = ShardSet(args.src)
+    if not shard_set.shards():
+        print(f"error: no shards (NNNNNN.tar) in {shard_set.source}; run `make annotate` first",
+              file=sys.stderr)
         return 1
     config = load_config(args.config)
+    folder = release_folder(shard_set.root, args.release)
+    problems = check_shards(folder)
+    if problems:
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        print("publish: nothing was published", file=sys.stderr)
+        return 1
     card = write_card(folder, config, Path(args.tasks) if args.tasks else None)
     print(f"publish: wrote {card}")
     if args.to is None:

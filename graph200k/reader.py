@@ -28,10 +28,11 @@ from graph200k.grid import (TRAIN, Grid, TwoFramePair, centre_square, compose, r
                             to_rgb, train_cell_size)
 from graph200k.manifest import Manifest
 from graph200k.nodes import DEGRADATION, META_MEMBER, NODE_TYPES, SLOT_NODE, SLOTS
-from graph200k.shards import (GREY, NATIVE, RGB, ShardError, decode_image, shard_index,
-                              shard_path)
+from graph200k.shards import (GREY, NATIVE, RGB, ShardError, decode_image, member_digest,
+                              shard_index, shard_path)
 
-REASONS = ("unknown_key", "shard_unreadable", "stale_index", "missing_member", "undecodable")
+REASONS = ("unknown_key", "shard_unreadable", "stale_index", "missing_member", "corrupt",
+           "undecodable")
 MATTE_MEMBER = "rmbg.png"
 # foreground / background keep the pixels on their side of the RMBG matte at 0.5.
 MATTE_THRESHOLD = 128
@@ -59,13 +60,42 @@ class StaleIndexError(FetchError, tarindex.StaleIndexError):
     """The shard changed after this process indexed it (also a tarindex.StaleIndexError)."""
 
 
-def load_manifest(manifest, shards) -> Manifest:
-    """A Manifest, a parquet path or URL, or None (then scanned from the shard folder)."""
-    if isinstance(manifest, Manifest):
-        return manifest
+class StaleManifestError(ShardError):
+    """The manifest no longer describes the shards (added, removed or rewritten parts)."""
+
+
+CHECKS = ("error", "warn", "off")
+
+
+def load_manifest(manifest, shards, check: str = "error") -> Manifest:
+    """A Manifest, a parquet path or URL, or None (then scanned from the shard folder).
+
+    A given manifest is checked against `shards` (Manifest.check): with check "error" a
+    stale one raises StaleManifestError listing what changed and the command that rebuilds
+    it; "warn" warns; "off" trusts it."""
+    if check not in CHECKS:
+        raise ValueError(f"manifest check must be one of {CHECKS}, not {check!r}")
     if manifest is None:
-        return Manifest.from_shards(shards)
-    return Manifest.load(manifest)
+        shard_set = shards if isinstance(shards, ShardSet) else ShardSet(shards)
+        if not shard_set.shards():
+            raise ShardError(f"no shards (NNNNNN.tar) in {shard_set.source}: check the path, "
+                             "or run `make annotate` first")
+        return Manifest.from_shards(shard_set)
+    m = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+    if check != "off" and (shards is not None or m.root):
+        problems = m.check(shards if shards is not None else m.root)
+        if problems:
+            root = shards.root if isinstance(shards, ShardSet) else (shards or m.root)
+            message = (f"the manifest no longer matches the shards in {root}: "
+                       + "; ".join(problems[:5])
+                       + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+                       + f". Rebuild it: python -m graph200k.manifest --shards {root}")
+            if check == "error":
+                raise StaleManifestError(message)
+            import warnings
+
+            warnings.warn(message, stacklevel=2)
+    return m
 
 
 def foreground_background(target: np.ndarray, matte: np.ndarray, node: str) -> np.ndarray:
@@ -113,10 +143,10 @@ def pair_prompt(columns, description: str, subject: str, seed: int) -> str:
 
 class SampleReader:
     def __init__(self, shards, manifest=None, index_dir=None, max_open: int = 16,
-                 write_index: bool = True):
+                 write_index: bool = True, manifest_check: str = "error"):
         self.shard_set = shards if isinstance(shards, ShardSet) else ShardSet(shards)
         self.folder = self.shard_set.root
-        self.manifest = load_manifest(manifest, self.shard_set)
+        self.manifest = load_manifest(manifest, self.shard_set, manifest_check)
         self.index_dir = index_dir
         self.max_open = max(1, int(max_open))
         self.write_index = write_index
@@ -180,14 +210,14 @@ class SampleReader:
         for part, index in view:
             loc = index.locate(key, member)
             if loc is not None:
-                return self._member(part, key, member, node, loc)
+                return self._member(part, key, member, node, loc, index.digest(key, member))
         have = sorted({f for _, index in view for f in index.fields(key)})
         detail = (f"member {member!r} is missing (the sample holds {', '.join(have)})"
                   if have else "the sample is not in this shard")
         raise FetchError("missing_member", shard_path(self.shard_set.source, shard), key,
                          node, detail, "re-annotate the shard or rebuild the manifest from it")
 
-    def _member(self, part: Part, key: str, member: str, node, loc) -> bytes:
+    def _member(self, part: Part, key: str, member: str, node, loc, digest=None) -> bytes:
         offset, size = loc
         try:
             data = self._read(part, offset, size)
@@ -197,6 +227,11 @@ class SampleReader:
         if len(data) != size:
             raise FetchError("shard_unreadable", part.url, key, node, f"member {member!r} is "
                              f"cut short ({len(data)} of {size} bytes)", "re-create the shard")
+        if digest is not None and member_digest(data) != digest:
+            # Caught here, not by the decoder: flipped bytes in a JPEG still decode, to garbage.
+            raise FetchError("corrupt", part.url, key, node, f"member {member!r} does not match "
+                             "the digest its writer recorded", "run `python -m graph200k.verify "
+                             f"--shards {self.folder}` and the repair it prints")
         return data
 
     def _joined_meta(self, key: str, view, node) -> bytes:

@@ -17,7 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from graph200k.manifest import Manifest
+from graph200k.reader import CHECKS, load_manifest
+from graph200k.shards import ShardError
 from graph200k.tasks import DEFAULT_TASKS_CONFIG, TaskConfig, TaskError, TaskSampler
 
 
@@ -49,12 +50,21 @@ def main(argv=None) -> int:
                     help="train never yields the config's unseen variants; unseen yields only them")
     ap.add_argument("--out", help="JSONL file ('-' for stdout); omit to only print --stats")
     ap.add_argument("--stats", action="store_true", help="print a family/variant histogram")
+    ap.add_argument("--on-stale", choices=CHECKS, default="error",
+                    help="a manifest that no longer matches its shards: refuse (error), warn, "
+                         "or trust it (off)")
     args = ap.parse_args(argv)
 
     if bool(args.manifest) == bool(args.shards):
         ap.error("give exactly one of --manifest or --shards")
-    manifest = Manifest.load(args.manifest) if args.manifest else Manifest.from_shards(args.shards)
-    config = TaskConfig.load(args.config)
+    if args.num < 1:
+        ap.error(f"--num must be at least 1, got {args.num}")
+    try:
+        manifest = load_manifest(args.manifest, args.shards, args.on_stale)
+        config = TaskConfig.load(args.config)
+    except (OSError, ShardError, TaskError) as e:
+        print(f"sample_tasks: error: {e}", file=sys.stderr)
+        return 2
     if args.paths:
         config = config.with_paths()
     families = [f.strip() for f in args.families.split(",")] if args.families else None

@@ -66,13 +66,15 @@ class GridStream(IterableDataset):
     def __init__(self, shards, manifest=None, res: int = 384, seed: int = 0, families=None,
                  tasks_config=None, mode: str = GRID, max_tasks: int | None = None,
                  index_dir=None, max_open: int = 16, rank: int = 0, world_size: int = 1,
-                 max_consecutive_skips: int = 100):
+                 max_consecutive_skips: int = 100, manifest_check: str = "error"):
         if mode not in (GRID, PAIR):
             raise ValueError(f"mode must be {GRID!r} or {PAIR!r}, not {mode!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.shards = shards
-        self.manifest = load_manifest(manifest, shards)
+        # A stale manifest would send tasks to shards that changed or are gone: refused
+        # (or warned about) here, once, not discovered as skips during training.
+        self.manifest = load_manifest(manifest, shards, manifest_check)
         self.res, self.seed, self.mode = res, int(seed), mode
         self.families = list(families) if families else None
         config = (tasks_config if isinstance(tasks_config, TaskConfig)
@@ -141,7 +143,7 @@ class GridStream(IterableDataset):
         # One reader per process: file handles must not cross a fork into workers.
         if self._reader is None or self._reader_pid != os.getpid():
             self._reader = SampleReader(self.shards, self.manifest, self.index_dir,
-                                        self.max_open)
+                                        self.max_open, manifest_check="off")
             self._reader_pid = os.getpid()
         return self._reader
 

@@ -126,6 +126,11 @@ class ShardIndex:
         loc = None if fields is None else fields.get(field)
         return None if loc is None else (loc[0], loc[1])
 
+    def digest(self, key: str, field: str) -> str | None:
+        """The member's digest as its writer recorded it (None from a header walk)."""
+        loc = self.members.get(key, {}).get(field)
+        return loc[2] if loc is not None and len(loc) > 2 else None
+
     def fields(self, key: str) -> list[str]:
         return sorted(self.members.get(key, ()))
 

@@ -73,9 +73,20 @@ class TaskConfig:
 
     @classmethod
     def load(cls, path=DEFAULT_TASKS_CONFIG) -> "TaskConfig":
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-        return cls.from_dict(raw, source=str(path))
+        try:
+            with open(path) as f:
+                raw = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise TaskError(f"task config {path} not found (the default is "
+                            f"{DEFAULT_TASKS_CONFIG})") from None
+        except yaml.YAMLError as e:
+            raise TaskError(f"task config {path} is not valid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise TaskError(f"task config {path} must be a mapping with `families:`")
+        try:
+            return cls.from_dict(raw, source=str(path))
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            raise TaskError(f"task config {path}: {e}") from None
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "<dict>") -> "TaskConfig":

@@ -172,8 +172,15 @@ def test_stages_run_in_dependency_order_and_cycles_are_refused():
 
 
 def test_stage_config_checks():
-    with pytest.raises(ConfigError, match="needs batch_size"):
-        build_stage("canny", {"class": "annotators.canny.Canny", "concurrency": 2, "batch_size": None})
+    with pytest.raises(ConfigError, match="a model stage needs batch_size"):
+        build_stage("wordcount", {"class": "annotate_helpers.WordCount", "batch_size": None})
+    with pytest.raises(ConfigError, match="Canny is a CPU stage"):
+        build_stage("canny", {"class": "annotators.canny.Canny", "concurrency": 2})
+    with pytest.raises(ConfigError, match="concurrency must be N >= 1 or \\[min, max\\]"):
+        build_stage("wordcount", {"class": "annotate_helpers.WordCount", "batch_size": 2,
+                                  "concurrency": [3, 1]})
+    assert build_stage("wordcount", {"class": "annotate_helpers.WordCount", "batch_size": 2,
+                                     "concurrency": [1, 4]}).concurrency == (1, 4)
     with pytest.raises(ConfigError, match="named 'canny'"):
         build_stage("hed", {"class": "annotators.canny.Canny"})
     with pytest.raises(ConfigError, match="cannot import"):
