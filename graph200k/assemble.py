@@ -18,7 +18,7 @@ from graph200k import storage
 from graph200k.dataset import (ShardSet, is_annotation_member, joined_meta, part_fingerprint,
                                part_in, write_part)
 from graph200k.nodes import META_MEMBER, available_nodes
-from graph200k.shards import ShardError, ShardWriter, read_json
+from graph200k.shards import ShardError, ShardWriter, member_digest, read_json
 from graph200k.tarindex import ShardIndex
 
 
@@ -36,9 +36,11 @@ def joined_samples(shard_set: ShardSet, shard: int):
                     offset, size = index.locate(key, field)
                     f.seek(offset)
                     data = f.read(size)
-                    if len(data) != size:
-                        raise ShardError(f"{part.url}: {key}.{field} is cut short; run "
-                                         f"`python -m graph200k.verify --shards {shard_set.root}`")
+                    digest = index.digest(key, field)
+                    if len(data) != size or (digest is not None and member_digest(data) != digest):
+                        raise ShardError(f"{part.url}: {key}.{field} is cut short or corrupt; "
+                                         f"run `python -m graph200k.verify --shards "
+                                         f"{shard_set.root}` and the repair it prints")
                     if part.stage is not None and is_annotation_member(field):
                         annotations[part.stage] = data
                     elif field not in sample:

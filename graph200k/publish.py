@@ -33,7 +33,7 @@ from graph200k import storage
 from graph200k.assemble import assemble
 from graph200k.dataset import ShardSet, part_in
 from graph200k.dataset_card import render
-from graph200k.shards import list_shards, read_json, shard_index
+from graph200k.shards import ShardError, list_shards, read_json, shard_index
 
 CARD = "README.md"
 HUB_PREFIX = "hf://datasets/"
@@ -69,22 +69,12 @@ def files_to_publish(folder) -> list[tuple[int, list[str]]]:
 
 
 def check_shards(folder) -> list[str]:
-    """Shards that do not match their writer's record (size, sha256), as error lines."""
-    from graph200k.verify import file_sha256
+    """Every part of every shard against its writer's record (graph200k.verify), as lines."""
+    from graph200k.verify import verify
 
-    problems = []
-    for tar in list_shards(folder):
-        shard = shard_index(tar)
-        part = part_in(str(folder), shard)
-        recorded = (read_json(part.stats_url) or {}).get("file") or {}
-        if not recorded.get("sha256"):
-            continue  # written elsewhere, nothing recorded to check against
-        size = storage.size(part.url)
-        if size != recorded.get("size") or file_sha256(part.url) != recorded["sha256"]:
-            problems.append(f"shard {shard:06d} ({part.url}) does not match its recorded "
-                            "sha256: run `python -m graph200k.verify --shards "
-                            f"{storage.parent(part.url)}` and the repair it prints")
-    return problems
+    return [f"shard {p.shard:06d} {p.part}{' ' + p.key if p.key else ''}"
+            f"{'.' + p.member if p.member else ''}: {p.what}; repair: {p.repair}"
+            for p in verify(folder)]
 
 
 def write_card(folder, config: dict, tasks: Path | None) -> str:
@@ -176,7 +166,18 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     config = load_config(args.config)
-    folder = release_folder(shard_set.root, args.release)
+    problems = check_shards(shard_set.root) if shard_set.layout != "plain" else []
+    if problems:
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        print("publish: nothing was published", file=sys.stderr)
+        return 1
+    try:
+        folder = release_folder(shard_set.root, args.release)
+    except (ShardError, OSError) as e:
+        print(f"error: cannot assemble the release: {e}\npublish: nothing was published",
+              file=sys.stderr)
+        return 1
     problems = check_shards(folder)
     if problems:
         for line in problems:

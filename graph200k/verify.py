@@ -160,7 +160,8 @@ def verify(shards, manifests=(), workers: int = 4) -> list[Problem]:
     return problems
 
 
-def print_table(problems: list[Problem], out=sys.stdout) -> None:
+def print_table(problems: list[Problem], out=None) -> None:
+    out = out or sys.stdout
     head = ["shard", "part", "key", "member", "problem", "repair"]
     rows = [head] + [p.row() for p in problems]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

@@ -162,7 +162,12 @@ def _shard_rows(job: dict, wave: dict) -> list[dict]:
         keys = source.index.keys()
         for key in keys:
             check_names(key, source.index.fields(key), source.part.url)
-        expected = (read_json(source.part.stats_url) or {}).get("written")
+        source_stats = read_json(source.part.stats_url) or {}
+        recorded = (source_stats.get("file") or {}).get("size")
+        if recorded is not None and recorded != storage.size(source.part.url):
+            raise ShardError(f"{source.part.url} holds {storage.size(source.part.url)} bytes but "
+                             f"its writer wrote {recorded}: truncated or replaced")
+        expected = source_stats.get("written")
         if expected is not None and int(expected) != len(keys):
             # A tar cut exactly at a member boundary reads as a valid, shorter tar: only the
             # count its writer recorded can tell.
