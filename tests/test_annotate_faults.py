@@ -62,6 +62,18 @@ def test_a_block_whose_every_sample_fails_is_recorded_and_the_exit_code_says_so(
     assert list(read_shard(sidecar(out, "mlsd", 0))) == []  # an empty, valid sidecar
     assert stage_stats(out, "canny", 0)["ok"] == SAMPLES  # nothing else lost
     assert "6 failed sample(s) remain" in captured.out and "exit 3" in captured.err
+    report = json.loads(next((out / "_report").glob("annotate-*.json")).read_text())
+    assert report["exit_code"] == 3 and report["stages"]["mlsd"]["failed"] == SAMPLES
+    assert report["stages"]["mlsd"]["top_failures"][0]["count"] == SAMPLES
+
+    # the whole output folder, from its stats alone
+    make_source_shard(src, 1, SAMPLES)  # a shard no stage has seen yet
+    from pipelines import report as report_cli
+
+    assert report_cli.main(["--out", str(out)]) == 1  # shard 1 is missing
+    text = capsys.readouterr().out
+    assert "missing shards: 1 (make annotate SHARD=1 STAGES=canny)" in text
+    assert f"{SAMPLES:>6} x RuntimeError: CUDA out of memory (simulated)" in text
 
 
 def test_retry_failed_recomputes_only_the_failed_samples(ray_local, tmp_path, capsys):
