@@ -112,10 +112,10 @@ def copy_to_fsspec(folder, url: str, force: bool = False, log=print) -> list[str
         if storage.exists(dest.stats_url):
             storage.remove(dest.stats_url)  # the old shard stops counting before it is replaced
         for path in files:
-            storage.put_file(path, storage.join(dest_root, storage.name(path)))
+            storage.copy_file(path, storage.join(dest_root, storage.name(path)))
             copied.append(storage.name(path))
             log(f"publish: {storage.name(path)} -> {dest_root}")
-    storage.put_file(storage.join(folder, CARD), storage.join(dest_root, CARD))
+    storage.copy_file(storage.join(folder, CARD), storage.join(dest_root, CARD))
     copied.append(CARD)
     return copied
 

@@ -237,6 +237,20 @@ def put_file(local: str, dest) -> None:
         raise
 
 
+def copy_file(src, dest, block: int = 8 << 20) -> None:
+    """Copy one file between any two locations (local or URL), atomically at `dest`."""
+    if not is_url(src):
+        put_file(normalize(src), dest)
+        return
+
+    def chunks():
+        with open_read(src, block_size=block) as f:
+            while data := f.read(block):
+                yield data
+
+    atomic_write(dest, chunks())
+
+
 def create_exclusive(path, data: bytes) -> bool:
     """Create `path` holding `data` only if it does not exist; False if it already did.
 

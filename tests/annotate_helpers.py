@@ -262,6 +262,23 @@ class GpuLikeDepth(_GpuLike):
     produces = ("depth",)
 
 
+@dataclass
+class SlowOptions(CannyOptions):
+    seconds: float = 0.1
+
+
+class SlowCanny(Canny):
+    """Canny that takes its time, so that a node can be lost while it runs."""
+
+    Options = SlowOptions
+
+    def annotate(self, sample):
+        import time
+
+        time.sleep(self.options.seconds)
+        return super().annotate(sample)
+
+
 class NeedsMissing(Annotator):
     name = "mlsd"
     produces = ("mlsd",)
@@ -273,6 +290,32 @@ class NeedsMissing(Annotator):
         return {}
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+S3_TEST_ENV = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}",
+               "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on this machine (loopback only), the endpoint of S3_TEST_ENV."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(S3_TEST_ENV)
+    port = int(S3_TEST_ENV["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield S3_TEST_ENV["AWS_ENDPOINT_URL"]
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole test session: Ray's startup costs seconds."""
@@ -280,7 +323,11 @@ def ray_local():
 
     if not ray.is_initialized():
         path = os.pathsep.join([str(TESTS_DIR), str(REPO), os.environ.get("PYTHONPATH", "")])
+        # Where the S3 tests' endpoint will listen (moto, started only by the `s3` fixture):
+        # set before Ray starts, so every worker's s3fs finds it the usual way (env).
+        os.environ.update(S3_TEST_ENV)
         # gpu_like: a stand-in accelerator, one per cluster, for the wave-planning test
         ray.init(num_cpus=2, resources={"gpu_like": 1}, include_dashboard=False,
-                 log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+                 log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": path, **S3_TEST_ENV}})
     yield ray

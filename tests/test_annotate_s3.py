@@ -1,0 +1,75 @@
+"""The whole data path on object storage: a real S3 endpoint on this machine (moto's server,
+reached by s3fs through the usual AWS_ENDPOINT_URL), no mocking of our code."""
+
+from __future__ import annotations
+
+import uuid
+
+import fsspec
+import pytest
+
+from annotate_helpers import (  # noqa: F401  (fixtures)
+    CANNY,
+    SAMPLES,
+    annotate_args,
+    make_source_shard,
+    ray_local,
+    s3_server,
+    write_config,
+)
+from graph200k import manifest as manifest_cli
+from graph200k import publish, sample_tasks, storage, verify
+from graph200k.reader import SampleReader
+from graph200k.stream import GridStream
+from pipelines import annotate
+
+WORDS = {"class": "annotate_helpers.WordCount", "batch_size": 3, "concurrency": 1}
+
+
+@pytest.fixture
+def bucket(s3_server):
+    name = f"g200k-{uuid.uuid4().hex[:8]}"
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
+    fsspec.filesystem("s3").invalidate_cache()
+    return f"s3://{name}"
+
+
+def test_annotate_manifest_tasks_stream_and_publish_on_s3(ray_local, bucket, tmp_path, capsys):
+    local_src = tmp_path / "source"
+    for shard in (0, 1):
+        make_source_shard(local_src, shard, SAMPLES)
+        for suffix in (".tar", ".index.json", ".stats.json"):
+            storage.put_file(str(local_src / f"{shard:06d}{suffix}"),
+                             f"{bucket}/source/{shard:06d}{suffix}")
+    config = write_config(tmp_path, {"canny": CANNY, "wordcount": WORDS}, seed=3)
+    src, out = f"{bucket}/source", f"{bucket}/graph200k"
+
+    assert annotate.main(annotate_args(src, out, config, "all")) == 0
+    assert annotate.main(annotate_args(local_src, tmp_path / "local", config, "all")) == 0
+    for stage in ("canny", "wordcount"):  # the same bytes on S3 as on a local disk
+        for shard in (0, 1):
+            assert storage.read_bytes(f"{out}/{stage}/{shard:06d}.tar") == \
+                (tmp_path / "local" / stage / f"{shard:06d}.tar").read_bytes()
+    assert annotate.run("all", None, config, src, out).written == {}  # resume: all complete
+    capsys.readouterr()
+
+    assert verify.main(["--shards", out]) == 0
+    assert manifest_cli.main(["--shards", out]) == 0
+    manifest = f"{out}/manifest.parquet"
+    assert sample_tasks.main(["--manifest", manifest, "--num", "4",
+                              "--out", str(tmp_path / "tasks.jsonl")]) == 0
+    reader = SampleReader(out, manifest)  # members by ranged reads
+    local = SampleReader(tmp_path / "local", manifest_check="off")
+    assert reader.member_bytes("0000001", "canny.png") == local.member_bytes("0000001", "canny.png")
+    stream = GridStream(out, manifest, res=32, seed=0, max_tasks=2, families=["subject_extraction"])
+    assert len(list(stream)) == 2
+
+    release = tmp_path / "release"
+    assert publish.main(["--src", out, "--to", str(release), "--config", "", "--tasks", ""]) == 0
+    assert publish.main(["--src", str(tmp_path / "local"), "--to", str(tmp_path / "rel2"),
+                         "--config", "", "--tasks", ""]) == 0
+    for shard in (0, 1):
+        assert (release / f"{shard:06d}.tar").read_bytes() == \
+            (tmp_path / "rel2" / f"{shard:06d}.tar").read_bytes()
+    printed = capsys.readouterr()
+    assert "testing" not in printed.out + printed.err  # credentials never logged
