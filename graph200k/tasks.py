@@ -73,9 +73,7 @@ class TaskConfig:
 
     @classmethod
     def load(cls, path=DEFAULT_TASKS_CONFIG) -> "TaskConfig":
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(load_raw(path), source=str(path))
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "<dict>") -> "TaskConfig":
@@ -96,6 +94,10 @@ class TaskConfig:
                     raise ValueError(f"{source}: family {fam}: variant {nodes} needs >= 2 "
                                      "distinct node types")
                 variants.append(Variant(fam, tuple(nodes)))
+            names = [v.name for v in variants]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{source}: family {fam}: variant(s) {dup} listed twice")
             families[fam] = variants
             weights[fam] = float(spec.get("weight", 1.0))
         rows = raw.get("rows") or {}
@@ -112,6 +114,44 @@ class TaskConfig:
         return TaskConfig({**self.families, PATHS_FAMILY: fam},
                           {**self.weights, PATHS_FAMILY: weight}, self.row_counts,
                           self.row_probs, self.reverse_mask_prob, self.prompt, self.unseen)
+
+
+def load_raw(path, _seen: tuple = ()) -> dict:
+    """A task config file as a mapping, its `include:` resolved.
+
+    A file may start from another one (`include: tasks.yaml`, relative to the including
+    file) and then `extend:` its families with more variants (`{family: [[a, b], ...]}`),
+    add whole new `families:`, or override any other top-level key. The default families
+    are then written once, in the default file.
+    """
+    path = Path(path)
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a task config is a mapping, not {type(raw).__name__}")
+    extend = raw.pop("extend", None)
+    include = raw.pop("include", None)
+    if include is None:
+        if extend is not None:
+            raise ValueError(f"{path}: `extend:` needs an `include:` of the file it extends")
+        return raw
+    base_path = (path.parent / include).resolve()
+    if base_path in _seen:
+        raise ValueError(f"{path}: `include: {include}` includes itself (via {list(_seen)})")
+    base = load_raw(base_path, _seen + (path.resolve(),))
+    families = {f: dict(spec) for f, spec in (base.get("families") or {}).items()}
+    for fam, variants in (extend or {}).items():
+        if fam not in families:
+            raise ValueError(f"{path}: `extend:` names family {fam!r}, which {include} does "
+                             f"not define (families: {sorted(families)}); add it under "
+                             "`families:` instead")
+        families[fam]["variants"] = list(families[fam].get("variants") or []) + list(variants)
+    for fam, spec in (raw.pop("families", None) or {}).items():
+        if fam in families:
+            raise ValueError(f"{path}: family {fam!r} is already defined in {include}; "
+                             "add variants to it with `extend:`")
+        families[fam] = spec
+    return {**base, **raw, "families": families}
 
 
 @dataclass
