@@ -147,9 +147,15 @@ class GroundedMask(Annotator):
             out = self.vlm.generate(**enc, do_sample=False, num_beams=1,
                                     max_new_tokens=self.options.max_new_tokens,
                                     pad_token_id=tok.pad_token_id)
-        new = out[:, enc["input_ids"].shape[1]:]
-        # the grounding markers are special tokens: keep them, the parser reads them
-        answers = tok.batch_decode(new, skip_special_tokens=False)
+        stops = {tok.pad_token_id, tok.eos_token_id}
+        eos = getattr(self.vlm.generation_config, "eos_token_id", None)
+        stops.update(eos if isinstance(eos, (list, tuple)) else [eos])
+        answers = []
+        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+            # a finished row is padded up to the longest one: the answer ends at its stop
+            end = next((j for j, t in enumerate(row) if t in stops), len(row))
+            # the grounding markers are special tokens: keep them, the parser reads them
+            answers.append(tok.decode(row[:end], skip_special_tokens=False))
         patch = int(getattr(self.processor.image_processor, "patch_size", 14))
         sizes = [(w * patch, h * patch) for _, h, w in enc["image_grid_thw"].tolist()]
         return answers, sizes
