@@ -360,3 +360,17 @@ def test_tiny_and_production_blocks_parse():
         stage = build_stage(name, prod["stages"][name])
         assert stage.num_gpus > 0 and not any(k in stage.config for k in RESOURCE_KEYS)
     assert prod["stages"]["mask"]["grounding_model"] == "Qwen/Qwen2-VL-7B-Instruct"
+
+
+def test_mask_benchmark_gpu_mode_on_cpu_is_a_clear_error():
+    import argparse
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import models_masks
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(SystemExit, match="--gpu needs a CUDA device"):
+        models_masks.run(argparse.Namespace(gpu=True, stages=[], images=1, batch_size=1,
+                                            rounds=1))
