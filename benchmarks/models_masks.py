@@ -141,7 +141,7 @@ def bench_rmbg(args, root: Path, device: str) -> list:
     def per_image():  # the model card's way
         for s in samples:
             img = Image.fromarray(decode_image(s.members["target.jpg"]))
-            x = torch.from_numpy(np.asarray(img.resize((1024, 1024), Image.BILINEAR))).permute(
+            x = torch.from_numpy(np.asarray(img.resize((1024, 1024), Image.Resampling.BILINEAR))).permute(
                 2, 0, 1).float() / 255
             x = ((x - mean) / std)[None].to(stage.device, stage.dtype)
             with torch.inference_mode():

@@ -374,3 +374,21 @@ def test_mask_benchmark_gpu_mode_on_cpu_is_a_clear_error():
     with pytest.raises(SystemExit, match="--gpu needs a CUDA device"):
         models_masks.run(argparse.Namespace(gpu=True, stages=[], images=1, batch_size=1,
                                             rounds=1))
+
+
+def test_stage_outputs_make_their_task_families_sampleable(sam2_stage, rmbg_stage, samples):
+    from graph200k.manifest import Manifest
+    from graph200k.nodes import available_nodes
+    from graph200k.tasks import TaskSampler
+
+    produced = {s.key: set(s.members) for s in samples[:4]}
+    for stage in (sam2_stage, rmbg_stage):
+        for o in run_inline(stage, samples[:4], batch_size=4):
+            produced[o.key] |= set(o.members)
+    m = Manifest.from_records({"key": k, "shard": 0, "nodes": available_nodes(members),
+                               "item": "x", "description": "d"} for k, members in produced.items())
+    counts = m.node_counts()
+    assert counts["sam2_mask"] == counts["foreground"] == counts["background"] == 4
+    sampler = TaskSampler(m, families=["conditional_generation", "dense_prediction"], seed=0)
+    used = {n for t in sampler.take(300) for n in t.nodes}
+    assert {"sam2_mask", "foreground", "background"} <= used
