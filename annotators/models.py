@@ -39,7 +39,10 @@ class ModelOptions:
 
 
 def is_local(model: str) -> bool:
-    return bool(model) and (os.path.isdir(model) or model.startswith(("/", "./", "../", "~")))
+    # a hub id is `owner/name`: a deeper path (build/tiny-models/rmbg) is a folder, even
+    # before it is built (configs are checked on the driver before any model exists)
+    return bool(model) and (os.path.isdir(model) or model.startswith(("/", "./", "../", "~"))
+                            or model.strip("/").count("/") >= 2)
 
 
 def resolve_device(stage: str, device: str = AUTO):

@@ -18,6 +18,7 @@ import yaml
 from graph200k.manifest import scan_shard
 from graph200k.nodes import NODE_TYPES
 from graph200k.shards import list_shards, read_stats, shard_index
+from graph200k.tasks import load_raw  # resolves `include:` (configs/tasks-extended.yaml)
 
 DEFAULT_CARD = {
     "pretty_name": "Graph200K",
@@ -59,8 +60,8 @@ def read_families(path: Path | None) -> tuple[dict, str | None]:
     if path is None:
         return {}, "no task configuration given"
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
+        data = load_raw(path)
+    except (OSError, yaml.YAMLError, ValueError) as e:
         return {}, f"task families unavailable ({path}: {type(e).__name__})"
     raw = data.get("families") if isinstance(data, dict) else None
     if not isinstance(raw, dict):

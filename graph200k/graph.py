@@ -1,11 +1,12 @@
-"""The Graph200K type graph (49 node types) and per-sample graphs built on demand.
+"""The Graph200K type graph (50 node types: the paper's 49 and `reference`) and
+per-sample graphs built on demand.
 
 Every annotation has a bidirectional edge with `target`, so the graph is strongly
 connected and a task is a path: the nodes before the end are conditions, the end node
 is the task's target.
 
-One networkx graph over all 200K samples x 49 nodes costs ~9 GB (measured, see
-benchmarks/bench_sampler.py); the sampler only needs the 49-node type graph plus each
+One networkx graph over all 200K samples x ~50 nodes costs ~9 GB (measured, see
+benchmarks/bench_sampler.py); the sampler only needs the small type graph plus each
 sample's availability bitmask (graph200k.manifest). Per-sample graphs are for preview
 and debugging.
 """
@@ -20,7 +21,7 @@ HUB = "target"
 
 
 def type_graph() -> nx.DiGraph:
-    """The 49-node type graph: `target` <-> every other node type."""
+    """The type graph: `target` <-> every other node type."""
     g = nx.DiGraph()
     for name, nt in NODE_TYPES.items():
         g.add_node(name, kind=nt.kind, num_images=nt.num_images, online=nt.online)

@@ -1,4 +1,9 @@
-"""The 49 Graph200K node types: what each is, where it lives in a shard, how to describe it.
+"""The 50 Graph200K node types: what each is, where it lives in a shard, how to describe it.
+
+VisualCloze (Sec. 3.2) counts 49 types: the image itself, 12 conditions, 2 styles, 2 edits
+and 32 degradations. The registry adds `reference` (the second Subjects200K photo of the
+same subject, which the subject-driven tasks need as a node of its own): 50. Each image
+has 12 conditions here too; `bbox` (the grounded boxes) is the twelfth.
 
 A node type contributes one image (most) or two (the style nodes: the style reference
 and the stylized image). Each image a node contributes is a *slot*; a slot names the
@@ -131,11 +136,11 @@ _CONDITIONS = [
         "a panoptic-style mask image from SAM2",
     ]),
     _node("mask", CONDITION, "mask.png", [
-        "a binary mask of the subject",
-        "the subject's silhouette in white on black",
-        "a grounded segmentation mask of the main object",
-        "a mask marking where the subject is",
-        "the object region as a black-and-white mask",
+        "grounded masks of the named objects, one colour each",
+        "the segmentation mask of every grounded object on black",
+        "object silhouettes from the detected boxes, each in its own colour",
+        "a grounded segmentation mask of the subject and its surroundings",
+        "colour-coded masks of the objects found in the image",
     ]),
     _node("foreground", CONDITION, "foreground.png", [
         "the subject cut out on a plain background",
@@ -244,20 +249,31 @@ _DEGRADATION_NODES = [
     for name, words in _DEGRADATION_WORDS.items()
 ]
 
+# The grounded boxes (the same objects as `mask`, from the same Qwen2-VL answer).
+_BBOX = _node("bbox", CONDITION, "bbox.png", [
+    "bounding boxes of the objects drawn on black",
+    "coloured rectangles marking where each object is",
+    "an open-world detection map: one box per object",
+    "the grounded boxes of the subject and its surroundings",
+    "box outlines locating every named object in the scene",
+])
+_CONDITIONS.append(_BBOX)
+
+# Registry order is bit order (a sample's availability mask): `bbox` came last, after the
+# degradations, so manifests written before it keep their meaning (bits 0-48 unchanged).
 NODE_TYPES: dict[str, NodeType] = {
-    n.name: n for n in _IMAGES + _CONDITIONS + _STYLES + _EDITS + _DEGRADATION_NODES
+    n.name: n for n in _IMAGES + [c for c in _CONDITIONS if c is not _BBOX] + _STYLES
+    + _EDITS + _DEGRADATION_NODES + [_BBOX]
 }
 NODE_NAMES: tuple[str, ...] = tuple(NODE_TYPES)
 CONDITIONS: tuple[str, ...] = tuple(n.name for n in _CONDITIONS)
 STYLES: tuple[str, ...] = tuple(n.name for n in _STYLES)
 EDITS: tuple[str, ...] = tuple(n.name for n in _EDITS)
-# Bit i of a sample's availability mask is NODE_NAMES[i]; 49 bits fit a uint64.
+# Bit i of a sample's availability mask is NODE_NAMES[i]; 50 bits fit a uint64.
 NODE_BIT: dict[str, int] = {name: i for i, name in enumerate(NODE_NAMES)}
 SLOTS: dict[str, Slot] = {s.name: s for n in NODE_TYPES.values() for s in n.slots}
 SLOT_NODE: dict[str, str] = {s.name: n.name for n in NODE_TYPES.values() for s in n.slots}
 
-# Grounded boxes are stored (coordinates in meta.json) but are not one of the 49 types.
-BBOX_META_FIELD = "bbox"
 META_MEMBER = "meta.json"
 
 

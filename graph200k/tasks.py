@@ -74,15 +74,12 @@ class TaskConfig:
     @classmethod
     def load(cls, path=DEFAULT_TASKS_CONFIG) -> "TaskConfig":
         try:
-            with open(path) as f:
-                raw = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise TaskError(f"task config {path} not found (the default is "
+            raw = load_raw(path)
+        except FileNotFoundError as e:
+            raise TaskError(f"task config {e.filename or path} not found (the default is "
                             f"{DEFAULT_TASKS_CONFIG})") from None
         except yaml.YAMLError as e:
             raise TaskError(f"task config {path} is not valid YAML ({e})") from None
-        if not isinstance(raw, dict):
-            raise TaskError(f"task config {path} must be a mapping with `families:`")
         try:
             return cls.from_dict(raw, source=str(path))
         except (ValueError, TypeError, AttributeError, KeyError) as e:
@@ -107,6 +104,10 @@ class TaskConfig:
                     raise ValueError(f"{source}: family {fam}: variant {nodes} needs >= 2 "
                                      "distinct node types")
                 variants.append(Variant(fam, tuple(nodes)))
+            names = [v.name for v in variants]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{source}: family {fam}: variant(s) {dup} listed twice")
             families[fam] = variants
             weights[fam] = float(spec.get("weight", 1.0))
         rows = raw.get("rows") or {}
@@ -123,6 +124,45 @@ class TaskConfig:
         return TaskConfig({**self.families, PATHS_FAMILY: fam},
                           {**self.weights, PATHS_FAMILY: weight}, self.row_counts,
                           self.row_probs, self.reverse_mask_prob, self.prompt, self.unseen)
+
+
+def load_raw(path, _seen: tuple = ()) -> dict:
+    """A task config file as a mapping, its `include:` resolved.
+
+    A file may start from another one (`include: tasks.yaml`, relative to the including
+    file) and then `extend:` its families with more variants (`{family: [[a, b], ...]}`),
+    add whole new `families:`, or override any other top-level key. The default families
+    are then written once, in the default file.
+    """
+    path = Path(path)
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise TaskError(f"task config {path} must be a mapping with `families:`, not "
+                        f"{type(raw).__name__}")
+    extend = raw.pop("extend", None)
+    include = raw.pop("include", None)
+    if include is None:
+        if extend is not None:
+            raise ValueError(f"{path}: `extend:` needs an `include:` of the file it extends")
+        return raw
+    base_path = (path.parent / include).resolve()
+    if base_path in _seen:
+        raise ValueError(f"{path}: `include: {include}` includes itself (via {list(_seen)})")
+    base = load_raw(base_path, _seen + (path.resolve(),))
+    families = {f: dict(spec) for f, spec in (base.get("families") or {}).items()}
+    for fam, variants in (extend or {}).items():
+        if fam not in families:
+            raise ValueError(f"{path}: `extend:` names family {fam!r}, which {include} does "
+                             f"not define (families: {sorted(families)}); add it under "
+                             "`families:` instead")
+        families[fam]["variants"] = list(families[fam].get("variants") or []) + list(variants)
+    for fam, spec in (raw.pop("families", None) or {}).items():
+        if fam in families:
+            raise ValueError(f"{path}: family {fam!r} is already defined in {include}; "
+                             "add variants to it with `extend:`")
+        families[fam] = spec
+    return {**base, **raw, "families": families}
 
 
 @dataclass

@@ -5,13 +5,28 @@ import pytest
 from graph200k import nodes
 
 
-def test_there_are_49_node_types_in_the_papers_groups():
-    assert len(nodes.NODE_TYPES) == 49
+def test_the_papers_49_types_plus_reference():
+    assert len(nodes.NODE_TYPES) == 50
     kinds = collections.Counter(n.kind for n in nodes.NODE_TYPES.values())
-    assert kinds == {"image": 2, "condition": 11, "style": 2, "edit": 2, "degradation": 32}
+    assert kinds == {"image": 2, "condition": 12, "style": 2, "edit": 2, "degradation": 32}
     assert set(nodes.CONDITIONS) == {"canny", "hed", "mlsd", "depth", "normal", "openpose",
-                                     "uniformer", "sam2_mask", "mask", "foreground", "background"}
+                                     "uniformer", "sam2_mask", "mask", "bbox", "foreground",
+                                     "background"}
     assert len(set(nodes.DEGRADATIONS)) == 32
+    # the paper's count: everything but the reference photo
+    assert len([n for n in nodes.NODE_TYPES if n != "reference"]) == 49
+
+
+def test_bbox_is_a_stored_condition_on_the_last_bit():
+    bbox = nodes.node_type("bbox")
+    assert bbox.kind == "condition" and not bbox.online and bbox.members == ("bbox.png",)
+    assert nodes.member_node("bbox.png") == "bbox"
+    # appended after the degradations: the bits of manifests written before it are unchanged
+    assert nodes.NODE_BIT["bbox"] == 49 and nodes.NODE_NAMES[-1] == "bbox"
+    assert nodes.NODE_BIT["target"] == 0 and nodes.NODE_BIT["rotate270"] == 48
+    assert nodes.mask_of(["bbox"]) < 2 ** 64
+    assert "bbox" in nodes.available_nodes({"target.jpg", "bbox.png"})
+    assert not hasattr(nodes, "BBOX_META_FIELD")
 
 
 def test_styles_contribute_two_images_everything_else_one():

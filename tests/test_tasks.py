@@ -166,4 +166,4 @@ def test_config_errors_name_the_problem(tmp_path):
 
 def test_variant_name():
     assert variant_name(("reference", "canny", "target")) == "reference+canny->target"
-    assert len(NODE_NAMES) == 49
+    assert len(NODE_NAMES) == 50
