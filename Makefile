@@ -7,16 +7,21 @@ DEMO   ?= build/demo
 SHARD  ?= all
 STAGES ?=
 CONFIG ?= configs/annotate.yaml
+TINY   ?= build/tiny-models
 SRC    ?= shards/source
 OUT    ?= shards/graph200k
 DEMO_DATA = data.shards=$(DEMO)/shards/graph200k data.manifest=$(DEMO)/shards/graph200k/manifest.parquet
 
-.PHONY: install demo test test-all test-weights bench ingest annotate publish clean
+.PHONY: install demo test test-all test-weights bench ingest annotate publish verify report clean
 
 # Reinstalled whenever pyproject.toml changes (pins live there).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[annotate,train,dev]'
+	@# sam2 is an sdist whose build imports torch: built against the torch just installed
+	@# (no isolated build env, no CUDA extension). Pins: the `sam2` extra in pyproject.toml.
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install --disable-pip-version-check -q --no-build-isolation \
+		sam2==1.1.0 hydra-core==1.3.8 iopath==0.1.10
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,11 +29,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m graph200k.fixtures --out $(DEMO)/subjects200k-mini.parquet --rows 20 --bad
 	$(PY) -m pipelines.ingest --source $(DEMO)/subjects200k-mini.parquet --out $(DEMO)/shards/source --shard-size 8
-	$(PY) -m pipelines.annotate --shards all --stages canny --config $(CONFIG) --src $(DEMO)/shards/source --out $(DEMO)/shards/graph200k --num-cpus 2
+	$(PY) -m annotators.tiny_models --out $(TINY)
+	$(PY) -m pipelines.annotate --shards all --config configs/annotate-tiny.yaml --src $(DEMO)/shards/source --out $(DEMO)/shards/graph200k --num-cpus 2
 	$(PY) -m graph200k.manifest --shards $(DEMO)/shards/graph200k
 	$(PY) -m graph200k.sample_tasks --manifest $(DEMO)/shards/graph200k/manifest.parquet --num 500 --seed 0 --out $(DEMO)/tasks.jsonl --stats
 	$(PY) -m graph200k.preview --tasks $(DEMO)/tasks.jsonl --task 7 --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --out $(DEMO)/grid.png
 	$(PY) -m graph200k.preview --key 0000004 --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --out $(DEMO)/sheet.png
+	$(PY) -m graph200k.verify --shards $(DEMO)/shards/graph200k
 	$(PY) -m graph200k.publish --src $(DEMO)/shards/graph200k --to file://$(abspath $(DEMO))/release
 	@# Tiny random models built from config, trained a few steps on the demo shards. One
 	@# thread each: on 2 shared cores that is 5x faster than torch's default (measured).
@@ -61,9 +68,19 @@ ingest: $(STAMP)
 	$(PY) -m pipelines.ingest --out $(SRC)
 
 # make annotate SHARD=3 | SHARD=0-99 | SHARD=all [STAGES=canny,hed] [CONFIG=...] [FORCE=1]
-# With RAY_ADDRESS set, the same command runs on that Ray cluster.
+#   [RETRY=1: only the failed samples] [VERIFY=1: check complete sidecars' sha256]
+# SRC and OUT may be folders or fsspec URLs (s3://bucket/source ...). With RAY_ADDRESS set,
+# the same command runs on that Ray cluster.
 annotate: $(STAMP)
-	$(PY) -m pipelines.annotate --shards $(SHARD) --config $(CONFIG) --src $(SRC) --out $(OUT) $(if $(STAGES),--stages $(STAGES)) $(if $(FORCE),--force)
+	$(PY) -m pipelines.annotate --shards $(SHARD) --config $(CONFIG) --src $(SRC) --out $(OUT) $(if $(STAGES),--stages $(STAGES)) $(if $(FORCE),--force) $(if $(RETRY),--retry-failed) $(if $(VERIFY),--verify)
+
+# Every shard and manifest against its checksums (exit 1 and a repair command per problem).
+verify: $(STAMP)
+	$(PY) -m graph200k.verify --shards $(OUT)
+
+# Which shards are complete for which stages, failures across shards (from the stats).
+report: $(STAMP)
+	$(PY) -m pipelines.report --out $(OUT)
 
 # make publish TO=hf://datasets/ORG/NAME | TO=s3://bucket/graph200k | TO=/some/folder
 publish: $(STAMP)

@@ -66,6 +66,7 @@ class RunReport:
     errors: dict = field(default_factory=dict)  # (stage, shard) or shard -> message
     too_many_failed: list = field(default_factory=list)  # stage names
     seconds: float = 0.0
+    coordinator_cpu: float = 0.0  # CPU seconds of the waves' coordinator actors
 
     @property
     def exit_code(self) -> int:
@@ -208,12 +209,13 @@ def build_wave(jobs: list[dict], stages: list[Stage], root: str, seed: int, side
         warnings.filterwarnings("ignore", message=_RAY_REMOTE_ARGS_WARNING)
         ds = ray.data.from_items([{"job": json.dumps(j)} for j in jobs],
                                  override_num_blocks=max(1, len(jobs)))
-        # Every task op gets the same max_retries: Ray fuses consecutive task ops only when
-        # their remote arguments match (read -> canny -> write -> collect is one task).
+        # Ray fuses consecutive task ops whose remote arguments match. The stage ops share
+        # one max_retries (canny -> write -> collect is one task per block); the read op
+        # keeps Ray's default so that it is *not* fused with them: a shard is read by one
+        # task, and its blocks then spread over every worker.
         retries = stages[0].max_retries
         ds = ds.map_batches(_named(annotate_io.read_shards, "read"), batch_size=1,
                             batch_format="numpy", num_cpus=ray_options.read_num_cpus,
-                            max_retries=retries,
                             fn_kwargs={"wave": wave, "rows_per_block": ray_options.rows_per_block})
         for k, s in enumerate(stages):
             args = {"cls": s.cls, "config": s.config, "seed": seed,
@@ -280,10 +282,11 @@ class Progress:
             self.bar = tqdm(total=sum(totals.values()), unit="sample", desc="annotate",
                             file=sys.stderr)
 
-    def add(self, stage: str, n: int) -> None:
-        self.done[stage] += n
+    def update(self, done: dict[str, int]) -> None:
+        new = sum(done.values()) - sum(self.done.values())
+        self.done = Counter(done)
         if self.bar is not None:
-            self.bar.update(n)
+            self.bar.update(new)
         elif time.perf_counter() - self.last > 30:
             self.last = time.perf_counter()
             print(self.line(), flush=True)
@@ -303,26 +306,36 @@ class Progress:
             self.bar.close()
 
 
-def run_wave(ray, stages, jobs, shard_set, counts, seed, side, opts, report, held, log, tty,
-             producer):
-    ds = build_wave(jobs, stages, shard_set.root, seed, side, opts.ray, producer)
-    join = ray.remote(num_cpus=opts.ray.join_num_cpus, max_retries=2)(annotate_io.join_parts)
-    todo = {(s.name, j["shard"]): j["stages"][s.name] for j in jobs for s in stages
-            if s.name in j["stages"]}
-    coverage: dict = defaultdict(set)
-    pending = {}
-    progress = Progress({s.name: sum(counts.get(j["shard"], 0) for j in jobs
-                                     if s.name in j["stages"]) for s in stages}, tty)
-    configs = {s.name: s.config for s in stages}
-    failed_shards = set()
-    try:
+class WaveCoordinator:
+    """Runs one wave in a Ray actor beside the driver (no CPU reserved): the Ray Data
+    executor, the part bookkeeping and the join tasks live here, so that the driver process
+    only plans, waits and reports — its CPU and memory do not grow with the samples.
+    `done()` says how many samples each stage has finished, for the driver's progress."""
+
+    def __init__(self):
+        self._done: Counter = Counter()
+
+    def done(self) -> dict:
+        return dict(self._done)
+
+    def run(self, stages, jobs, root, seed, side, opts, producer, run_id) -> dict:
+        import ray
+
+        cpu = time.process_time()
+        ds = build_wave(jobs, stages, root, seed, side, opts.ray, producer)
+        join = ray.remote(num_cpus=opts.ray.join_num_cpus, max_retries=2)(annotate_io.join_parts)
+        todo = [(s.name, j["shard"]) for j in jobs for s in stages if s.name in j["stages"]]
+        coverage: dict = defaultdict(set)
+        pending = {}
+        configs = {s.name: s.config for s in stages}
+        result = {"written": {}, "errors": {}, "lines": []}
+        failed_shards = set()
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
             for i in range(len(batch["kind"])):
                 shard = int(batch["shard"][i])
                 if batch["kind"][i] == "error":
                     failed_shards.add(shard)
-                    report.errors[shard] = str(batch["message"][i])
-                    log(f"shard {shard:06d}: ERROR {batch['message'][i]}", error=True)
+                    result["errors"][shard] = str(batch["message"][i])
                     continue
                 stage = str(batch["stage"][i])
                 start, end, count = (int(batch[k][i]) for k in ("start", "end", "count"))
@@ -330,30 +343,59 @@ def run_wave(ray, stages, jobs, shard_set, counts, seed, side, opts, report, hel
                 if (start, end) in ranges:
                     continue
                 ranges.add((start, end))
-                progress.add(stage, end - start)
+                self._done[stage] += end - start
                 if sum(e - s for s, e in ranges) == count and (stage, shard) not in pending:
-                    pending[(stage, shard)] = join.remote(
-                        shard_set.root, stage, shard, count, sorted(ranges), configs[stage],
-                        held["owner"]["run"])
+                    pending[(stage, shard)] = join.remote(root, stage, shard, count,
+                                                          sorted(ranges), configs[stage], run_id)
         for (stage, shard), ref in pending.items():
             try:
                 stats = ray.get(ref)
             except Exception as e:  # a join that failed names the shard and stage
-                report.errors[(stage, shard)] = f"shard {shard:06d} {stage}: {e}"
+                result["errors"][(stage, shard)] = f"shard {shard:06d} {stage}: {e}"
                 continue
-            report.written[(stage, shard)] = stats
-            log(summary_line(stats))
+            result["written"][(stage, shard)] = stats
+            result["lines"].append(summary_line(stats))
         for key in todo:
             if key not in pending and key[1] not in failed_shards:
                 stage, shard = key
-                report.errors[key] = (f"shard {shard:06d} {stage}: only part of its rows came "
-                                      "back from the pipeline; rerun")
+                result["errors"][key] = (f"shard {shard:06d} {stage}: only part of its rows "
+                                         "came back from the pipeline; rerun")
+        result["cpu_seconds"] = time.process_time() - cpu
+        return result
+
+
+def run_wave(ray, stages, jobs, shard_set, counts, seed, side, opts, report, log, tty,
+             producer, run_id):
+    """One wave, run by a WaveCoordinator actor on this node; the driver polls its progress."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    actor = ray.remote(num_cpus=0, max_restarts=0)(WaveCoordinator).options(
+        scheduling_strategy=here, runtime_env=_data_context_env(opts, tty)).remote()
+    progress = Progress({s.name: sum(counts.get(j["shard"], 0) for j in jobs
+                                     if s.name in j["stages"]) for s in stages}, tty)
+    try:
+        ref = actor.run.remote(stages, jobs, shard_set.root, seed, side, opts, producer, run_id)
+        while not ray.wait([ref], timeout=1.0 if tty else 10.0)[0]:
+            progress.update(ray.get(actor.done.remote()))
+        result = ray.get(ref)
+        progress.update(ray.get(actor.done.remote()))
     finally:
         progress.close()
-        for key in todo:
-            lease = held["leases"].pop(key, None)
-            if lease is not None:
-                leases.release(lease)
+        ray.kill(actor)
+    for line in result["lines"]:
+        log(line)
+    for key, message in result["errors"].items():
+        report.errors[key] = message
+        log(f"shard {key if isinstance(key, int) else key[1]:06d}: ERROR {message}", error=True)
+    report.written.update(result["written"])
+    report.coordinator_cpu += result["cpu_seconds"]
+
+
+def _data_context_env(opts, tty: bool) -> dict:
+    """The coordinator is its own process: Ray Data's settings travel as its env."""
+    progress = tty if opts.ray.progress is None else opts.ray.progress
+    return {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "0" if progress else "1"}}
 
 
 def summary_line(stats: dict) -> str:
@@ -457,8 +499,13 @@ def run(shards: str, stage_names: list[str] | None = None, config_path: str = DE
                     jobs.setdefault(shard, {"shard": shard, "stages": {}})["stages"][s.name] = todo
             if not jobs:
                 continue
-            run_wave(ray, wave, sorted(jobs.values(), key=lambda j: j["shard"]), shard_set,
-                     p.count, opts.seed, side, opts, report, held, say, tty, producer)
+            try:
+                run_wave(ray, wave, sorted(jobs.values(), key=lambda j: j["shard"]), shard_set,
+                         p.count, opts.seed, side, opts, report, say, tty, producer,
+                         held["owner"]["run"])
+            finally:
+                for key in [k for k in held["leases"] if k[0] in {s.name for s in wave}]:
+                    leases.release(held["leases"].pop(key))
     finally:
         for lease in held["leases"].values():
             leases.release(lease)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tarfile
 
 import pytest
@@ -207,21 +208,18 @@ def test_a_worker_that_dies_is_retried_and_the_shard_matches_a_clean_run(ray_loc
             == sidecar(tmp_path / "clean", "canny", 0).read_bytes())
 
 
-def test_a_join_that_crashes_leaves_no_sidecar_and_a_rerun_completes(ray_local, tmp_path,
-                                                                      monkeypatch):
+def test_a_join_that_crashes_leaves_no_sidecar_and_a_rerun_completes(ray_local, tmp_path):
     src, out = tmp_path / "source", tmp_path / "out"
     make_source_shard(src, 0, SAMPLES)
     config = write_config(tmp_path, {"canny": CANNY})
-    real = annotate_io.join_parts
-
-    def local_join(*args, **kwargs):  # runs in this process, so the patch below applies
-        raise OSError("disk full")
-
-    monkeypatch.setattr(annotate_io, "join_parts", local_join)
+    blocker = sidecar(out, "canny", 0)
+    blocker.mkdir(parents=True)  # the sidecar's final name is taken: its rename must fail
+    (blocker / "keep").write_text("x")
     report = annotate.run("0", None, config, str(src), str(out))
-    assert "disk full" in report.errors[("canny", 0)] and report.exit_code == 1
-    assert not sidecar(out, "canny", 0).exists()
-    monkeypatch.setattr(annotate_io, "join_parts", real)
+    assert report.exit_code == 1 and "000000 canny" in report.errors[("canny", 0)]
+    assert not (out / "canny" / "000000.stats.json").exists()  # not marked complete
+    assert not [p for p in (out / "canny").iterdir() if p.name.startswith(".")]  # no temp
+    shutil.rmtree(blocker)
     assert annotate.run("0", None, config, str(src), str(out)).written  # parts swept, redone
     assert not list((out / "_parts").rglob("*.tar"))
 
