@@ -92,10 +92,31 @@ def _jpeg(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+# With `bad`: rows appended after the good ones, each ingest drops with its reason...
+BAD_ROWS = ("undecodable image", "size no panel layout fits", "no description_0",
+            "description_valid false")
+# ...and good rows whose text ingest cleans (row index -> what is wrong): they stay good
+# rows, so the count of ingested samples is the same with or without `bad`.
+DIRTY_ROWS = {2: "control characters and escape sequences in item and description_0",
+              3: "a 200,000-character description_0"}
+_DIRTY_COFFEE = ("A cup of coffee\x00 with latte art\x1b[1;31m on a white saucer\x1b[0m, set "
+                 "on a wooden\x07 table.\u202e\x7f")
+
+
+def _dirty(row: dict, i: int) -> dict:
+    desc = dict(row["description"])
+    if i == 2:
+        desc["item"] = desc["item"] + "\x00"
+        desc["description_0"] = _DIRTY_COFFEE
+    elif i == 3:
+        desc["description_0"] = ((desc["description_0"] + " ") * 4000)[:200_000]
+    return {**row, "description": desc}
+
+
 def make_rows(num_rows: int | None = None, bad: bool = False, seed: int = 0) -> list[dict]:
     """Rows in Subjects200K's schema. Every 5th row is a 1024^2-panel collection_3 row;
-    quality scores vary so that the presets filter some rows. With `bad`, three broken
-    rows are appended: undecodable bytes, a size no panel layout fits, no description."""
+    quality scores vary so that the presets filter some rows. With `bad`, the rows of
+    BAD_ROWS are appended (in that order) and the rows of DIRTY_ROWS get dirty text."""
     rng = np.random.default_rng(seed)
     num_rows = len(SUBJECTS) if num_rows is None else num_rows
     rows = []
@@ -125,6 +146,10 @@ def make_rows(num_rows: int | None = None, bad: bool = False, seed: int = 0) -> 
         odd = Image.new("RGB", (600, 600), "gray")
         rows.append({**ok, "image": {"bytes": _jpeg(odd), "path": None}})
         rows.append({**ok, "description": {**ok["description"], "description_0": None}})
+        rows.append({**ok, "description": {**ok["description"], "description_valid": False}})
+        for i in DIRTY_ROWS:
+            if i < num_rows:
+                rows[i] = _dirty(rows[i], i)
     return rows
 
 
@@ -164,12 +189,15 @@ def main(argv=None) -> int:
                                              "scikit-image's bundled photos.")
     ap.add_argument("--out", required=True)
     ap.add_argument("--rows", type=int, default=None, help=f"default {len(SUBJECTS)}")
-    ap.add_argument("--bad", action="store_true", help="append 3 broken rows")
+    ap.add_argument("--bad", action="store_true",
+                    help=f"append {len(BAD_ROWS)} bad rows ({', '.join(BAD_ROWS)}) and give "
+                         f"{len(DIRTY_ROWS)} rows dirty text (control characters, 200,000 "
+                         "characters) that ingest cleans")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     p = write_parquet(args.out, args.rows, args.bad, args.seed)
-    print(f"fixtures: wrote {args.rows or len(SUBJECTS)} rows{' + 3 broken' if args.bad else ''}"
-          f" -> {p}")
+    extra = f" + {len(BAD_ROWS)} bad ({', '.join(BAD_ROWS)})" if args.bad else ""
+    print(f"fixtures: wrote {args.rows or len(SUBJECTS)} rows{extra} -> {p}")
     return 0
 
 

@@ -169,6 +169,43 @@ def is_tmp(filename: str) -> bool:
     return filename.startswith(".") and TMP_MARK in filename
 
 
+_TMP_WRITER = re.compile(re.escape(TMP_MARK) + r"(\d+)-[0-9a-f]+$")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host. A zombie has finished writing: not alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def sweep_stale_tmp(folder) -> list[str]:
+    """Remove the temporary files (`tmp_name`) in a local `folder` whose writer process is
+    dead, the leftovers of killed runs; never one of a live process. Returns their names.
+
+    The pid in the name is only meaningful on the host that wrote it, so a folder shared
+    between hosts (NFS) must not have concurrent writers on other hosts when this runs.
+    URLs are left alone: on object stores a write is one PUT and leaves no such file.
+    """
+    if is_url(folder):
+        return []
+    removed = []
+    for n in listdir(folder):
+        m = _TMP_WRITER.search(n) if is_tmp(n) else None
+        if m and not pid_alive(int(m.group(1))):
+            remove(join(folder, n))
+            removed.append(n)
+    return removed
+
+
 def _protocols(fs) -> set:
     return {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
 

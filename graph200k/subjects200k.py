@@ -6,16 +6,24 @@ Schema (Yuanshi/Subjects200K): `image` (two square panels side by side with a ma
 `collection`, `quality_assessment{compositeStructure, objectConsistency, imageQuality}`,
 `description{item, description_0, description_1, category, description_valid}`.
 `description_0` belongs to the left panel.
+
+Text is cleaned on the way in (`clean_text`): control characters and terminal escape
+sequences are removed and each field is capped in length, and a sample's `meta.json`
+records what was changed under `cleaned`. `description_valid` is kept in `meta.json`;
+dropping the rows it marks false is ingest's filter.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from graph200k import storage
 
 HUB_ID = "Yuanshi/Subjects200K"
 QUALITY_FIELDS = ("compositeStructure", "objectConsistency", "imageQuality")
@@ -25,6 +33,22 @@ QUALITY_PRESETS = {
     "ominicontrol": {"compositeStructure": 5, "objectConsistency": 5, "imageQuality": 5},
     "none": {},
 }
+
+
+# A description becomes part of a FLUX-Fill prompt whose T5 encoder reads 512 tokens;
+# 1000 characters is ~250 of them, so the grid's layout and task instructions still fit
+# beside it, and a caption of a sentence or two is far below it. Without a cap one
+# runaway row (200,000 characters) makes a prompt, manifest cell and preview that size.
+MAX_DESCRIPTION_CHARS = 1000
+TEXT_FIELDS = ("item", "category", "description_0", "description_1")
+# Terminal escape sequences go whole: removing only ESC would leave "[31m" in a prompt.
+# CSI (ESC [ ... final), OSC (ESC ] ... BEL or ESC \), and the short ones (ESC ( B, ESC c).
+_ESCAPE_SEQUENCE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]"
+                              r"|\][^\x07\x1b]*(?:\x07|\x1b\\)?"
+                              r"|[ -/]*[0-~])?")
+# C0 and C1 controls and DEL, except tab, newline and carriage return (normal whitespace),
+# plus the bidirectional overrides and isolates, which reorder how the text is shown.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 class RowError(ValueError):
@@ -91,24 +115,80 @@ def resolve_quality(spec) -> dict:
     return out
 
 
+def clean_text(text: str, max_chars: int = MAX_DESCRIPTION_CHARS) -> tuple[str, dict]:
+    """`text` without control characters or escape sequences, at most `max_chars` long,
+    and what was changed: {} for clean text, else `original_chars` with `removed_chars`
+    and/or `truncated_to`. A cut ends at a word boundary when one is in the last fifth."""
+    cleaned = _CONTROL.sub("", _ESCAPE_SEQUENCE.sub("", text))
+    changes = {}
+    if len(cleaned) != len(text):
+        changes["removed_chars"] = len(text) - len(cleaned)
+    if len(cleaned) > max_chars:
+        cut = cleaned[:max_chars]
+        boundary = max(cut.rfind(c) for c in " \t\n\r")
+        if boundary >= max_chars * 0.8 and cleaned[max_chars] not in " \t\n\r":
+            cut = cut[:boundary]
+        cleaned = cut.rstrip()
+        changes["truncated_to"] = len(cleaned)
+    if changes:
+        changes["original_chars"] = len(text)
+    return cleaned, changes
+
+
+def description_invalid(row: dict) -> bool:
+    """Subjects200K marks a description its generator got wrong with
+    `description_valid: false`; a row without the flag is not known to be wrong."""
+    return (row.get("description") or {}).get("description_valid") is False
+
+
+_SAVED = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+def _parquet_files(source: str) -> list[str]:
+    """The parquet files of a local or fsspec file or folder, sorted; [] if it is absent."""
+    if not storage.is_url(source):
+        path = Path(source)
+        if path.is_dir():
+            return sorted(str(p) for p in path.glob("**/*.parquet"))
+        return [str(path)] if path.exists() else []
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(source)
+    if fs.isdir(root):
+        return sorted(fs.unstrip_protocol(p) for p in fs.glob(root.rstrip("/") + "/**/*.parquet"))
+    return [source] if fs.exists(root) else []
+
+
+def _looks_like_a_path(source: str) -> bool:
+    # A hub id is `name` or `org/name`; anything else that does not exist is a mistyped path.
+    return (source.endswith((".parquet", ".arrow")) or source.startswith((".", "/", "~"))
+            or source.count("/") > 1)
+
+
 def load_subjects200k(source: str = HUB_ID, split: str = "train"):
-    """A `datasets.Dataset` from a hub id, a parquet file / folder, or a saved Arrow folder.
+    """A `datasets.Dataset` from a hub id, or a parquet file / folder or saved Arrow
+    folder on a local disk or behind an fsspec URL (s3://, gs://, memory://, ...).
 
     Images are left undecoded (raw bytes) so one bad image is a counted row, not a crash.
     """
     import datasets
 
-    path = Path(source)
-    saved = ("dataset_info.json", "state.json", "dataset_dict.json")
-    if path.is_dir() and any((path / name).exists() for name in saved):
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split]
-    elif path.exists():
-        files = sorted(str(p) for p in path.glob("**/*.parquet")) if path.is_dir() else [str(path)]
-        if not files:
-            raise FileNotFoundError(f"{source}: no parquet files found")
-        ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    source = str(source)
+    local = storage.normalize(source) if not storage.is_url(source) else source
+    if storage.is_url(source) or Path(local).exists():
+        if storage.isdir(local) and any(storage.exists(storage.join(local, n)) for n in _SAVED):
+            ds = datasets.load_from_disk(local)
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[split]
+        else:
+            files = _parquet_files(local)
+            if not files:
+                found = storage.exists(local)
+                raise FileNotFoundError(f"{source}: " + ("no parquet files found" if found
+                                                         else "no such file or folder"))
+            ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    elif _looks_like_a_path(source):
+        raise FileNotFoundError(f"{source}: no such file or folder (a hub id is ORG/NAME)")
     else:
         ds = datasets.load_dataset(source, split=split)
     if "image" in ds.features:
@@ -151,19 +231,35 @@ def row_key(row_id: int, panel: int | None = None) -> str:
     return f"{row_id:07d}" if panel is None else f"{row_id:07d}_{panel}"
 
 
-def row_to_samples(row: dict, row_id: int, panels: str = "left") -> list[dict]:
+def _clean_fields(desc: dict, max_chars: int) -> tuple[dict, dict]:
+    texts, changes = {}, {}
+    for f in TEXT_FIELDS:
+        value = desc.get(f)
+        if isinstance(value, str):
+            texts[f], changes[f] = clean_text(value, max_chars)
+        else:
+            texts[f], changes[f] = value, {}
+    return texts, changes
+
+
+def row_to_samples(row: dict, row_id: int, panels: str = "left",
+                   max_description_chars: int = MAX_DESCRIPTION_CHARS) -> list[dict]:
     """Turn one Subjects200K row into source samples (target, reference, meta).
 
-    panels: "left" (one sample per row: target = left panel, key = row id, as DESIGN.md),
-    "right", or "both" (every image becomes a target; keys `{row:07d}_0` / `_1`).
+    panels: "left" (one sample per row: target = left panel, key = row id), "right",
+    or "both" (every image becomes a target; keys `{row:07d}_0` / `_1`). Text fields are
+    cleaned and capped (`clean_text`); `meta["cleaned"]` says what changed.
     Raises RowError with the reason for an undecodable image, a size that fits no
     panel layout, or a missing description.
     """
     desc = row.get("description") or {}
     which = {"left": [0], "right": [1], "both": [0, 1]}[panels]
-    texts = [desc.get("description_0"), desc.get("description_1")]
+    texts, changes = _clean_fields(desc, max_description_chars)
     for i in which:
-        if not (isinstance(texts[i], str) and texts[i].strip()):
+        text = texts[f"description_{i}"]
+        if not (isinstance(text, str) and text.strip()):
+            if isinstance(desc.get(f"description_{i}"), str) and desc[f"description_{i}"].strip():
+                raise RowError(f"description_{i} holds only control characters")
             raise RowError(f"description_{i} is missing")
     image = decode_composite(row.get("image"))
     halves = split_panels(image)
@@ -171,13 +267,20 @@ def row_to_samples(row: dict, row_id: int, panels: str = "left") -> list[dict]:
     for i in which:
         target, reference = halves[i], halves[1 - i]
         key = row_key(row_id, None if panels != "both" else i)
+        fields = {"item": "item", "category": "category", "description": f"description_{i}",
+                  "reference_description": f"description_{1 - i}"}
         meta = {
             "key": key, "row": row_id, "panel": i, "collection": row.get("collection"),
-            "item": desc.get("item"), "category": desc.get("category"),
-            "description": texts[i].strip(), "reference_description": texts[1 - i],
+            "item": texts["item"], "category": texts["category"],
+            "description": texts[f"description_{i}"].strip(),
+            "reference_description": texts[f"description_{1 - i}"],
+            "description_valid": desc.get("description_valid"),
             "quality": {k: (row.get("quality_assessment") or {}).get(k) for k in QUALITY_FIELDS},
             "size": list(target.size), "nodes": ["target", "reference"],
         }
+        cleaned = {name: changes[f] for name, f in fields.items() if changes[f]}
+        if cleaned:
+            meta["cleaned"] = cleaned
         out.append({"__key__": key, "target": np.asarray(target),
                     "reference": np.asarray(reference), "meta": meta})
     return out

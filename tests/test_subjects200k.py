@@ -3,8 +3,9 @@ import pytest
 from PIL import Image
 
 from graph200k import fixtures
-from graph200k.subjects200k import (PanelGeometry, RowError, load_subjects200k, panel_geometry,
-                                    passes_quality, resolve_quality, row_to_samples, split_panels)
+from graph200k.subjects200k import (PanelGeometry, RowError, clean_text, description_invalid,
+                                    load_subjects200k, panel_geometry, passes_quality,
+                                    resolve_quality, row_to_samples, split_panels)
 
 
 @pytest.mark.parametrize("size, expected", [
@@ -56,9 +57,10 @@ def test_quality_presets_and_thresholds():
 
 def test_reader_reads_the_fixture_parquet_with_datasets(mini_parquet):
     ds = load_subjects200k(str(mini_parquet))
-    assert len(ds) == 15
+    assert len(ds) == 16  # 12 rows + 4 bad ones appended
     row = ds[0]
     assert set(row) == {"image", "collection", "quality_assessment", "description"}
+    assert row["description"]["description_valid"] is True
     assert isinstance(row["image"]["bytes"], bytes)  # left undecoded on purpose
     samples = row_to_samples(row, 0)
     assert samples[0]["__key__"] == "0000000"
@@ -86,3 +88,59 @@ def test_bad_rows_raise_row_errors_with_reasons(mini_parquet):
         row_to_samples(ds[13], 13)
     with pytest.raises(RowError, match="description_0 is missing"):
         row_to_samples(ds[14], 14)
+
+
+# -- descriptions: cleaned and capped at ingest --------------------------------------------
+
+def test_control_characters_are_removed_and_normal_whitespace_kept():
+    dirty = "A red\x00 cup\x1b[1;31m on a table\x1b[0m,\tsteam\x07 rising.\nIt is\x7f hot\u202e.\r"
+    text, changes = clean_text(dirty, 1000)
+    assert text == "A red cup on a table,\tsteam rising.\nIt is hot.\r"
+    assert changes == {"original_chars": len(dirty), "removed_chars": len(dirty) - len(text)}
+
+
+def test_escape_sequences_go_whole_not_just_their_escape_character():
+    text, changes = clean_text("cat\x1b]0;title\x07 on\x1b[38;5;208m a mat\x1bc", 1000)
+    assert text == "cat on a mat"
+    assert changes["removed_chars"] == 10 + 11 + 2  # OSC title, 256-colour SGR, reset
+
+
+def test_clean_text_leaves_clean_text_alone():
+    assert clean_text("Ünïcode café, 猫 and emoji 🐱 stay.", 1000) == (
+        "Ünïcode café, 猫 and emoji 🐱 stay.", {})
+
+
+def test_long_descriptions_are_capped_at_a_word_boundary_and_recorded():
+    long = ("A ginger cat sleeps on a windowsill in the sun. " * 5000)[:200_000]
+    text, changes = clean_text(long, 1000)
+    assert len(text) <= 1000 and len(text) > 800
+    assert long.startswith(text) and long[len(text)] == " "  # cut between words
+    assert changes == {"original_chars": 200_000, "truncated_to": len(text)}
+    one_word = "x" * 5000  # no boundary near the cap: cut at the cap exactly
+    assert clean_text(one_word, 1000)[0] == "x" * 1000
+
+
+def test_row_meta_records_cleaning_and_the_validity_flag(mini_parquet):
+    ds = load_subjects200k(str(mini_parquet))
+    clean = row_to_samples(ds[0], 0)[0]["meta"]
+    assert clean["description_valid"] is True and "cleaned" not in clean
+    dirty = row_to_samples(ds[2], 2)[0]["meta"]  # control characters (fixtures, `bad`)
+    assert not any(c in dirty["description"] for c in "\x00\x1b\x07\x7f\u202e")
+    assert dirty["description"].startswith("A cup of coffee with latte art on a white saucer")
+    assert dirty["item"] == "coffee cup"
+    assert set(dirty["cleaned"]) == {"description", "item"}
+    assert dirty["cleaned"]["item"] == {"original_chars": 11, "removed_chars": 1}
+    long = row_to_samples(ds[3], 3, max_description_chars=500)[0]["meta"]  # 200,000 chars
+    assert len(long["description"]) <= 500
+    assert long["cleaned"]["description"]["original_chars"] == 200_000
+    invalid = row_to_samples(ds[15], 15)[0]["meta"]  # kept as data; the filter is ingest's
+    assert invalid["description_valid"] is False and description_invalid(ds[15])
+    assert not description_invalid(ds[0])
+    assert not description_invalid({"description": {"description_0": "x"}})  # unknown: kept
+
+
+def test_a_description_of_only_control_characters_is_a_row_error(mini_parquet):
+    row = load_subjects200k(str(mini_parquet))[0]
+    row = {**row, "description": {**row["description"], "description_0": "\x00\x1b[0m\x07"}}
+    with pytest.raises(RowError, match="description_0 holds only control characters"):
+        row_to_samples(row, 0)
