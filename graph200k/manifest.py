@@ -1,5 +1,6 @@
 """The columnar manifest: one row per sample — key, shard, node availability bitmask,
-item, description, quality scores.
+item, description, quality scores, and how many variants of each generated node
+(`variants_instantstyle`, ...) the sample holds.
 
 It is what the task sampler reads instead of one giant networkx graph: 200K samples
 cost a few tens of MB here (benchmarks/bench_sampler.py).
@@ -19,10 +20,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from graph200k.nodes import DEGRADATIONS, NODE_BIT, available_nodes, mask_of
+from graph200k.nodes import (DEGRADATIONS, NODE_BIT, VARIANT_NODES, available_nodes, mask_of,
+                             variant_count)
 from graph200k.shards import ShardError, iter_members, list_shards, shard_index
 
 QUALITY_FIELDS = ("compositeStructure", "objectConsistency", "imageQuality")
+VARIANT_FIELDS = tuple(f"variants_{n}" for n in VARIANT_NODES)
 _TARGET_BIT = 1 << NODE_BIT["target"]
 # Degradations are computed online from `target`: available wherever target is.
 _DEGRADATION_MASK = mask_of(DEGRADATIONS)
@@ -35,7 +38,7 @@ def with_online(mask: int) -> int:
 class Manifest:
     """Columns as numpy / Arrow arrays; row i is one sample."""
 
-    def __init__(self, keys, shards, masks, items, descriptions, quality):
+    def __init__(self, keys, shards, masks, items, descriptions, quality, variants=None):
         self.keys = pa.array(keys, pa.string()) if not isinstance(keys, pa.Array) else keys
         self.shards = np.asarray(shards, dtype=np.int32)
         self.masks = np.asarray(masks, dtype=np.uint64)
@@ -44,6 +47,10 @@ class Manifest:
                              if not isinstance(descriptions, pa.Array) else descriptions)
         self.quality = np.asarray(quality, dtype=np.int8).reshape(-1, len(QUALITY_FIELDS))
         n = len(self.shards)
+        if variants is None:  # a manifest from before variants: one where the node is
+            variants = np.stack([(self.masks >> np.uint64(NODE_BIT[v])) & np.uint64(1)
+                                 for v in VARIANT_NODES], axis=1) if n else np.zeros((0, 0))
+        self.variants = np.asarray(variants, dtype=np.uint8).reshape(n, len(VARIANT_NODES))
         if not (len(self.keys) == len(self.masks) == len(self.items) == len(self.descriptions)
                 == len(self.quality) == n):
             raise ValueError("manifest columns differ in length")
@@ -55,8 +62,9 @@ class Manifest:
     # ---- building -------------------------------------------------------------------
     @classmethod
     def from_records(cls, records: Iterable[dict]) -> "Manifest":
-        """Records: {"key", "shard", "nodes": [...], "item", "description", "quality": {...}}."""
-        keys, shards, masks, items, descs, qual = [], [], [], [], [], []
+        """Records: {"key", "shard", "nodes": [...], "item", "description", "quality": {...},
+        "variants": {node: count}} (variants: default 1 for each generated node present)."""
+        keys, shards, masks, items, descs, qual, var = [], [], [], [], [], [], []
         cache: dict[tuple, int] = {}  # many samples share one node set
         for r in records:
             nodes = tuple(r["nodes"])
@@ -70,7 +78,11 @@ class Manifest:
             descs.append(r.get("description") or "")
             q = r.get("quality") or {}
             qual.append([int(q.get(f, -1)) for f in QUALITY_FIELDS])
-        return cls(keys, shards, masks, items, descs, np.array(qual, dtype=np.int8).reshape(-1, 3))
+            v = r.get("variants") or {}
+            var.append([min(255, int(v.get(n, n in nodes))) if n in nodes else 0
+                        for n in VARIANT_NODES])
+        return cls(keys, shards, masks, items, descs, np.array(qual, dtype=np.int8).reshape(-1, 3),
+                   np.array(var, dtype=np.uint8).reshape(-1, len(VARIANT_NODES)))
 
     @classmethod
     def from_shards(cls, folder) -> "Manifest":
@@ -84,6 +96,7 @@ class Manifest:
             "key": self.keys, "shard": self.shards, "nodes": self.masks,
             "item": self.items, "description": self.descriptions,
             **{f: self.quality[:, i] for i, f in enumerate(QUALITY_FIELDS)},
+            **{f: self.variants[:, i] for i, f in enumerate(VARIANT_FIELDS)},
         })
 
     def save(self, path) -> Path:
@@ -97,9 +110,11 @@ class Manifest:
     @classmethod
     def load(cls, path) -> "Manifest":
         t = pq.read_table(path)
+        variants = (np.stack([t[f].to_numpy() for f in VARIANT_FIELDS], axis=1)
+                    if all(f in t.column_names for f in VARIANT_FIELDS) else None)
         return cls(t["key"].combine_chunks(), t["shard"].to_numpy(), t["nodes"].to_numpy(),
                    t["item"].combine_chunks(), t["description"].combine_chunks(),
-                   np.stack([t[f].to_numpy() for f in QUALITY_FIELDS], axis=1))
+                   np.stack([t[f].to_numpy() for f in QUALITY_FIELDS], axis=1), variants)
 
     # ---- queries --------------------------------------------------------------------
     def key(self, i: int) -> str:
@@ -110,6 +125,12 @@ class Manifest:
 
     def item(self, i: int) -> str:
         return self.items[i].as_py()
+
+    def variant_count(self, i: int, node: str) -> int:
+        """Variants of generated node `node` sample i holds (1 for any other node it has)."""
+        if node in VARIANT_NODES:
+            return int(self.variants[i, VARIANT_NODES.index(node)])
+        return int(self.masks[i] >> np.uint64(NODE_BIT[node]) & np.uint64(1))
 
     def index_of(self, key: str) -> int:
         if self._key_index is None:
@@ -147,7 +168,8 @@ def scan_shard(path) -> list[dict]:
         meta = metas.get(key, {})
         records.append({"key": key, "shard": shard, "nodes": available_nodes(fields),
                         "item": meta.get("item"), "description": meta.get("description"),
-                        "quality": meta.get("quality")})
+                        "quality": meta.get("quality"),
+                        "variants": {n: variant_count(n, fields) for n in VARIANT_NODES}})
     return records
 
 
@@ -165,6 +187,10 @@ def main(argv=None) -> int:
     print("node types with samples: " + ", ".join(f"{n}={c}" for n, c in counts.items()
                                                    if c and n not in DEGRADATIONS)
           + f" (+{len(DEGRADATIONS)} online degradations)")
+    held = {n: m.variants[:, j] for j, n in enumerate(VARIANT_NODES) if counts[n]}
+    if held:
+        print("variants per sample (min-max): " + ", ".join(
+            f"{n}={int(v[v > 0].min())}-{int(v.max())}" for n, v in held.items()))
     return 0
 
 
