@@ -263,3 +263,36 @@ def test_options_are_checked_when_the_stage_is_built(tiny_dir):
     cls, cfg = block("filledit", tiny_dir)
     with pytest.raises(ConfigError, match="rewrite 'llm' is not one of"):
         cls({**cfg, "rewrite": "llm"})
+
+
+FAMILIES = ("conditional_generation_with_style", "style_transfer",
+            "style_transfer_with_condition", "image_editing", "image_editing_with_reference")
+
+
+def test_the_five_families_that_use_them_sample_and_read_their_variants(outcomes, tmp_path):
+    """Stage outputs written as shards -> manifest -> the style and editing families."""
+    from graph200k.manifest import Manifest
+    from graph200k.reader import SampleReader
+    from graph200k.shards import ShardWriter, json_bytes, shard_path
+    from graph200k.tasks import TaskSampler
+
+    samples, runs = outcomes
+    with ShardWriter(shard_path(tmp_path, 0)) as w:
+        for i, s in enumerate(samples):
+            meta = {k: v for k, v in s.meta.items() if not k.startswith(ANNOTATIONS)}
+            meta[ANNOTATIONS] = {n: runs[n][i].meta for n in STAGES}
+            w.write({"__key__": s.key, **s.members, "meta.json": json_bytes(meta),
+                     **{m: v for n in STAGES for m, v in runs[n][i].members.items()}})
+    manifest = Manifest.from_shards(tmp_path)
+    counts = manifest.node_counts()
+    assert all(counts[n] == 3 for n in STAGES)
+    assert manifest.variant_count(0, "instantstyle") == 2 and manifest.variant_count(0, "depthedit") == 1
+    reader = SampleReader(tmp_path, manifest)
+    tasks = TaskSampler(manifest, seed=0, families=FAMILIES).take(200)
+    assert {t.family for t in tasks} == set(FAMILIES)
+    used = {(c["node"], c.get("variant")) for t in tasks for r in t.rows for c in r}
+    assert {("instantstyle", 0), ("instantstyle", 1), ("filledit", 1)} <= used
+    for family in FAMILIES:
+        task = next(t for t in tasks if t.family == family)
+        grid = reader.grid(task, res=32)
+        assert len(grid.rows) == len(task.rows)
