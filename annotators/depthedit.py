@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from annotators.base import Annotator, ConfigError, NotApplicable, Prepared, Result, Sample
-from annotators.diffusion import (GenerationOptions, Job, check_generation_options, collect,
-                                  depth_control, generators, jpeg, load_pipeline, outcome_images,
-                                  pil, place, run_jobs, to_uint8, torch_dtype)
-from annotators.models import resolve_device
+from annotators.diffusion import (GenerationOptions, Job, actor_device,
+                                  check_generation_options, collect, depth_control, generators,
+                                  jpeg, load_pipeline, outcome_images, pil, place, run_jobs,
+                                  to_uint8, torch_dtype)
 from annotators.rewrite import (DEFAULT_SCENES, SCENE, VLMOptions, VLMRewriter, rewrite_batch,
                                 rewrite_prompt, scene_captions)
 
@@ -60,7 +60,7 @@ class DepthEdit(Annotator):
         from diffusers import FluxControlPipeline
 
         o = self.options
-        device = resolve_device(self.name, o.device)
+        device = actor_device(self.name, o)
         dtype = torch_dtype(self.name, o.dtype, device, "bfloat16")
         self.pipe = place(load_pipeline(FluxControlPipeline, self.name, o.model, o.revision, dtype),
                           self.name, device, o.offload)

@@ -46,7 +46,8 @@ OFFLOADS = ("none", "model", "sequential")
 
 
 def check_generation_options(stage: str, o: GenerationOptions, multiple_of: int = 16) -> None:
-    """Config errors at build time, before any actor loads weights."""
+    """Config errors found from the options alone (in `__init__`, which CPU tasks run too:
+    whether a GPU is there is checked in `load`, on the actor that needs it)."""
     if o.variants < 1 or o.steps < 1 or o.images_per_call < 1:
         raise ConfigError(f"stage {stage!r}: variants, steps and images_per_call must be >= 1")
     if o.resolution < multiple_of or o.resolution % multiple_of:
@@ -54,15 +55,16 @@ def check_generation_options(stage: str, o: GenerationOptions, multiple_of: int 
                           f"{multiple_of} (the latent packing needs it)")
     if o.offload not in OFFLOADS:
         raise ConfigError(f"stage {stage!r}: offload {o.offload!r} is not one of {OFFLOADS}")
-    offload = o.offload != "none"
-    gpu_only = offload or o.device.startswith("cuda") or o.dtype in ("float16", "bfloat16")
-    if gpu_only:  # only then is torch imported here: CPU tasks build the class too
-        device = resolve_device(stage, o.device)
-        if offload and device.type != "cuda":
-            raise ConfigError(f"stage {stage!r}: offload: {o.offload} moves components between "
-                              "the CPU and a GPU, and no GPU is visible; set offload: none")
-        if o.dtype != AUTO:
-            resolve_dtype(stage, o.dtype, device)
+
+
+def actor_device(stage: str, o: GenerationOptions):
+    """The device `load` puts the pipelines on; a GPU-only option without a GPU is a
+    ConfigError saying so."""
+    device = resolve_device(stage, o.device)
+    if o.offload != "none" and device.type != "cuda":
+        raise ConfigError(f"stage {stage!r}: offload: {o.offload} moves components between "
+                          "the CPU and a GPU, and no GPU is visible; set offload: none")
+    return device
 
 
 def torch_dtype(stage: str, dtype: str, device, gpu_default: str):

@@ -18,11 +18,12 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from annotators.base import ANNOTATIONS, Annotator, ConfigError, NotApplicable, Prepared, Result, Sample
-from annotators.diffusion import (GenerationOptions, Job, check_generation_options, collect, fit,
-                                  generators, jpeg, load_pipeline, outcome_images, pil, place,
-                                  run_jobs, to_uint8, torch_dtype)
-from annotators.models import resolve_device
+from annotators.base import (ANNOTATIONS, Annotator, ConfigError, NotApplicable, Prepared,
+                             Result, Sample)
+from annotators.diffusion import (GenerationOptions, Job, actor_device,
+                                  check_generation_options, collect, fit, generators, jpeg,
+                                  load_pipeline, outcome_images, pil, place, run_jobs, to_uint8,
+                                  torch_dtype)
 from annotators.rewrite import FILL, VLMOptions, VLMRewriter, rewrite_batch, rewrite_prompt
 
 SUBJECT_POOL = "subject_pool"
@@ -47,8 +48,16 @@ class FillEditOptions(VLMOptions, GenerationOptions):
 
 
 def _colour_mask(mask: np.ndarray, colour) -> np.ndarray:
+    """The pixels of `mask.png` painted in an object's colour: [r, g, b], a grey value or
+    "#rrggbb"; no colour: every non-black pixel (a binary mask)."""
     if colour is None:
         return (mask > 0) if mask.ndim == 2 else mask.any(axis=2)
+    if isinstance(colour, str):
+        text = colour.lstrip("#")
+        try:
+            colour = [int(text[i:i + 2], 16) for i in (0, 2, 4)]
+        except ValueError:
+            raise ValueError(f"annotations.mask: colour {colour!r} is not #rrggbb") from None
     values = [int(c) for c in (colour if isinstance(colour, (list, tuple)) else [colour])]
     if mask.ndim == 2:
         return mask == values[0]
@@ -140,7 +149,7 @@ class FillEdit(Annotator):
         from diffusers import FluxFillPipeline
 
         o = self.options
-        device = resolve_device(self.name, o.device)
+        device = actor_device(self.name, o)
         dtype = torch_dtype(self.name, o.dtype, device, "bfloat16")
         self.pipe = place(load_pipeline(FluxFillPipeline, self.name, o.model, o.revision, dtype),
                           self.name, device, o.offload)

@@ -17,11 +17,10 @@ from typing import ClassVar
 import cv2
 
 from annotators.base import Annotator, ConfigError, Prepared, Result, Sample
-from annotators.diffusion import (REFERENCE_SIDE, GenerationOptions, Job, check_generation_options,
-                                  collect, cover, depth_control, fit, generators, jpeg,
-                                  load_pipeline, outcome_images, pil, place, prompt_of, run_jobs,
-                                  to_uint8, torch_dtype)
-from annotators.models import resolve_device
+from annotators.diffusion import (REFERENCE_SIDE, GenerationOptions, Job, actor_device,
+                                  check_generation_options, collect, cover, depth_control, fit,
+                                  generators, jpeg, load_pipeline, outcome_images, pil, place,
+                                  prompt_of, run_jobs, to_uint8, torch_dtype)
 from annotators.side_inputs import decode_rgb
 
 STYLE_POOL = "style_pool"
@@ -101,7 +100,7 @@ class InstantStyle(Annotator):
         from diffusers import ControlNetModel
 
         o = self.options
-        device = resolve_device(self.name, o.device)
+        device = actor_device(self.name, o)
         dtype = torch_dtype(self.name, o.dtype, device, "float16")
         controlnet = load_pipeline(ControlNetModel, self.name, o.controlnet,
                                    o.controlnet_revision, dtype)

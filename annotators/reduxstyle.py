@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from annotators.base import Annotator, ConfigError, Prepared, Result, Sample
-from annotators.diffusion import (REFERENCE_SIDE, GenerationOptions, Job, check_generation_options,
-                                  collect, depth_control, flux_text, generators, jpeg,
-                                  load_pipeline, outcome_images, pil, place, prompt_of, run_jobs,
-                                  to_uint8, torch_dtype)
+from annotators.diffusion import (REFERENCE_SIDE, GenerationOptions, Job, actor_device,
+                                  check_generation_options, collect, depth_control, flux_text,
+                                  generators, jpeg, load_pipeline, outcome_images, pil, place,
+                                  prompt_of, run_jobs, to_uint8, torch_dtype)
 from annotators.instantstyle import STYLE_POOL, draw_references, stored_references
-from annotators.models import resolve_device
 
 PROMPTS = ("description", "none")
 
@@ -63,7 +62,7 @@ class ReduxStyle(Annotator):
         from diffusers import FluxControlPipeline, FluxPriorReduxPipeline
 
         o = self.options
-        device = resolve_device(self.name, o.device)
+        device = actor_device(self.name, o)
         dtype = torch_dtype(self.name, o.dtype, device, "bfloat16")
         self.redux = place(load_pipeline(FluxPriorReduxPipeline, self.name, o.redux_model,
                                          o.redux_revision, dtype), self.name, device, o.offload)

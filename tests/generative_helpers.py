@@ -4,13 +4,12 @@ pool folder and a subject-records pool. Tiny pipelines are built once per sessio
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from annotate_helpers import PHOTOS, photo, stage_samples
+from annotate_helpers import photo, stage_samples
 from annotators.base import ANNOTATIONS, Sample
 from annotators.side_inputs import load_side_input
 from graph200k.shards import ShardWriter, encode_image, json_bytes, shard_path

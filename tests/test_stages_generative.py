@@ -149,6 +149,15 @@ def _statuses(outs):
 
 
 def test_filledit_subject_masks_bad_and_fallback(tiny_dir, side):
+    hex_colour = generative_samples(1, SIZE, side=side)
+    hex_colour[0].meta[f"{ANNOTATIONS}.mask"]["objects"][0]["colour"] = "#ff0000"
+    grey = generative_samples(1, SIZE, side=side)
+    grey[0].members["mask.png"] = encode_image(
+        decode_image(grey[0].members["mask.png"], "L"), "png")  # one channel: red -> 76
+    grey[0].meta[f"{ANNOTATIONS}.mask"]["objects"][0]["colour"] = 76
+    ok = run_inline(stage("filledit", tiny_dir, matte_fallback=False), hex_colour + grey)
+    assert [o.meta["mask"] for o in ok] == ["grounded", "grounded"]
+    assert ok[0].meta["mask_area"] == ok[1].meta["mask_area"] > 0.1
     samples = generative_samples(5, SIZE, side=side)
     samples[0].meta[f"{ANNOTATIONS}.mask"] = mask_entry(None)  # grounding found no subject
     samples[1].meta[f"{ANNOTATIONS}.mask"] = {"objects": [{"name": "cup", "colour": [9, 9, 9]}],
@@ -253,8 +262,11 @@ def test_options_are_checked_when_the_stage_is_built(tiny_dir):
     cls, cfg = block("reduxstyle", tiny_dir)
     with pytest.raises(ConfigError, match="did you mean 'guidance'"):
         cls({**cfg, "guidanse": 3})
+    offloaded = cls({**cfg, "offload": "model"})  # CPU tasks build it too: no GPU check yet
     with pytest.raises(ConfigError, match="no GPU is visible; set offload: none"):
-        cls({**cfg, "offload": "model"})
+        offloaded.load()  # the actor's load says so
+    with pytest.raises(ConfigError, match="offload 'cpu' is not one of"):
+        cls({**cfg, "offload": "cpu"})
     with pytest.raises(ConfigError, match="resolution 20 must be a multiple of 16"):
         cls({**cfg, "resolution": 20})
     cls, cfg = block("instantstyle", tiny_dir)
