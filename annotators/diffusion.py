@@ -80,10 +80,10 @@ def torch_dtype(stage: str, dtype: str, device, gpu_default: str):
 def load_pipeline(cls, stage: str, model: str, revision, dtype, **components):
     """`cls.from_pretrained(model)` (a pipeline or a model): a hub id, via the HF cache,
     or a local folder."""
+    path = model_dir(stage, model, revision)  # a missing local folder says so itself
     try:
-        pipe = cls.from_pretrained(model_dir(stage, model, revision), revision=revision,
-                                   dtype=dtype, **components)
-    except (OSError, ValueError) as e:
+        pipe = cls.from_pretrained(path, revision=revision, dtype=dtype, **components)
+    except OSError as e:  # missing files, offline, gated: say how to get them
         raise FileNotFoundError(
             f"stage {stage!r}: cannot load {cls.__name__} from {model} ({type(e).__name__}: "
             f"{str(e)[:200]}). Fetch it once with `huggingface-cli download {model}` (gated "

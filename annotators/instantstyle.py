@@ -138,7 +138,8 @@ class InstantStyle(Annotator):
 
         o, pipe = self.options, self.pipe
         refs = pil([inputs[j.index]["refs"][j.variant] for j in chunk])
-        embeds, negative = pipe.encode_image(refs, pipe._execution_device, 1)
+        with torch.no_grad():
+            embeds, negative = pipe.encode_image(refs, pipe._execution_device, 1)
         cfg = o.guidance > 1.0
         stacked = (torch.cat([negative, embeds]) if cfg else embeds)[:, None]
         images = pipe(prompt=[inputs[j.index]["prompt"] for j in chunk],

@@ -308,3 +308,13 @@ def test_the_five_families_that_use_them_sample_and_read_their_variants(outcomes
         task = next(t for t in tasks if t.family == family)
         grid = reader.grid(task, res=32)
         assert len(grid.rows) == len(task.rows)
+
+
+def test_missing_weights_say_how_to_fetch_them(tiny_dir, tmp_path):
+    cls, cfg = block("depthedit", tiny_dir, model=str(tmp_path))  # a folder without a model
+    with pytest.raises(FileNotFoundError, match="cannot load FluxControlPipeline from .*"
+                                                "huggingface-cli download"):
+        cls(cfg).load()
+    cls, cfg = block("depthedit", tiny_dir, model=str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="model folder .*absent does not exist"):
+        cls(cfg).load()
