@@ -220,10 +220,13 @@ def test_depth_absent_constant_and_style_pool_missing(tiny_dir, side, tmp_path):
 def test_a_random_vlm_rewrite_does_not_parse_and_skips_the_sample(tiny_dir, side):
     samples = generative_samples(2, SIZE, side=side)
     for name in ("filledit", "depthedit"):
-        outs = run_inline(stage(name, tiny_dir, rewrite="vlm", rewrite_max_new_tokens=12), samples)
+        st = stage(name, tiny_dir, rewrite="vlm", rewrite_max_new_tokens=12)
+        outs = run_inline(st, samples, batch_size=2)
         for o in outs:
             assert o.status.startswith("skipped: the rewrite does not parse"), o.status
             assert not o.members
+        # the reply (quoted in the reason) is the same batched or alone: greedy, float64
+        assert _statuses(run_inline(st, samples, batch_size=1)) == _statuses(outs)
 
 
 def _nan_first_row(module):
