@@ -8,6 +8,7 @@ SHARD  ?= all
 STAGES ?=
 CONFIG ?= configs/annotate.yaml
 TINY   ?= build/tiny-models
+TINY_CONFIG ?= configs/annotate-tiny.yaml
 SRC    ?= shards/source
 OUT    ?= shards/graph200k
 DEMO_DATA = data.shards=$(DEMO)/shards/graph200k data.manifest=$(DEMO)/shards/graph200k/manifest.parquet
@@ -29,8 +30,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m graph200k.fixtures --out $(DEMO)/subjects200k-mini.parquet --rows 20 --bad
 	$(PY) -m pipelines.ingest --source $(DEMO)/subjects200k-mini.parquet --out $(DEMO)/shards/source --shard-size 8
-	$(PY) -m annotators.tiny_models --out $(TINY)
-	$(PY) -m pipelines.annotate --shards all --config configs/annotate-tiny.yaml --src $(DEMO)/shards/source --out $(DEMO)/shards/graph200k --num-cpus 2
+	@# Every stage of the tiny config, on tiny random models built from config (no hub).
+	OMP_NUM_THREADS=1 $(PY) -m annotators.tiny_models --out $(TINY)
+	$(PY) -m pipelines.annotate --shards all --config $(TINY_CONFIG) --src $(DEMO)/shards/source --out $(DEMO)/shards/graph200k --num-cpus 2
 	$(PY) -m graph200k.manifest --shards $(DEMO)/shards/graph200k
 	$(PY) -m graph200k.sample_tasks --manifest $(DEMO)/shards/graph200k/manifest.parquet --num 500 --seed 0 --out $(DEMO)/tasks.jsonl --stats
 	$(PY) -m graph200k.preview --tasks $(DEMO)/tasks.jsonl --task 7 --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --out $(DEMO)/grid.png
@@ -63,6 +65,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_annotate.py
 	$(PY) benchmarks/bench_fill.py
 	$(PY) benchmarks/bench_cogvideox.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_generative.py
 
 ingest: $(STAMP)
 	$(PY) -m pipelines.ingest --out $(SRC)

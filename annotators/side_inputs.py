@@ -6,17 +6,23 @@ Declared once in the annotate config and named by the stages that use them:
       style_pool: {kind: folder, path: s3://bucket/wikiart}          # images under a folder/URL
       # style_pool: {kind: shards, path: shards/styles, member: target.jpg}
       # style_pool: {kind: hub, path: huggan/wikiart, split: train, column: image}
+      subject_pool: {kind: records, path: shards/source}   # (item, category, description)
 
 The driver builds a pool's *index* (its sorted ids) once; the pipeline puts the pool in
 Ray's object store once and every task and actor gets the same read-only copy. Images
 are read lazily by id and a few are kept per process (an LRU), never copied per sample.
 `choose(seed)` draws an id from a seed (a stage passes `sample.seed_for(variant)`), so a
 sample's style reference does not depend on which worker annotates it.
+
+A `records` pool serves text instead of images: the (item, category, description) of
+every sample of a shard folder (its meta.json) or of a parquet file with those columns,
+by id, and the ids of a category (filledit's same-category subject swap).
 """
 
 from __future__ import annotations
 
 import io
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -29,7 +35,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 @dataclass
 class SideInputSpec:
-    kind: str = "folder"  # folder | shards | hub
+    kind: str = "folder"  # folder | shards | hub | records
     path: str = ""  # folder or fsspec URL; shard folder; hub dataset id or local data files
     member: str = "target.jpg"  # shards: which member of each sample
     split: str = "train"  # hub
@@ -46,7 +52,8 @@ class SideInput:
         self.name, self.spec = name, spec
         self.ids = sorted(ids)[: spec.limit] if spec.limit else sorted(ids)
         if not self.ids:
-            raise ConfigError(f"side input {name!r}: {spec.kind} {spec.path!r} holds no images")
+            raise ConfigError(f"side input {name!r}: {spec.kind} {spec.path!r} holds nothing "
+                              f"to draw from")
         self._cache: OrderedDict[str, bytes] = OrderedDict()
 
     def __len__(self) -> int:
@@ -151,7 +158,61 @@ class HubPool(SideInput):
             return f.read()
 
 
-KINDS = {c.kind: c for c in (FolderPool, ShardPool, HubPool)}
+RECORD_FIELDS = ("item", "category", "description")
+
+
+class RecordPool(SideInput):
+    """(item, category, description) by id: sample keys of a shard folder, or the `key`
+    column (else the row number) of a parquet file."""
+
+    kind = "records"
+
+    def __init__(self, name: str, spec: SideInputSpec):
+        self.records = self._load(name, spec)
+        super().__init__(name, spec, list(self.records))
+        self.records = {i: self.records[i] for i in self.ids}  # `limit` applies here too
+        self._by_category: dict[str, list[str]] | None = None
+
+    @staticmethod
+    def _load(name: str, spec: SideInputSpec) -> dict[str, dict]:
+        if spec.path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(spec.path)
+            missing = [c for c in RECORD_FIELDS if c not in table.column_names]
+            if missing:
+                raise ConfigError(f"side input {name!r}: {spec.path} lacks column(s) {missing} "
+                                  f"(columns: {table.column_names})")
+            rows = table.to_pylist()
+            return {str(r.get("key", i)): {f: r.get(f) or "" for f in RECORD_FIELDS}
+                    for i, r in enumerate(rows)}
+        from graph200k.shards import iter_members, list_shards
+
+        records = {}
+        for path in list_shards(spec.path):
+            for key, member, info, tar in iter_members(path):
+                if member == "meta.json":
+                    meta = json.loads(tar.extractfile(info).read())
+                    records[key] = {f: meta.get(f) or "" for f in RECORD_FIELDS}
+        return records
+
+    def record(self, item_id: str) -> dict:
+        return self.records[item_id]
+
+    def of_category(self, category: str) -> list[str]:
+        """Sorted ids of the records of `category` (an index built on first use)."""
+        if self._by_category is None:
+            index: dict[str, list[str]] = {}
+            for i in self.ids:
+                index.setdefault(self.records[i]["category"], []).append(i)
+            self._by_category = index
+        return self._by_category.get(category, [])
+
+    def _read(self, item_id: str) -> bytes:
+        return json.dumps(self.records[item_id], sort_keys=True).encode()
+
+
+KINDS = {c.kind: c for c in (FolderPool, ShardPool, HubPool, RecordPool)}
 
 
 def load_side_input(name: str, raw: dict) -> SideInput:
@@ -171,4 +232,4 @@ def decode_rgb(data: bytes) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-__all__ = ["SideInput", "SideInputSpec", "load_side_input", "decode_rgb"]
+__all__ = ["SideInput", "SideInputSpec", "RecordPool", "load_side_input", "decode_rgb"]

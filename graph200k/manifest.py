@@ -1,5 +1,6 @@
 """The columnar manifest: one row per sample — key, shard, node availability bitmask,
-item, description, quality scores.
+item, description, quality scores, and how many variants of each generated node
+(`variants_instantstyle`, ...) the sample holds.
 
 It is what the task sampler reads instead of one giant networkx graph: 200K samples
 cost a few tens of MB here (benchmarks/bench_sampler.py).
@@ -22,10 +23,12 @@ import pyarrow.parquet as pq
 
 from graph200k import storage
 from graph200k.dataset import ShardSet, is_annotation_member, part_fingerprint
-from graph200k.nodes import DEGRADATIONS, NODE_BIT, NODE_NAMES, available_nodes, mask_of
+from graph200k.nodes import (DEGRADATIONS, NODE_BIT, NODE_NAMES, VARIANT_NODES, available_nodes,
+                             mask_of, variant_count)
 from graph200k.shards import ShardError, iter_members, shard_index
 
 QUALITY_FIELDS = ("compositeStructure", "objectConsistency", "imageQuality")
+VARIANT_FIELDS = tuple(f"variants_{n}" for n in VARIANT_NODES)
 MANIFEST_VERSION = 2
 META_KEY = "graph200k"  # parquet schema metadata: registry order, root, part fingerprints
 _TARGET_BIT = 1 << NODE_BIT["target"]
@@ -40,8 +43,8 @@ def with_online(mask: int) -> int:
 class Manifest:
     """Columns as numpy / Arrow arrays; row i is one sample."""
 
-    def __init__(self, keys, shards, masks, items, descriptions, quality, root: str | None = None,
-                 parts: dict | None = None):
+    def __init__(self, keys, shards, masks, items, descriptions, quality, variants=None,
+                 root: str | None = None, parts: dict | None = None):
         self.keys = pa.array(keys, pa.string()) if not isinstance(keys, pa.Array) else keys
         self.shards = np.asarray(shards, dtype=np.int32)
         self.masks = np.asarray(masks, dtype=np.uint64)
@@ -50,6 +53,10 @@ class Manifest:
                              if not isinstance(descriptions, pa.Array) else descriptions)
         self.quality = np.asarray(quality, dtype=np.int8).reshape(-1, len(QUALITY_FIELDS))
         n = len(self.shards)
+        if variants is None:  # a manifest from before variants: one where the node is
+            variants = np.stack([(self.masks >> np.uint64(NODE_BIT[v])) & np.uint64(1)
+                                 for v in VARIANT_NODES], axis=1) if n else np.zeros((0, 0))
+        self.variants = np.asarray(variants, dtype=np.uint8).reshape(n, len(VARIANT_NODES))
         if not (len(self.keys) == len(self.masks) == len(self.items) == len(self.descriptions)
                 == len(self.quality) == n):
             raise ValueError("manifest columns differ in length")
@@ -65,8 +72,9 @@ class Manifest:
     # ---- building -------------------------------------------------------------------
     @classmethod
     def from_records(cls, records: Iterable[dict]) -> "Manifest":
-        """Records: {"key", "shard", "nodes": [...], "item", "description", "quality": {...}}."""
-        keys, shards, masks, items, descs, qual = [], [], [], [], [], []
+        """Records: {"key", "shard", "nodes": [...], "item", "description", "quality": {...},
+        "variants": {node: count}} (variants: default 1 for each generated node present)."""
+        keys, shards, masks, items, descs, qual, var = [], [], [], [], [], [], []
         cache: dict[tuple, int] = {}  # many samples share one node set
         for r in records:
             nodes = tuple(r["nodes"])
@@ -80,7 +88,11 @@ class Manifest:
             descs.append(r.get("description") or "")
             q = r.get("quality") or {}
             qual.append([int(q.get(f, -1)) for f in QUALITY_FIELDS])
-        return cls(keys, shards, masks, items, descs, np.array(qual, dtype=np.int8).reshape(-1, 3))
+            v = r.get("variants") or {}
+            var.append([min(255, int(v.get(n, n in nodes))) if n in nodes else 0
+                        for n in VARIANT_NODES])
+        return cls(keys, shards, masks, items, descs, np.array(qual, dtype=np.int8).reshape(-1, 3),
+                   np.array(var, dtype=np.uint8).reshape(-1, len(VARIANT_NODES)))
 
     @classmethod
     def from_shards(cls, shards) -> "Manifest":
@@ -103,6 +115,7 @@ class Manifest:
             "key": self.keys, "shard": self.shards, "nodes": self.masks,
             "item": self.items, "description": self.descriptions,
             **{f: self.quality[:, i] for i, f in enumerate(QUALITY_FIELDS)},
+            **{f: self.variants[:, i] for i, f in enumerate(VARIANT_FIELDS)},
         })
 
     def save(self, path):
@@ -127,9 +140,11 @@ class Manifest:
                              "with `python -m graph200k.manifest --shards <folder>`") from None
         meta = json.loads((t.schema.metadata or {}).get(META_KEY.encode(), b"{}"))
         masks = remap_masks(t["nodes"].to_numpy(), meta.get("node_names"), path)
+        variants = (np.stack([t[f].to_numpy() for f in VARIANT_FIELDS], axis=1)
+                    if all(f in t.column_names for f in VARIANT_FIELDS) else None)
         return cls(t["key"].combine_chunks(), t["shard"].to_numpy(), masks,
                    t["item"].combine_chunks(), t["description"].combine_chunks(),
-                   np.stack([t[f].to_numpy() for f in QUALITY_FIELDS], axis=1),
+                   np.stack([t[f].to_numpy() for f in QUALITY_FIELDS], axis=1), variants,
                    root=meta.get("root"), parts=meta.get("parts"))
 
     # ---- does it still describe the shards? -----------------------------------------
@@ -167,6 +182,12 @@ class Manifest:
 
     def item(self, i: int) -> str:
         return self.items[i].as_py()
+
+    def variant_count(self, i: int, node: str) -> int:
+        """Variants of generated node `node` sample i holds (1 for any other node it has)."""
+        if node in VARIANT_NODES:
+            return int(self.variants[i, VARIANT_NODES.index(node)])
+        return int(self.masks[i] >> np.uint64(NODE_BIT[node]) & np.uint64(1))
 
     def index_of(self, key: str) -> int:
         if self._key_index is None:
@@ -217,7 +238,8 @@ def scan_parts(shard_set: ShardSet, shard: int) -> tuple[list[dict], list[dict]]
         meta = metas.get(key, {})
         records.append({"key": key, "shard": shard, "nodes": available_nodes(names),
                         "item": meta.get("item"), "description": meta.get("description"),
-                        "quality": meta.get("quality")})
+                        "quality": meta.get("quality"),
+                        "variants": {n: variant_count(n, names) for n in VARIANT_NODES}})
     return records, [part_fingerprint(p) for p in parts]
 
 
@@ -253,7 +275,8 @@ def scan_shard(path) -> list[dict]:
         meta = metas.get(key, {})
         records.append({"key": key, "shard": shard, "nodes": available_nodes(fields),
                         "item": meta.get("item"), "description": meta.get("description"),
-                        "quality": meta.get("quality")})
+                        "quality": meta.get("quality"),
+                        "variants": {n: variant_count(n, fields) for n in VARIANT_NODES}})
     return records
 
 
@@ -279,6 +302,10 @@ def main(argv=None) -> int:
     print("node types with samples: " + ", ".join(f"{n}={c}" for n, c in counts.items()
                                                    if c and n not in DEGRADATIONS)
           + f" (+{len(DEGRADATIONS)} online degradations)")
+    held = {n: m.variants[:, j] for j, n in enumerate(VARIANT_NODES) if counts[n]}
+    if held:
+        print("variants per sample (min-max): " + ", ".join(
+            f"{n}={int(v[v > 0].min())}-{int(v.max())}" for n, v in held.items()))
     return 0
 
 

@@ -9,6 +9,10 @@ A node type contributes one image (most) or two (the style nodes: the style refe
 and the stylized image). Each image a node contributes is a *slot*; a slot names the
 shard member it is read from and the phrases a prompt uses to describe it.
 
+Style and edit nodes are generated, several times per sample: variant i of a slot is the
+member `{slot}.{i}.jpg` (`instantstyle_ref.2.jpg` + `instantstyle.2.jpg` are one pair).
+A node is available when its variant 0 is stored; `variant_count` says how many are.
+
 Degradations are not stored: they are computed online from `target.jpg`
 (`graph200k.degradations`). `foreground` / `background` are derived online from the
 RMBG matte (`rmbg.png`).
@@ -183,14 +187,14 @@ _STYLES = [
 ]
 
 _EDITS = [
-    _node("filledit", EDIT, "filledit.jpg", [
+    _node("filledit", EDIT, "filledit.0.jpg", [
         "the subject edited in place with the background kept",
         "an inpainted edit of the object, same surroundings",
         "a FLUX-Fill edit that changes only the subject",
         "the photo with its subject altered and scene unchanged",
         "a local edit of the main object",
     ]),
-    _node("depthedit", EDIT, "depthedit.jpg", [
+    _node("depthedit", EDIT, "depthedit.0.jpg", [
         "an edit that keeps the layout but changes the background",
         "the same structure regenerated from depth in a new scene",
         "a depth-guided edit with a different backdrop",
@@ -269,6 +273,8 @@ NODE_NAMES: tuple[str, ...] = tuple(NODE_TYPES)
 CONDITIONS: tuple[str, ...] = tuple(n.name for n in _CONDITIONS)
 STYLES: tuple[str, ...] = tuple(n.name for n in _STYLES)
 EDITS: tuple[str, ...] = tuple(n.name for n in _EDITS)
+# The generated nodes, stored as numbered variants (see the module docstring).
+VARIANT_NODES: tuple[str, ...] = STYLES + EDITS
 # Bit i of a sample's availability mask is NODE_NAMES[i]; 50 bits fit a uint64.
 NODE_BIT: dict[str, int] = {name: i for i, name in enumerate(NODE_NAMES)}
 SLOTS: dict[str, Slot] = {s.name: s for n in NODE_TYPES.values() for s in n.slots}
@@ -319,6 +325,36 @@ def member_node(member: str) -> str | None:
         if NODE_TYPES[node].kind in (STYLE, EDIT):  # the nodes stored as numbered variants
             return node
     return None
+
+
+def variant_member(slot: str, variant: int = 0) -> str:
+    """The member holding variant `variant` of an image slot: (`instantstyle_ref`, 3) ->
+    `instantstyle_ref.3.jpg`. Slots of other nodes have one member (variant 0 only)."""
+    if slot not in SLOTS:
+        raise KeyError(f"unknown slot {slot!r}; slots are node types plus '<style>_ref'")
+    variant = int(variant)
+    if SLOT_NODE[slot] in VARIANT_NODES and variant >= 0:
+        return f"{slot}.{variant}.jpg"
+    if variant != 0:
+        raise ValueError(f"slot {slot!r} has one stored image, not variants (asked for {variant})")
+    return SLOTS[slot].member
+
+
+def variant_members(node: str, variant: int) -> tuple[str, ...]:
+    """Every member of variant `variant` of a node (a style node: reference + stylized)."""
+    return tuple(variant_member(s.name, variant) for s in node_type(node).slots)
+
+
+def variant_count(node: str, members) -> int:
+    """How many variants 0, 1, ... of `node` are complete in `members` (the first gap ends
+    the count: a task draws among 0..count-1)."""
+    members = set(members)
+    if node not in VARIANT_NODES:
+        return int(all(m in members for m in node_type(node).members))
+    count = 0
+    while all(m in members for m in variant_members(node, count)):
+        count += 1
+    return count
 
 
 def available_nodes(members) -> list[str]:

@@ -3,6 +3,7 @@
     reader = SampleReader("shards/graph200k")            # manifest built from the shards
     reader.member_bytes("0000042", "canny.png")          # raw bytes of one member
     reader.fetch("0000042", "foreground")                # uint8 H x W x 3, derived online
+    reader.fetch("0000042", "instantstyle", variant=3)   # variant 3 of a generated node
     reader.grid(task, res=384)                           # a graph200k.grid.Grid
 
 Each key is looked up in the manifest (key -> shard), then in the member indexes of the
@@ -27,7 +28,8 @@ from graph200k.dataset import Part, ShardSet, is_annotation_member, joined_meta
 from graph200k.grid import (TRAIN, Grid, TwoFramePair, centre_square, compose, resize,
                             to_rgb, train_cell_size)
 from graph200k.manifest import Manifest
-from graph200k.nodes import DEGRADATION, META_MEMBER, NODE_TYPES, SLOT_NODE, SLOTS
+from graph200k.nodes import (DEGRADATION, META_MEMBER, NODE_TYPES, SLOT_NODE, SLOTS,
+                             variant_member)
 from graph200k.shards import (GREY, NATIVE, RGB, ShardError, decode_image, member_digest,
                               shard_index, shard_path)
 
@@ -265,12 +267,14 @@ class SampleReader:
 
     # ---- node images -----------------------------------------------------------------
     def fetch(self, key: str, slot: str, seed: int = 0, min_side: int | None = None,
-              cache: dict | None = None, rgb: bool = True) -> np.ndarray:
+              cache: dict | None = None, rgb: bool = True, variant: int = 0) -> np.ndarray:
         """The uint8 H x W x 3 image of one slot (a cell) of sample `key`.
 
         Degradations are computed from `target` with `seed`; foreground / background from
         the RMBG matte. `cache` (a dict) shares decoded members between calls of one task.
         `rgb=False` leaves a stored grey map H x W (the composer expands it after resizing).
+        `variant` picks one stored variant of a style or edit node (a task's cell records
+        which); every other node has variant 0 only.
         """
         if slot not in SLOTS:
             raise ValueError(f"unknown slot {slot!r}; slots are node types plus "
@@ -291,13 +295,13 @@ class SampleReader:
             from graph200k import degradations  # numpy/opencv only; loaded on first use
 
             return degradations.apply(node, member("target.jpg"), seed)
-        return member(SLOTS[slot].member, RGB if rgb else NATIVE)
+        return member(variant_member(slot, variant), RGB if rgb else NATIVE)
 
     def task_images(self, task, min_side: int | None = None) -> list[list[np.ndarray]]:
         """images[r][c] for `task.rows[r][c]`; degradations seeded from (task.seed, row)."""
         cache: dict = {}
         return [[self.fetch(cell["key"], cell["slot"], row_seed(task.seed, r), min_side, cache,
-                            rgb=False)
+                            rgb=False, variant=cell.get("variant", 0))
                  for cell in row] for r, row in enumerate(task.rows)]
 
     def grid(self, task, res: int = 384, mode: str = TRAIN) -> Grid:

@@ -4,6 +4,10 @@ A variant is a path of node types (conditions ..., target). One task draws a fam
 weight, a variant uniformly, a row count (1/2/3 with p 0.3/0.4/0.3), that many distinct
 samples having every node of the variant, one permutation of the first L-1 columns
 shared by all rows, and the masked cell of the query row (the last row).
+
+A generated node (style, edit) is stored as several variants per sample: each row of a
+task uses one, drawn from the task's seed among those its sample holds and recorded in
+the row's cells (`"variant": i`), so reading the task back reads the same images.
 """
 
 from __future__ import annotations
@@ -18,11 +22,19 @@ import yaml
 
 from graph200k.graph import enumerate_paths
 from graph200k.manifest import Manifest
-from graph200k.nodes import NODE_TYPES, SLOT_NODE, mask_of, node_type
+from graph200k.nodes import NODE_TYPES, SLOT_NODE, VARIANT_NODES, mask_of, node_type
 from graph200k.prompts import PromptConfig, build_prompt
 
 DEFAULT_TASKS_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tasks.yaml"
 PATHS_FAMILY = "graph_paths"
+
+
+def draw_variant(task_seed: int, row: int, node: str, count: int) -> int:
+    """The variant of `node` row `row` of a task uses: from the task's seed alone, so the
+    draw leaves the sampler's own random sequence (and every other task) unchanged."""
+    if count <= 1:
+        return 0
+    return random.Random(f"graph200k.variant/{int(task_seed)}/{row}/{node}").randrange(count)
 
 
 class TaskError(ValueError):
@@ -255,14 +267,19 @@ class TaskSampler:
         columns = head + slots[-1:]
         cols = len(columns)
         mask_col = rng.randrange(cols) if rng.random() < self.config.reverse_mask_prob else cols - 1
-        rows = []
-        for i in picks:
-            key = self.manifest.key(i)
-            rows.append([{"key": key, "node": SLOT_NODE[s], "slot": s} for s in columns])
         prompt = build_prompt(columns, n_rows, self.manifest.description(picks[-1]), rng,
                               self.config.prompt)
+        seed = rng.getrandbits(63)
+        rows = []
+        for r, i in enumerate(picks):
+            key = self.manifest.key(i)
+            chosen = {n: draw_variant(seed, r, n, self.manifest.variant_count(i, n))
+                      for n in variant.nodes if n in VARIANT_NODES}
+            rows.append([{"key": key, "node": SLOT_NODE[s], "slot": s,
+                          **({"variant": chosen[SLOT_NODE[s]]} if SLOT_NODE[s] in chosen else {})}
+                         for s in columns])
         task = Task(f"{self.seed}-{self.count}", fam, variant.name, list(variant.nodes),
-                    columns, rows, n_rows - 1, mask_col, prompt, rng.getrandbits(63))
+                    columns, rows, n_rows - 1, mask_col, prompt, seed)
         self.count += 1
         return task
 
