@@ -5,6 +5,7 @@ A stage declares what it is and what it touches, on the class:
     name        the stage name (the key of its block in configs/annotate.yaml)
     produces    node types whose members it writes (`hed` -> `hed.png`)
     needs       node types whose members it reads (`target` -> `target.jpg`)
+    optional    node types it reads when the sample has them (a fallback it can do without)
     reads       text/meta fields of the sample it reads: top-level fields of the source
                 `meta.json` (`description`, `item`, `category`, ...) or `annotations.<stage>`,
                 the meta entry an earlier stage wrote
@@ -141,6 +142,7 @@ class Annotator:
     name: ClassVar[str] = ""
     produces: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[tuple[str, ...]] = ("target",)
+    optional: ClassVar[tuple[str, ...]] = ()
     reads: ClassVar[tuple[str, ...]] = ()
     side_inputs: ClassVar[tuple[str, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
@@ -151,7 +153,8 @@ class Annotator:
         self.check_dependencies()
         self.options = self.parse_options(config)
         self.output_members = members_of(self.produces)
-        self.input_members = members_of(self.needs)
+        self.required_members = members_of(self.needs)
+        self.input_members = members_of(self.needs + self.optional)
         self._loaded = False
         self.side: dict = {}  # side inputs by name, set by the runner (also seen in predict)
 

@@ -69,7 +69,9 @@ def subject_mask(sample: Sample, o: FillEditOptions) -> tuple[np.ndarray, str, f
     usable (no subject, a mask covering nothing or everything)."""
     entry = sample.meta.get(MASK_FIELD)
     why = "grounding found no subject (annotations.mask has no subject)"
-    if isinstance(entry, dict):
+    if isinstance(entry, dict) and "mask.png" not in sample.members:
+        why = "mask.png is absent (the mask stage drew no mask for this sample)"
+    elif isinstance(entry, dict):
         objects, index = entry.get("objects") or [], entry.get("subject")
         if isinstance(index, int) and 0 <= index < len(objects):
             mask = _colour_mask(sample.image("mask", "native"), objects[index].get("colour"))
@@ -125,7 +127,9 @@ def same_category_edits(sample: Sample, n: int) -> list[dict]:
 class FillEdit(Annotator):
     name: ClassVar[str] = "filledit"
     produces: ClassVar[tuple[str, ...]] = ("filledit",)
-    needs: ClassVar[tuple[str, ...]] = ("target", "mask", "foreground")
+    needs: ClassVar[tuple[str, ...]] = ("target",)
+    # the grounded subject mask, or by config the RMBG matte when grounding found nothing
+    optional: ClassVar[tuple[str, ...]] = ("mask", "foreground")
     reads: ClassVar[tuple[str, ...]] = ("description", "item", "category", MASK_FIELD)
     side_inputs: ClassVar[tuple[str, ...]] = (SUBJECT_POOL,)
     requires: ClassVar[tuple[str, ...]] = ("torch", "diffusers", "transformers", "cv2")
@@ -143,6 +147,8 @@ class FillEdit(Annotator):
         if not o.matte_fallback:  # the matte is then not read at all
             self.input_members = tuple(m for m in self.input_members if m != "rmbg.png")
         self.output_members = tuple(f"filledit.{v}.jpg" for v in range(o.variants))
+        if o.rewrite != "same_category":  # only that rewrite draws from the subject pool
+            self.side_inputs = ()
         self.pipe = self.rewriter = None
 
     def load(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 
 from annotators.base import Annotator, ConfigError, Prepared, Result, Sample
 from annotators.models import ModelOptions, resolve_device, resolve_dtype

@@ -41,7 +41,7 @@ import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from annotators.base import FAILED, OK, SKIPPED, MissingDependency
+from annotators.base import FAILED, OK, SKIPPED, MissingDependency, members_of
 from annotators.side_inputs import load_side_input
 from graph200k import storage
 from graph200k.config import ConfigError
@@ -134,12 +134,18 @@ def plan(shard_set, stages, shards, force, retry_failed, verify, report, log) ->
     return p
 
 
-def missing_inputs(shard_set, stage: Stage, shard: int, producer: dict[str, str]) -> str | None:
-    """Why `stage` cannot run on `shard` now (an input no sidecar holds), or None."""
-    for node in stage.cls.needs:
+def missing_inputs(shard_set, stage: Stage, shard: int, producer: dict[str, str],
+                   input_members=None) -> str | None:
+    """Why `stage` cannot run on `shard` now (an input no sidecar holds), or None.
+    `input_members`: what the configured instance reads (an option may drop a need)."""
+    for node in stage.cls.needs + stage.cls.optional:
         if node in SOURCE_NODES:
             continue
+        if input_members is not None and not set(members_of([node])) & set(input_members):
+            continue
         owner = producer.get(node)
+        if owner is None and node in stage.cls.optional:
+            continue  # read when there, and no configured stage makes it
         if owner is None:
             return (f"needs node {node!r}, which no stage of the config produces: add the "
                     "stage that makes it")
@@ -201,7 +207,8 @@ def build_wave(jobs: list[dict], stages: list[Stage], root: str, seed: int, side
     instances = {s.name: s.cls(s.config) for s in stages}
     needed = [list(instances[s.name].input_members) for s in stages]
     reads = sorted({r for s in stages for r in s.cls.reads})
-    inputs = sorted({producer[n] for s in stages for n in s.cls.needs if n in producer}
+    inputs = sorted({producer[n] for s in stages for n in s.cls.needs + s.cls.optional
+                     if n in producer}
                     | {o for s in stages for o in s.cls.reads_annotations_of()})
     wave = {"root": root, "stages": [s.name for s in stages], "inputs": inputs,
             "members": sorted({m for ms in needed for m in ms}), "reads": reads}
@@ -219,7 +226,7 @@ def build_wave(jobs: list[dict], stages: list[Stage], root: str, seed: int, side
                             fn_kwargs={"wave": wave, "rows_per_block": ray_options.rows_per_block})
         for k, s in enumerate(stages):
             args = {"cls": s.cls, "config": s.config, "seed": seed,
-                    "side": {n: side[n] for n in s.cls.side_inputs}}
+                    "side": {n: side[n] for n in instances[s.name].side_inputs}}
             common = dict(batch_format="numpy", batch_size=s.batch_size, num_cpus=s.num_cpus)
             task = dict(common, max_retries=retries, fn_kwargs=args)
             if s.uses_actors:
@@ -448,9 +455,10 @@ def run(shards: str, stage_names: list[str] | None = None, config_path: str = DE
 
     side_specs = config.get("side_inputs") or {}
     side = {}
-    for name in sorted({n for s in stages for n in s.cls.side_inputs}):
+    instances = {s.name: s.cls(s.config) for s in stages}  # cheap: options only
+    for name in sorted({n for a in instances.values() for n in a.side_inputs}):
         if name not in side_specs:
-            users = [s.name for s in stages if name in s.cls.side_inputs]
+            users = [s for s, a in instances.items() if name in a.side_inputs]
             raise ConfigError(f"stage(s) {users} draw from side input {name!r}: declare it under "
                               "`side_inputs:` in the config (kind, path)")
         side[name] = load_side_input(name, side_specs[name])
@@ -483,7 +491,8 @@ def run(shards: str, stage_names: list[str] | None = None, config_path: str = DE
                         continue
                     if shard in report.errors:
                         continue
-                    why = missing_inputs(shard_set, by_name[s.name], shard, producer)
+                    why = missing_inputs(shard_set, by_name[s.name], shard, producer,
+                                         instances[s.name].input_members)
                     if why is not None:
                         report.errors[(s.name, shard)] = f"shard {shard:06d} {s.name}: {why}"
                         say(f"shard {shard:06d} {s.name}: ERROR {why}", error=True)

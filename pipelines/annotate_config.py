@@ -183,7 +183,7 @@ def producers(stages: list[Stage]) -> dict[str, str]:
 
 def depends_on(stage: Stage, producer: dict[str, str], names) -> set[str]:
     """Stages (among `names`) whose members or meta entries `stage` reads."""
-    deps = {producer[n] for n in stage.cls.needs if n in producer}
+    deps = {producer[n] for n in stage.cls.needs + stage.cls.optional if n in producer}
     deps |= {r for r in stage.cls.reads_annotations_of()}
     return (deps & set(names)) - {stage.name}
 

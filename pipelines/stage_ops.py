@@ -144,7 +144,7 @@ class StageRunner:
             value = cell_bytes(batch, m, i)
             if value is not None:
                 members[m] = value
-        absent = [m for m in a.input_members if m not in members]
+        absent = [m for m in a.required_members if m not in members]
         if absent:
             raise _Absent(f"needs {', '.join(absent)}, absent from the sample")
         stored = json.loads(cell_str(batch, META, i) or "{}")
