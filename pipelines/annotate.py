@@ -234,6 +234,7 @@ def build_wave(jobs: list[dict], stages: list[Stage], root: str, seed: int, side
                 actor = type(s.name, (PredictActor,), {"__module__": __name__})
                 ds = ds.map_batches(actor, fn_constructor_kwargs=args, concurrency=s.concurrency,
                                     num_gpus=s.num_gpus or None, resources=s.resources or None,
+                                    accelerator_type=s.accelerator_type,
                                     max_restarts=s.max_retries, max_task_retries=s.max_retries,
                                     **common)
                 ds = ds.map_batches(_named(encode_op, f"{s.name}.encode"), **task)

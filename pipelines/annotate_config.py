@@ -17,7 +17,7 @@ from graph200k.config import ConfigError, build, check_keys, unknown_key_message
 
 # Keys of a stage block the pipeline reads; the rest is the annotator's own Options.
 RESOURCE_KEYS = ("class", "num_cpus", "num_gpus", "batch_size", "concurrency", "max_retries",
-                 "resources")
+                 "resources", "accelerator_type")
 TOP_KEYS = ("src", "out", "seed", "ray", "side_inputs", "stages", "lease_seconds",
             "max_failed_fraction")
 
@@ -56,6 +56,7 @@ class Stage:
     concurrency: tuple[int, int] = (1, 1)  # model stages: actor pool (min, max)
     max_retries: int = 3
     resources: dict = field(default_factory=dict)
+    accelerator_type: str | None = None  # e.g. "H100", "A100": the GPU kind an actor needs
 
     @property
     def uses_actors(self) -> bool:
@@ -168,6 +169,7 @@ def build_stage(name: str, block: dict) -> Stage:
         max_retries=int(_positive(name, "max_retries", block.get("max_retries", 3), int,
                                   allow_zero=True)),
         resources={k: _positive(name, f"resources.{k}", v) for k, v in resources.items()},
+        accelerator_type=block.get("accelerator_type"),
     )
 
 
