@@ -37,9 +37,9 @@ def _child(args) -> None:
     import json as _json
     import os
 
-    from train import fill
-    from train.config import load_config
-    from train.logging_utils import peak_memory_gb
+    from train.visualcloze import recipe as fill
+    from train.common.config import load_config
+    from train.common.metrics import peak_memory_gb
 
     overrides = [f"model.pretrained={args.model}", f"train.out_dir={args.out}", f"train.max_steps={args.steps}",
                  "train.checkpoint_every=0", "train.tensorboard=false"]
@@ -66,7 +66,7 @@ def _run_variant(model: str, steps: int, out: Path, cache: Path | None) -> dict:
 
 
 def bench_cpu(steps: int) -> None:
-    from train.tiny import build_tiny_fill
+    from train.visualcloze.tiny import build_tiny_fill
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -113,8 +113,8 @@ def bench_gpu(peak_tflops: float | None, iters: int, device: str = "cuda", tiny:
         return {}
     from diffusers import FluxTransformer2DModel
 
-    from train.fill_inputs import FillBatch, grid_position_ids
-    from train.fill_model import PerSampleRopeAttnProcessor, add_lora, predict_velocity, velocity_loss
+    from train.visualcloze.inputs import FillBatch, grid_position_ids
+    from train.visualcloze.model import PerSampleRopeAttnProcessor, add_lora, predict_velocity, velocity_loss
 
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)

@@ -23,10 +23,10 @@ import cv2
 import numpy as np
 
 from graph200k import tarindex
-from graph200k.grid import (TRAIN, Grid, TwoFramePair, centre_square, compose, resize,
-                            to_rgb, train_cell_size)
+from graph200k.grid import TRAIN, Grid, centre_square, compose, resize, to_rgb, train_cell_size
 from graph200k.manifest import Manifest
 from graph200k.nodes import DEGRADATION, NODE_TYPES, SLOT_NODE, SLOTS
+from graph200k.pair import TwoFramePair
 from graph200k.shards import GREY, NATIVE, RGB, ShardError, decode_image, shard_path
 
 REASONS = ("unknown_key", "shard_unreadable", "stale_index", "missing_member", "undecodable")

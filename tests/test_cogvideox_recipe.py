@@ -18,11 +18,11 @@ pytest.importorskip("skimage")
 
 from graph200k.reader import SampleReader  # noqa: E402
 from graph200k.stream import GridStream  # noqa: E402
-from train.cogvideox import CogVideoXConfig, build, diffusion_loss, main, pair_source, train  # noqa: E402
-from train.checkpoint import CheckpointManager  # noqa: E402
-from train.config import load_config  # noqa: E402
-from train.infer_cogvideox import generate  # noqa: E402
-from train.infer_cogvideox import main as infer_main  # noqa: E402
+from train.realgeneral.recipe import CogVideoXConfig, build, diffusion_loss, main, pair_source, train  # noqa: E402
+from train.common.checkpoint import CheckpointManager  # noqa: E402
+from train.common.config import load_config  # noqa: E402
+from train.realgeneral.infer import generate  # noqa: E402
+from train.realgeneral.infer import main as infer_main  # noqa: E402
 from train.realgeneral.encoders import load_components  # noqa: E402
 from train.realgeneral.model import RealGeneralModel  # noqa: E402
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from annotated_shards import write_annotated_shards
 
-from graph200k.grid import Grid, TwoFramePair
+from graph200k.grid import Grid
+from graph200k.pair import TwoFramePair
 from graph200k.manifest import Manifest
 from graph200k.reader import FetchError, SampleReader, StaleIndexError
 from graph200k.shards import ShardWriter, decode_image, list_shards, read_shard, shard_path

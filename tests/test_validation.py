@@ -1,4 +1,4 @@
-"""Periodic validation images (train.validation) in both recipes: files, sizes, fixed tasks,
+"""Periodic validation images (train.common.validation) in both recipes: files, sizes, fixed tasks,
 training untouched (losses bit-identical, RNG isolated), resume with validation on."""
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-import train.cogvideox as cogvideox
-import train.fill as fill
-import train.infer_fill as infer_fill
+import train.realgeneral.recipe as cogvideox
+import train.visualcloze.recipe as fill
+import train.visualcloze.infer as infer_fill
 from graph200k.manifest import Manifest
 from graph200k.stream import GridStream
 from graph200k.tasks import TaskConfig
-from train.config import load_config
-from train.infer_fill import build_sampled_grid
-from train.validation import ValidationConfig, isolated, select_tasks, stream_tasks_setup
+from train.common.config import load_config
+from train.visualcloze.infer import build_sampled_grid
+from train.common.validation import ValidationConfig, isolated, select_tasks, stream_tasks_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """The frozen parts around the transformer: loading, T5 prompt embeddings, VAE image <-> latent.
 
 Every component goes through one `from_pretrained(id_or_path, subfolder=...)`, for the hub
-id THUDM/CogVideoX1.5-5B and for the tiny test model (`train.tiny_cogvideox`) alike.
+id THUDM/CogVideoX1.5-5B and for the tiny test model (`train.realgeneral.tiny`) alike.
 """
 
 from __future__ import annotations

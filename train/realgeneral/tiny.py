@@ -1,6 +1,6 @@
 """Tiny random CogVideoX components, saved in the diffusers layout of THUDM/CogVideoX1.5-5B.
 
-`python -m train.tiny_cogvideox OUT_DIR` writes transformer/, vae/, text_encoder/, tokenizer/,
+`python -m train.realgeneral.tiny OUT_DIR` writes transformer/, vae/, text_encoder/, tokenizer/,
 scheduler/ so `train.cogvideox` and `train.infer_cogvideox` load them through the same
 `from_pretrained(id_or_path, subfolder=...)` calls as the real model. Nothing is downloaded:
 the T5 config is built here and the tokenizer is a word-level `tokenizers` model over a small

@@ -2,7 +2,7 @@
 
 - ``load_transformer / load_vae / load_text_encoders(pretrained, dtype)``: one
   ``from_pretrained(id_or_path, subfolder=...)`` path for the hub id and a local folder
-  (the tiny model of ``train.tiny`` goes through the same calls).
+  (the tiny model of ``train.visualcloze.tiny`` goes through the same calls).
 - ``add_lora(transformer, rank, alpha, target_modules)``: LoRA on every ``nn.Linear`` of
   the transformer by default (VisualCloze: rank 256), trainable params kept in fp32.
 - ``PerSampleRopeAttnProcessor``: diffusers' Flux forward takes one (N, 3) position-id
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
-from train.fill_inputs import FillBatch, text_position_ids
+from train.visualcloze.inputs import FillBatch, text_position_ids
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}

@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from train.checkpoint import capture_rng, restore_rng
+from train.common.checkpoint import capture_rng, restore_rng
 
 SPLITS = ("unseen", "train")
 
@@ -115,7 +115,7 @@ def select_tasks(cfg: ValidationConfig, manifest, config, families=None, say: Ca
     tasks = []
     for i in range(cfg.num_tasks * attempts_per_task):
         # One generator per index, as GridStream does: task i does not depend on the others.
-        sampler.rng = random.Random(f"train.validation/{cfg.seed}/{split}/{i}")
+        sampler.rng = random.Random(f"train.common.validation/{cfg.seed}/{split}/{i}")
         task = sampler.sample()
         task.task_id = f"val-{cfg.seed}-{i:02d}"
         tasks.append(task)
