@@ -28,6 +28,17 @@ A task whose images cannot be read (missing member, undecodable image, stale ind
 unreadable shard) is skipped and counted by reason in `stream.skipped`; only whole grids
 are yielded, and too many consecutive skips raise instead of spinning forever.
 
+`skip_markers=True` (what the trainers use, through train.common.loader) makes the stream
+yield a `SkippedTask` in place of each task it could not build: every position then yields
+exactly one item, so behind a DataLoader (which takes items from its workers round-robin)
+the k-th item consumed is position start + k whatever the worker count and however many
+tasks are skipped, and `{"epoch", "next_index": start + k}` resumes exactly. The consumer
+counts the markers (the trainers log them and fail when too many are skipped).
+
+A shard folder that does not exist or holds no `NNNNNN.tar`, a manifest file that is
+missing, or a manifest without samples is an error naming the path and the command that
+builds it, raised when the stream is made.
+
 torch is imported in this module only (DESIGN.md: `graph200k` holds no torch models).
 """
 
@@ -36,6 +47,8 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -44,6 +57,33 @@ from graph200k.reader import FetchError, SampleReader, load_manifest, pair_task_
 from graph200k.tasks import DEFAULT_TASKS_CONFIG, TaskConfig, TaskError, TaskSampler
 
 GRID, PAIR = "grid", "pair"
+
+
+@dataclass
+class SkippedTask:
+    """Yielded (with `skip_markers=True`) where a task could not be built: keeps positions in step."""
+
+    task_id: str
+    position: int
+    reason: str  # a graph200k.reader.REASONS entry
+    error: str
+    worker: int = 0
+
+
+def check_shard_folder(shards, manifest=None) -> None:
+    """Fail early, naming the folder, instead of sampling from an empty manifest."""
+    folder = Path(shards)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"shard folder {folder} does not exist: point data.shards at annotated Graph200K "
+                                "shards (python -m pipelines.annotate --out DIR)")
+    if isinstance(manifest, (str, os.PathLike)) and not Path(manifest).is_file():  # not a Manifest object
+        raise FileNotFoundError(f"manifest {manifest} does not exist: build it with python -m graph200k.manifest "
+                                f"--shards {folder}, or leave data.manifest null to scan the shards")
+    from graph200k.shards import list_shards
+
+    if not list_shards(folder):
+        raise FileNotFoundError(f"shard folder {folder} holds no shards (NNNNNN.tar): annotate some with "
+                                f"python -m pipelines.annotate --out {folder}")
 
 
 def collate_list(items):
@@ -66,13 +106,18 @@ class GridStream(IterableDataset):
     def __init__(self, shards, manifest=None, res: int = 384, seed: int = 0, families=None,
                  tasks_config=None, mode: str = GRID, max_tasks: int | None = None,
                  index_dir=None, max_open: int = 16, rank: int = 0, world_size: int = 1,
-                 max_consecutive_skips: int = 100):
+                 max_consecutive_skips: int = 100, skip_markers: bool = False):
         if mode not in (GRID, PAIR):
             raise ValueError(f"mode must be {GRID!r} or {PAIR!r}, not {mode!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.shards = shards
+        check_shard_folder(shards, manifest)
         self.manifest = load_manifest(manifest, shards)
+        if len(self.manifest) == 0:
+            raise ValueError(f"the manifest of {shards} lists no samples "
+                             f"({manifest if manifest is not None else 'scanned from the shards'}): "
+                             "annotate the shards and rebuild it (python -m graph200k.manifest)")
         self.res, self.seed, self.mode = res, int(seed), mode
         self.families = list(families) if families else None
         config = (tasks_config if isinstance(tasks_config, TaskConfig)
@@ -89,6 +134,7 @@ class GridStream(IterableDataset):
         self.index_dir, self.max_open = index_dir, max_open
         self.rank, self.world_size = rank, world_size
         self.max_consecutive_skips = max_consecutive_skips
+        self.skip_markers = skip_markers
         self.epoch = 0
         self.start = 0  # the rank's first position of this epoch's iteration (resume)
         self._next = 0  # the rank's next position: see state_dict
@@ -187,6 +233,8 @@ class GridStream(IterableDataset):
                         f"GridStream: {consecutive} tasks in a row could not be built "
                         f"(skipped so far: {dict(self._local_skipped)}); last error: {e}"
                     ) from e
+                if self.skip_markers:
+                    yield SkippedTask(task.task_id, done, e.reason, str(e), worker)
                 continue
             consecutive = 0
             item.worker, item.position = worker, done

@@ -16,6 +16,13 @@ API
 ``to_dict(cfg) -> dict``
     Plain nested dict (saved next to checkpoints so a run records what it ran).
 
+``require(ok, key, value, rule)``
+    Raises :class:`ConfigError` "``key=value``: rule" when not ``ok``: nonsense sizes
+    (``data.micro_batch_size=0``, ``train.max_steps=-1``) stop before any model is loaded.
+``check_train(train)`` / ``check_loader(loader, prefix)``
+    Those rules for the shared ``train:`` section and the DataLoader fields of ``data:``.
+``steps_of_accumulation(global_batch, micro_batch, processes) -> int``
+
 YAML keys are the dataclass field names (nanoGPT/torchtune habit): what you read in the
 config is what you grep for in the recipe.
 """
@@ -99,3 +106,63 @@ class TrainConfig:
     keep_checkpoints: int = 3
     tensorboard: bool = True
     wandb_project: str | None = None
+
+
+@dataclass
+class LoaderConfig:
+    """DataLoader fields both recipes' `data:` sections carry (see train.common.loader)."""
+
+    num_workers: int = 0  # processes composing grids / pairs ahead of the step; 0 = in the training loop
+    persistent_workers: bool = True
+    pin_memory: bool = True  # page-locked image tensors, copied to the GPU asynchronously (CUDA only)
+    prefetch_factor: int = 2  # items each worker keeps ready
+    max_skipped_share: float = 0.01  # fail when more of the tasks seen so far could not be built
+
+
+def require(ok: bool, key: str, value, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {rule}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_train(t: TrainConfig) -> None:
+    require(_is_int(t.max_steps) and t.max_steps >= 1, "train.max_steps", t.max_steps,
+            "must be an integer >= 1 (optimizer steps to train; a run with none would save an untrained LoRA)")
+    require(_is_int(t.global_batch_size) and t.global_batch_size >= 1, "train.global_batch_size", t.global_batch_size,
+            "must be an integer >= 1 (samples per optimizer step, over all processes)")
+    require(_is_int(t.checkpoint_every) and t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every,
+            "must be an integer >= 0 (0 = only at the end and on SIGTERM)")
+    require(_is_int(t.keep_checkpoints) and t.keep_checkpoints >= 0, "train.keep_checkpoints", t.keep_checkpoints,
+            "must be an integer >= 0 (0 = keep all)")
+    require(t.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", t.mixed_precision,
+            "must be one of no, bf16, fp16")
+
+
+def check_loader(d, prefix: str = "data") -> None:
+    require(_is_int(d.micro_batch_size) and d.micro_batch_size >= 1, f"{prefix}.micro_batch_size",
+            d.micro_batch_size, "must be an integer >= 1 (samples per forward pass on each process)")
+    require(_is_int(d.res) and d.res >= 16, f"{prefix}.res", d.res, "must be an integer >= 16 (cell side in pixels)")
+    require(_is_int(d.num_workers) and d.num_workers >= 0, f"{prefix}.num_workers", d.num_workers,
+            "must be an integer >= 0 (0 = build the data in the training process)")
+    require(_is_int(d.prefetch_factor) and d.prefetch_factor >= 1, f"{prefix}.prefetch_factor", d.prefetch_factor,
+            "must be an integer >= 1")
+    require(isinstance(d.max_skipped_share, (int, float)) and 0 <= d.max_skipped_share <= 1,
+            f"{prefix}.max_skipped_share", d.max_skipped_share, "must be a share between 0 and 1 (0.01 = 1 %)")
+
+
+def check_optim(o, prefix: str = "optim") -> None:
+    require(o.lr > 0, f"{prefix}.lr", o.lr, "must be > 0")
+    require(o.grad_clip > 0, f"{prefix}.grad_clip", o.grad_clip, "must be > 0 (the global gradient norm is clipped to it)")
+    require(_is_int(o.warmup_steps) and o.warmup_steps >= 0, f"{prefix}.warmup_steps", o.warmup_steps,
+            "must be an integer >= 0")
+    require(o.weight_decay >= 0, f"{prefix}.weight_decay", o.weight_decay, "must be >= 0")
+
+
+def steps_of_accumulation(global_batch: int, micro_batch: int, processes: int) -> int:
+    per_step = micro_batch * processes
+    require(global_batch % per_step == 0, "train.global_batch_size", global_batch,
+            f"must be a multiple of data.micro_batch_size x processes = {micro_batch} x {processes} = {per_step}")
+    return global_batch // per_step

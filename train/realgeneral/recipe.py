@@ -12,8 +12,7 @@ one and exits. Checkpointing, config and logging are the code `train.fill` uses.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +24,16 @@ import yaml
 
 from graph200k.pair import TwoFramePair
 from train.common.checkpoint import CheckpointManager, SigtermHandler
-from train.common.config import TrainConfig, parse_args, to_dict
-from train.common.metrics import MetricLogger
+from train.common.config import (LoaderConfig, TrainConfig, check_loader, check_optim, check_train, parse_args,
+                                 require, steps_of_accumulation, to_dict)
+from train.common.distributed import Parallel
+from train.common.loader import TaskLoader, image_tensor
+from train.common.metrics import JsonlLog, MetricLogger
 from train.common.nan_guard import check_finite
+from train.common.validation import (ValidationConfig, Validator, check_validation, enabled, select_tasks,
+                                     stream_tasks_setup)
 from train.realgeneral.encoders import encode_images, encode_text, load_components, tokenize
 from train.realgeneral.model import RealGeneralModel
-from train.common.validation import ValidationConfig, Validator, enabled, select_tasks, stream_tasks_setup
 
 # ----------------------------------------------------------------------------- config
 # Sections and key names are train.fill's (model / lora / optim / data / train), so the same
@@ -49,6 +52,10 @@ class RealGeneralConfig:
     mask_variant: str = "A"  # FCD: A (the paper's), B, C, none (ablations)
     # UCE task-bias vocabulary; null = every pair task the data source can yield.
     tasks: list[str] | None = None
+    # Share of pairs whose transformer text is the empty prompt: trains CFG's unconditional
+    # branch (inference guides against ""). 0.1 = CogVideoX's own text drop rate (its SAT
+    # configs: ucg_rate 0.1), so the base keeps the unconditional behaviour it was trained with.
+    caption_dropout: float = 0.1
 
 
 @dataclass
@@ -68,7 +75,7 @@ class OptimConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(LoaderConfig):
     source: str = "shards"  # annotated Graph200K shards through graph200k.stream.GridStream(mode="pair")
     shards: str = "shards/graph200k"
     manifest: str | None = None  # null: built by scanning the shards
@@ -118,28 +125,54 @@ def task_vocabulary(cfg: CogVideoXConfig) -> list[str]:
                    for f in families if f in config.families for v in config.families[f]})
 
 
+def pair_tensors(pair) -> dict:
+    """Runs in the DataLoader workers: both frames as uint8 tensors (pinnable)."""
+    return {"condition": [image_tensor(pair.condition)], "target": [image_tensor(pair.target)]}
+
+
+def dropped_captions(seed: int, rank: int, first: int, count: int, share: float) -> list[bool]:
+    """Which of this rank's pairs first .. first+count-1 train the unconditional branch. Each
+    decision has its own generator, keyed by the pair's ordinal: the same pairs are dropped
+    after a resume, with any worker count, and the global RNG (noise, timesteps) is untouched."""
+    return [share > 0 and random.Random(f"realgeneral.caption_dropout/{seed}/{rank}/{n}").random() < share
+            for n in range(first, first + count)]
+
+
 # ---------------------------------------------------------------------------------- loss
-def diffusion_loss(parts: dict, model: RealGeneralModel, pairs: list[TwoFramePair], generator=None) -> torch.Tensor:
+def diffusion_loss(parts: dict, model: RealGeneralModel, pairs: list[TwoFramePair], generator=None,
+                   tensors: list[dict] | None = None, drop: list[bool] | None = None) -> torch.Tensor:
     """v-prediction MSE on the target frame; the condition frame stays clean (RealGeneral §3.1).
 
     CogVideoX's own finetuning weighs the x0 error by 1 / (1 - alpha_bar_t); with
     v-prediction that is exactly the MSE on v, which is what this computes.
+    `tensors`: the frames as uint8 tensors from the DataLoader workers (else from `pairs`).
+    `drop[i]`: pair i's transformer text is the empty prompt (caption dropout); its UCE offset
+    still comes from its prompt, exactly as in CFG's unconditional branch at inference.
     """
     tokenizer, scheduler = parts["tokenizer"], parts["scheduler"]
     core = model.module if hasattr(model, "module") else model
     device = parts["vae"].device
-    ids = tokenize(tokenizer, [p.prompt for p in pairs], core.transformer.config.max_text_seq_length)
+    text_len = core.transformer.config.max_text_seq_length
+    ids = tokenize(tokenizer, [p.prompt for p in pairs], text_len)
     text = encode_text(parts["text_encoder"], ids)
+    context = None
+    if drop is not None and any(drop):
+        if "empty_text" not in parts:
+            parts["empty_text"] = encode_text(parts["text_encoder"], tokenize(tokenizer, [""], text_len))
+        dropped = torch.tensor(drop, device=text.device)[:, None, None]
+        context = torch.where(dropped, parts["empty_text"].to(text.dtype), text)
     keyword = core.uce.keyword_mask(tokenizer, ids, [p.subject for p in pairs]).to(device)
     task_ids = core.uce.task_ids([p.task for p in pairs], device=device)
-    condition = encode_images(parts["vae"], [p.condition for p in pairs], generator)
-    target = encode_images(parts["vae"], [p.target for p in pairs], generator)
+    frames = {name: ([t[name][0] for t in tensors] if tensors else [getattr(p, name) for p in pairs])
+              for name in ("condition", "target")}
+    condition = encode_images(parts["vae"], frames["condition"], generator)
+    target = encode_images(parts["vae"], frames["target"], generator)
 
     noise = torch.randn(target.shape, generator=generator, device=device, dtype=target.dtype)
     steps = torch.randint(0, scheduler.config.num_train_timesteps, (len(pairs),), generator=generator, device=device)
     noisy = scheduler.add_noise(target, noise, steps)
     velocity = scheduler.get_velocity(target, noise, steps)
-    prediction = model(condition, noisy, text, steps, keyword, task_ids)
+    prediction = model(condition, noisy, text, steps, keyword, task_ids, context)
     return F.mse_loss(prediction.float(), velocity.float())
 
 
@@ -160,22 +193,47 @@ def build(cfg: CogVideoXConfig, device="cpu", tasks: list[str] | None = None) ->
     return parts, model
 
 
+def check_config(cfg: CogVideoXConfig) -> None:
+    """Nonsense values stop here, before any model is loaded (ConfigError naming the key)."""
+    from train.realgeneral.fcd import MASK_VARIANTS
+
+    check_train(cfg.train)
+    check_loader(cfg.data)
+    check_optim(cfg.optim)
+    require(cfg.lora.rank >= 1, "lora.rank", cfg.lora.rank, "must be an integer >= 1")
+    require(cfg.lora.alpha > 0, "lora.alpha", cfg.lora.alpha, "must be > 0")
+    require(cfg.realgeneral.mask_variant in MASK_VARIANTS, "realgeneral.mask_variant", cfg.realgeneral.mask_variant,
+            f"must be one of {', '.join(MASK_VARIANTS)}")
+    require(0 <= cfg.realgeneral.caption_dropout < 1, "realgeneral.caption_dropout", cfg.realgeneral.caption_dropout,
+            "must be a share in [0, 1) (0.1: one pair in ten trains the unconditional branch)")
+    require(cfg.data.source == "shards", "data.source", cfg.data.source,
+            "must be 'shards' (annotated Graph200K shards)")
+    check_validation(cfg.validation)
+
+
+def fsdp_units(model: RealGeneralModel) -> list:
+    """What FSDP shards, bottom-up: each CogVideoX block, the transformer's other weights, UCE."""
+    return [*model.transformer.transformer_blocks, model.transformer, model.uce]
+
+
 def train(cfg: CogVideoXConfig, pairs: Iterable[TwoFramePair] | None = None) -> dict:
     """Run (or resume) the recipe; returns {"model", "parts", "losses", "step", "stopped"}.
 
-    `pairs` replaces the configured data source (tests); a resumed run continues it from its
-    `load_state_dict` when it has one, else it must yield the same sequence on every call.
+    `pairs` replaces the configured data source (tests); a resumed run fast-forwards it by the
+    pairs consumed, so it must yield the same sequence on every call.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    check_config(cfg)
     acc = Accelerator(mixed_precision=cfg.train.mixed_precision)
-    per_step = cfg.data.micro_batch_size * acc.num_processes
-    if cfg.train.global_batch_size % per_step:
-        raise ValueError(f"train.global_batch_size={cfg.train.global_batch_size} is not a multiple of "
-                         f"data.micro_batch_size x processes = {per_step}")
-    accum = cfg.train.global_batch_size // per_step
-    set_seed(cfg.train.seed + acc.process_index)
+    par = Parallel(acc)  # single / DDP / FSDP, from the launch
+    accum = steps_of_accumulation(cfg.train.global_batch_size, cfg.data.micro_batch_size, acc.num_processes)
+    # Missing shards or manifest fail here, naming them, before any model is loaded.
+    source = pair_source(cfg.data, acc.process_index, acc.num_processes) if pairs is None else pairs
+    # One seed for every rank while the model is built: LoRA's random A must be the same on all
+    # of them (FSDP shards each rank's own copy; DDP would broadcast rank 0's).
+    set_seed(cfg.train.seed)
     out_dir = Path(cfg.train.out_dir)
 
     if cfg.model.build_tiny and not (Path(cfg.model.pretrained) / "model_index.json").exists():
@@ -186,25 +244,27 @@ def train(cfg: CogVideoXConfig, pairs: Iterable[TwoFramePair] | None = None) -> 
         acc.wait_for_everyone()
 
     parts, model = build(cfg, acc.device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    set_seed(cfg.train.seed + acc.process_index)  # noise and timesteps: each rank its own
+    ckpt = CheckpointManager(out_dir, cfg.train.checkpoint_every, cfg.train.keep_checkpoints, acc.process_index,
+                             acc.num_processes, acc.wait_for_everyone, shard_optimizer=par.sharded,
+                             gather=par.gather)
+    resumed = ckpt.resume(agree=lambda ok: not par.any(not ok))
+    if resumed is not None:  # into the whole model, before FSDP shards it
+        model.load_trainable_state_dict({k: v.to(acc.device) for k, v in resumed.trainable.items()})
+        model.uce.counts.update(resumed.extra.get("uce_counts", {}))
+    model = par.prepare_model(model, fsdp_units(model))
+    core: RealGeneralModel = par.unwrap(model)
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP: the sharded ones
     o = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     warmup = o.warmup_steps
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    model, optimizer = acc.prepare(model, optimizer)
-    core: RealGeneralModel = acc.unwrap_model(model)
-
-    ckpt = CheckpointManager(out_dir, cfg.train.checkpoint_every, cfg.train.keep_checkpoints, acc.process_index,
-                             acc.num_processes, acc.wait_for_everyone,
-                             shard_optimizer=acc.distributed_type.name == "FSDP")
-    start, consumed, source_state = 0, 0, None
-    if (latest := ckpt.latest()) is not None:
-        resumed = ckpt.load(latest, optimizer, lr_scheduler)  # also restores this rank's RNG
-        core.load_trainable_state_dict({k: v.to(acc.device) for k, v in resumed.trainable.items()})
-        start, consumed = resumed.step, resumed.data_state["pairs_consumed"]
-        source_state = resumed.data_state.get("source")
-        core.uce.counts.update(resumed.extra.get("uce_counts", {}))
-        acc.print(f"resumed from {latest} (step {start})")
+    optimizer = par.prepare_optimizer(optimizer)
+    start, data_state = 0, {}
+    if resumed is not None:
+        resumed.restore(optimizer, lr_scheduler)  # and this rank's RNG: nothing draws from it before the loop
+        start, data_state = resumed.step, resumed.data_state
+        acc.print(f"resumed from {resumed.path} (step {start})")
     if acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -212,89 +272,95 @@ def train(cfg: CogVideoXConfig, pairs: Iterable[TwoFramePair] | None = None) -> 
     # ------------------------------------------------------------------------- data
     # A resumed run sees the pairs the uninterrupted run would have: GridStream starts at the
     # checkpointed position (reading nothing before it); a plain iterable is fast-forwarded.
-    source = pair_source(cfg.data, acc.process_index, acc.num_processes) if pairs is None else pairs
-    if source_state is not None and hasattr(source, "load_state_dict"):
-        source.load_state_dict(source_state)
-        stream = iter(source)
-    else:
-        stream = itertools.islice(iter(source), consumed, None)
+    loader = TaskLoader(source, pair_tensors, cfg.data, cfg.train.seed + acc.process_index, data_state)
+    consumed = int(data_state.get("pairs_consumed", 0))  # pairs trained on by this rank: caption dropout's key
 
-    def data_state() -> dict:
-        return {"pairs_consumed": consumed,
-                "source": source.state_dict() if hasattr(source, "state_dict") else None}
-
-    def next_batch() -> list[TwoFramePair]:
-        batch = list(itertools.islice(stream, cfg.data.micro_batch_size))
-        if len(batch) < cfg.data.micro_batch_size:
-            raise RuntimeError(f"the pair source ran out after {consumed + len(batch)} pairs")
-        return batch
+    def data_state_now() -> dict:
+        return {"pairs_consumed": consumed, **loader.state()}
 
     # ------------------------------------------------------------------------- loop
     log = MetricLogger(out_dir / "logs", cfg.train.max_steps, start, acc.is_main_process, cfg.train.tensorboard,
                        cfg.train.wandb_project, to_dict(cfg))
+    task_log = JsonlLog(out_dir / "logs" / f"tasks.rank{acc.process_index}.jsonl", start)
     latent_side = cfg.data.res // 2 ** (len(parts["vae"].config.block_out_channels) - 1)
     image_tokens = 2 * core.tokens_per_image(latent_side, latent_side)
     tokens_per_pair = core.transformer.config.max_text_seq_length + image_tokens
-    validate = cogvideox_validator(cfg, acc, parts, core, log, source)
+    validate = cogvideox_validator(cfg, acc, par, parts, core, log, source)
     if validate is not None and validate.pending(start):  # preempted before that step's images were written
         validate(start, model)
     losses: list[float] = []
+    stop = False
+    dropped_total = int(data_state.get("captions_dropped", 0))
     model.train()
     with SigtermHandler() as sigterm:
         for step in range(start + 1, cfg.train.max_steps + 1):
             t0 = time.perf_counter()
-            step_loss, tasks = torch.zeros((), device=acc.device), []
-            for micro in range(accum):
-                batch = next_batch()
+            # The step's data first: a rank whose shards fail says so before any collective.
+            micro_batches = [[loader.next() for _ in range(cfg.data.micro_batch_size)] for _ in range(accum)]
+            seen, skipped = par.sum([loader.consumed, loader.skipped_total])
+            loader.check_skipped(seen, skipped, cfg.data.shards if pairs is None else "the pair source")
+            step_loss, tasks, ids = torch.zeros((), device=acc.device), [], []
+            for micro, loaded in enumerate(micro_batches):
+                batch = [x.item for x in loaded]
+                drop = dropped_captions(cfg.train.seed, acc.process_index, consumed, len(batch),
+                                        cfg.realgeneral.caption_dropout)
                 consumed += len(batch)
+                dropped_total += sum(drop)
                 tasks += [p.task for p in batch]
-                # DDP: all-reduce gradients only on the last micro-batch of the step.
-                sync = contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(model)
-                with sync, acc.autocast():
-                    loss = diffusion_loss(parts, model, batch)
+                ids += [getattr(p, "key", "") for p in batch]
+                # Gradients are all-reduced (DDP) / reduce-scattered (FSDP) on the last micro-batch only.
+                with par.no_sync(model, sync=micro == accum - 1), acc.autocast():
+                    loss = diffusion_loss(parts, model, batch, tensors=[x.tensors for x in loaded], drop=drop)
                     acc.backward(loss / accum)
                 step_loss += loss.detach() / accum
 
             step_loss = acc.reduce(step_loss, "mean")
             # Before the update: NaN weights never reach a checkpoint; the last one stays good.
             check_finite(step_loss, step, tasks, ckpt.latest())
-            grad_norm = acc.clip_grad_norm_(params, o.grad_clip)
+            grad_norm = par.clip_grad_norm(params, o.grad_clip)  # the global norm, on every rank
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
             losses.append(float(step_loss))
             step_time = time.perf_counter() - t0
-            images = validate(step, model) if validate and validate.due(step) and not sigterm.requested else {}
-            log.log(step, loss=float(step_loss), lr=lr_scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
+            task_log.write({"step": step, "tasks": tasks, "keys": ids})
+            stop = par.any(sigterm.requested)
+            images = validate(step, model) if validate and validate.due(step) and not stop else {}
+            log.log(step, loss=float(step_loss), lr=lr_scheduler.get_last_lr()[0], grad_norm=grad_norm,
                     samples=cfg.train.global_batch_size, tokens=cfg.train.global_batch_size * tokens_per_pair,
                     step_time=step_time, keyword_missing=core.uce.counts["keyword_missing"],
-                    pairs_seen=core.uce.counts["samples"], **images)
-            stop = _any_rank(acc, sigterm.requested)
+                    pairs_seen=core.uce.counts["samples"], captions_dropped=dropped_total,
+                    skipped_tasks=int(skipped), tasks_seen=int(seen), **images)
             if ckpt.should_save(step, stop) or step == cfg.train.max_steps:
-                ckpt.save(step, core.trainable_state_dict(), optimizer, lr_scheduler,
-                          data_state(), {"uce_counts": dict(core.uce.counts)})
+                ckpt.save(step, par.full(core.trainable_state_dict()), optimizer, lr_scheduler,
+                          {**data_state_now(), "captions_dropped": dropped_total},
+                          {"uce_counts": dict(core.uce.counts)})
             if stop:
                 log.write(f"SIGTERM: saved step {step}; rerun the same command to resume")
                 break
 
     # ------------------------------------------------------------------------- save
     stopped = bool(losses) and start + len(losses) < cfg.train.max_steps
-    if acc.is_main_process and not stopped:
-        core.save_adapter(out_dir / "lora")
-        log.write(f"adapter: {out_dir / 'lora'} (subject keyword missing in "
-                  f"{core.uce.counts['keyword_missing']} of {core.uce.counts['samples']} prompts)")
+    if not stopped:
+        state = par.full(core.trainable_state_dict())  # every rank: FSDP gathers the shards
+        if acc.is_main_process:
+            core.save_adapter(out_dir / "lora", state)
+            log.write(f"adapter: {out_dir / 'lora'} (subject keyword missing in "
+                      f"{core.uce.counts['keyword_missing']} of {core.uce.counts['samples']} prompts)")
     log.close()
+    task_log.close()
     acc.wait_for_everyone()
-    return {"model": core, "parts": parts, "losses": losses, "step": start + len(losses), "stopped": stopped}
+    return {"model": core, "parts": parts, "losses": losses, "step": start + len(losses), "stopped": stopped,
+            "skipped_tasks": dict(loader.skipped)}
 
 
-def cogvideox_validator(cfg: CogVideoXConfig, acc, parts: dict, core: RealGeneralModel, log,
+def cogvideox_validator(cfg: CogVideoXConfig, acc, par: Parallel, parts: dict, core: RealGeneralModel, log,
                         source=None) -> Validator | None:
     """The fixed validation pairs (condition -> target), generated by train.infer_cogvideox on the
     modules this run already holds; written as condition | generated target."""
     v = cfg.validation
-    if not enabled(v, acc, log.write):
+    if not enabled(v, acc, par.sharded, log.write):
         return None
     import numpy as np
 
@@ -321,15 +387,7 @@ def cogvideox_validator(cfg: CogVideoXConfig, acc, parts: dict, core: RealGenera
         core.uce.counts.update(counts)
         return np.concatenate([pair.condition, target], axis=1), target
 
-    return Validator(v, cfg.train.out_dir, tasks, build_pair, run, log)
-
-
-def _any_rank(accelerator, flag: bool) -> bool:
-    """SIGTERM reaches ranks at different moments; all must stop at the same step."""
-    if accelerator.num_processes == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(t, reduction="sum").item() > 0)
+    return Validator(v, cfg.train.out_dir, tasks, build_pair, run, log, write=acc.is_main_process)
 
 
 def main(argv=None) -> None:

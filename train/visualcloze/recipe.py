@@ -9,7 +9,6 @@ Rerunning the same command resumes from the newest checkpoint in `train.out_dir`
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,16 +17,20 @@ import torch
 import yaml
 
 from train.common.checkpoint import CheckpointManager, SigtermHandler
-from train.common.config import TrainConfig, parse_args, to_dict
+from train.common.config import (LoaderConfig, TrainConfig, check_loader, check_optim, check_train, parse_args,
+                                 require, steps_of_accumulation, to_dict)
+from train.common.distributed import Parallel
 from train.common.feature_cache import FeatureCache
+from train.common.loader import Loaded, TaskLoader, image_tensor
+from train.common.metrics import JsonlLog, MetricLogger
+from train.common.nan_guard import check_finite
+from train.common.validation import (ValidationConfig, Validator, check_validation, enabled, select_tasks,
+                                     stream_tasks_setup)
 from train.visualcloze.inputs import GridLatents, collate, encode_grid, encode_prompts, grid_tokens
 from train.visualcloze.model import (PerSampleRopeAttnProcessor, add_lora, load_lora_state_dict, load_text_encoders,
-                              load_transformer, load_vae, lora_state_dict, predict_velocity, sample_timesteps,
-                              torch_dtype, velocity_loss)
-from train.common.metrics import MetricLogger
-from train.common.nan_guard import check_finite
+                                     load_transformer, load_vae, lora_state_dict, predict_velocity, sample_timesteps,
+                                     torch_dtype, velocity_loss)
 from train.visualcloze.tiny import TinyFillConfig
-from train.common.validation import ValidationConfig, Validator, enabled, select_tasks, stream_tasks_setup
 
 
 # ----------------------------------------------------------------------------- config
@@ -72,7 +75,7 @@ class ObjectiveConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(LoaderConfig):
     source: str = "shards"  # annotated Graph200K shards through graph200k.stream.GridStream
     shards: str = "shards/graph200k"
     manifest: str | None = None  # null: built by scanning the shards
@@ -114,14 +117,14 @@ class Encoders:
             self._vae.requires_grad_(False)
         return self._vae
 
-    def latents(self, grid) -> GridLatents:
+    def latents(self, grid, pixels=None) -> GridLatents:
         if self.latent_cache is None:
-            return encode_grid(grid, self.vae())
+            return encode_grid(grid, self.vae(), pixels)
         key = FeatureCache.key(self.cfg.model.pretrained, *grid.rows, *grid.masks, grid.mask_row, grid.mask_col)
         hit = self.latent_cache.get(key)
         if hit is not None:
             return GridLatents.from_dict(hit)
-        out = encode_grid(grid, self.vae())
+        out = encode_grid(grid, self.vae(), pixels)
         self.latent_cache.put(key, out.to_dict())
         return out
 
@@ -160,57 +163,70 @@ def grid_source(data_cfg: DataConfig, rank: int = 0, world_size: int = 1):
                       world_size=world_size)
 
 
-class MicroBatches:
-    """Micro-batches of Grids from an iterable; over-budget grids are skipped and counted.
+def grid_tensors(grid) -> dict:
+    """Runs in the DataLoader workers: the grid's rows as uint8 tensors (pinnable)."""
+    return {"rows": [image_tensor(row) for row in grid.rows]}
 
-    `state()` holds the counts and the source's own position (GridStream.state_dict): a
-    resumed run starts the stream there without reading the grids already used. A source
-    without `load_state_dict` (a plain iterable) is fast-forwarded by the grids consumed.
+
+class MicroBatches:
+    """Micro-batches of loaded Grids; grids over the token budget are skipped and counted.
+
+    `state()` is the loader's (its stream position, tasks skipped by reason) plus the
+    over-budget count: a resumed run starts the stream there without reading used grids.
     """
 
-    def __init__(self, source, size: int, max_tokens: int, scale: int, state: dict | None = None):
-        self.source, self.size, self.max_tokens, self.scale = source, size, max_tokens, scale
-        self.consumed, self.skipped = 0, 0
-        if state and hasattr(source, "load_state_dict") and state.get("source") is not None:
-            source.load_state_dict(state["source"])
-            self.it = iter(source)
-            self.consumed, self.skipped = state["consumed"], state["skipped"]
-        else:
-            self.it = iter(source)
-            for _ in range((state or {}).get("consumed", 0)):
-                next(self.it)
-            self.consumed, self.skipped = (state or {}).get("consumed", 0), (state or {}).get("skipped", 0)
+    def __init__(self, loader: TaskLoader, size: int, max_tokens: int, scale: int, state: dict | None = None):
+        self.loader, self.size, self.max_tokens, self.scale = loader, size, max_tokens, scale
+        self.over_budget = int((state or {}).get("skipped_over_budget", 0))
 
-    def next(self) -> list:
+    def next(self) -> list[Loaded]:
         out = []
         while len(out) < self.size:
-            grid = next(self.it)
-            self.consumed += 1
-            if self.max_tokens and grid_tokens(grid, self.scale) > self.max_tokens:
-                self.skipped += 1
+            loaded = self.loader.next()
+            if self.max_tokens and grid_tokens(loaded.item, self.scale) > self.max_tokens:
+                self.over_budget += 1
                 continue
-            out.append(grid)
+            out.append(loaded)
         return out
 
     def state(self) -> dict:
-        src = self.source.state_dict() if hasattr(self.source, "state_dict") else None
-        return {"consumed": self.consumed, "skipped": self.skipped, "source": src}
+        return {**self.loader.state(), "skipped_over_budget": self.over_budget}
+
+
+def check_config(cfg: FillConfig) -> None:
+    """Nonsense values stop here, before any model is loaded (ConfigError naming the key)."""
+    check_train(cfg.train)
+    check_loader(cfg.data)
+    check_optim(cfg.optim)
+    require(cfg.data.max_tokens >= 0, "data.max_tokens", cfg.data.max_tokens, "must be >= 0 (0 = no limit)")
+    require(cfg.lora.rank >= 1, "lora.rank", cfg.lora.rank, "must be an integer >= 1")
+    require(cfg.lora.alpha > 0, "lora.alpha", cfg.lora.alpha, "must be > 0")
+    require(cfg.objective.loss_on in ("grid", "masked_cell"), "objective.loss_on", cfg.objective.loss_on,
+            "must be 'grid' (every image token, VisualCloze's trainer) or 'masked_cell'")
+    require(cfg.data.source == "shards", "data.source", cfg.data.source,
+            "must be 'shards' (annotated Graph200K shards)")
+    check_validation(cfg.validation)
+
+
+def fsdp_units(transformer) -> list:
+    """What FSDP shards, bottom-up: each double- and single-stream block, then the rest."""
+    return [*transformer.transformer_blocks, *transformer.single_transformer_blocks, transformer]
 
 
 def train(cfg: FillConfig) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    check_config(cfg)
     # ------------------------------------------------------------------------- build
     acc = Accelerator(mixed_precision=cfg.train.mixed_precision)
-    per_step = cfg.data.micro_batch_size * acc.num_processes
-    if cfg.train.global_batch_size % per_step:
-        raise ValueError(f"train.global_batch_size={cfg.train.global_batch_size} is not a multiple of "
-                         f"data.micro_batch_size × processes = {per_step}")
-    accum = cfg.train.global_batch_size // per_step
-    if cfg.objective.loss_on not in ("grid", "masked_cell"):
-        raise ValueError(f"objective.loss_on must be 'grid' or 'masked_cell', got {cfg.objective.loss_on!r}")
-    set_seed(cfg.train.seed + acc.process_index)
+    par = Parallel(acc)  # single / DDP / FSDP, from the launch
+    accum = steps_of_accumulation(cfg.train.global_batch_size, cfg.data.micro_batch_size, acc.num_processes)
+    # Missing shards or manifest fail here, naming them, before any model is loaded.
+    source = grid_source(cfg.data, acc.process_index, acc.num_processes)
+    # One seed for every rank while the model is built: LoRA's random A must be the same on all
+    # of them (FSDP shards each rank's own copy; DDP would broadcast rank 0's).
+    set_seed(cfg.train.seed)
     out_dir = Path(cfg.train.out_dir)
 
     if cfg.model.build_tiny and not (Path(cfg.model.pretrained) / "model_index.json").exists():
@@ -221,113 +237,127 @@ def train(cfg: FillConfig) -> dict:
         acc.wait_for_everyone()
 
     transformer = load_transformer(cfg.model.pretrained, torch_dtype(cfg.model.dtype), cfg.model.revision)
-    params = add_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules, cfg.lora.dropout)
+    add_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules, cfg.lora.dropout)
     transformer.set_attn_processor(PerSampleRopeAttnProcessor())
     if cfg.model.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     encoders = Encoders(cfg, acc.device)
+    set_seed(cfg.train.seed + acc.process_index)  # noise and timesteps: each rank its own
     scale = _vae_scale(cfg)  # from the VAE's config: no VAE weights needed when latents are cached
 
+    ckpt = CheckpointManager(out_dir, cfg.train.checkpoint_every, cfg.train.keep_checkpoints, acc.process_index,
+                             acc.num_processes, acc.wait_for_everyone, shard_optimizer=par.sharded,
+                             gather=par.gather)
+    resumed = ckpt.resume(agree=lambda ok: not par.any(not ok))
+    if resumed is not None:  # into the whole model, before FSDP shards it
+        load_lora_state_dict(transformer, resumed.trainable)
+    transformer = par.prepare_model(transformer, fsdp_units(transformer))
+    params = [p for p in transformer.parameters() if p.requires_grad]  # FSDP: the sharded ones
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                                   weight_decay=cfg.optim.weight_decay)
     warmup = cfg.optim.warmup_steps
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    transformer, optimizer = acc.prepare(transformer, optimizer)
-
-    ckpt = CheckpointManager(out_dir, cfg.train.checkpoint_every, cfg.train.keep_checkpoints, acc.process_index,
-                             acc.num_processes, acc.wait_for_everyone,
-                             shard_optimizer=acc.distributed_type.name == "FSDP")
+    optimizer = par.prepare_optimizer(optimizer)
     start, data_state = 0, None
-    if (latest := ckpt.latest()) is not None:
-        resumed = ckpt.load(latest, optimizer, lr_scheduler)
-        load_lora_state_dict(acc.unwrap_model(transformer), resumed.trainable)
+    if resumed is not None:
+        resumed.restore(optimizer, lr_scheduler)  # and this rank's RNG: nothing draws from it before the loop
         start, data_state = resumed.step, resumed.data_state
-        acc.print(f"resumed from {latest} (step {start})")
+        acc.print(f"resumed from {resumed.path} (step {start})")
     if acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     # ------------------------------------------------------------------------- data
-    source = grid_source(cfg.data, acc.process_index, acc.num_processes)
-    batches = MicroBatches(source, cfg.data.micro_batch_size, cfg.data.max_tokens, scale, data_state)
+    loader = TaskLoader(source, grid_tensors, cfg.data, cfg.train.seed + acc.process_index, data_state)
+    batches = MicroBatches(loader, cfg.data.micro_batch_size, cfg.data.max_tokens, scale, data_state)
 
     # ------------------------------------------------------------------------- loop
     log = MetricLogger(out_dir / "logs", cfg.train.max_steps, start, acc.is_main_process, cfg.train.tensorboard,
                        cfg.train.wandb_project, to_dict(cfg))
-    validate = fill_validator(cfg, acc, transformer, encoders, scale, log, source)
+    task_log = JsonlLog(out_dir / "logs" / f"tasks.rank{acc.process_index}.jsonl", start)
+    validate = fill_validator(cfg, acc, par, transformer, encoders, scale, log, source)
     if validate is not None and validate.pending(start):  # preempted before that step's images were written
         validate(start, transformer)
     obj = cfg.objective
-    losses = []
+    losses, stop = [], False
     transformer.train()
     with SigtermHandler() as sigterm:
         for step in range(start + 1, cfg.train.max_steps + 1):
             t0 = time.perf_counter()
-            step_loss, tokens, task_ids = torch.zeros((), device=acc.device), 0, []
-            for micro in range(accum):
-                grids = batches.next()
+            # The step's data first: a rank whose shards fail says so before any collective.
+            micro_batches = [batches.next() for _ in range(accum)]
+            seen, skipped, over_budget, tokens = par.sum([
+                loader.consumed, loader.skipped_total, batches.over_budget,
+                sum(grid_tokens(x.item, scale) for mb in micro_batches for x in mb)])  # all ranks, one all-reduce
+            loader.check_skipped(seen, skipped, cfg.data.shards)
+            step_loss, task_ids = torch.zeros((), device=acc.device), []
+            for micro, loaded in enumerate(micro_batches):
+                grids = [x.item for x in loaded]
                 text, pooled = encoders.text([g.prompt for g in grids])
-                batch = collate([encoders.latents(g) for g in grids], text, pooled, [g.task_id for g in grids])
+                batch = collate([encoders.latents(x.item, x.tensors.get("rows")) for x in loaded], text, pooled,
+                                [g.task_id for g in grids])
                 task_ids += batch.task_ids
                 x0 = batch.latents.to(acc.device)
                 t = sample_timesteps(x0.shape[0], batch.num_tokens, obj.time_shift, base_shift=obj.base_shift,
                                      max_shift=obj.max_shift).to(acc.device)
                 noise = torch.randn_like(x0)
                 noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise  # rectified flow
-                # DDP: all-reduce gradients only on the last micro-batch of the step.
-                sync = contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(transformer)
-                with sync, acc.autocast():
+                # Gradients are all-reduced (DDP) / reduce-scattered (FSDP) on the last micro-batch only.
+                with par.no_sync(transformer, sync=micro == accum - 1), acc.autocast():
                     pred = predict_velocity(transformer, batch, noisy, t, obj.guidance)
                     region = batch.valid if obj.loss_on == "grid" else batch.cell & batch.valid
                     loss = velocity_loss(pred, noise, x0, region.to(acc.device))
                     acc.backward(loss / accum)
                 step_loss += loss.detach() / accum
-                tokens += int(batch.valid.sum())
 
             step_loss = acc.reduce(step_loss, "mean")
             # Before the update: NaN weights never reach a checkpoint; the last one stays good.
             check_finite(step_loss, step, task_ids, ckpt.latest())
-            grad_norm = acc.clip_grad_norm_(params, cfg.optim.grad_clip)
+            grad_norm = par.clip_grad_norm(params, cfg.optim.grad_clip)  # the global norm, on every rank
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), "sum"))
             losses.append(float(step_loss))
             step_time = time.perf_counter() - t0
-            images = validate(step, transformer) if validate and validate.due(step) and not sigterm.requested else {}
-            log.log(step, loss=float(step_loss), lr=lr_scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
-                    samples=cfg.train.global_batch_size, tokens=tokens, step_time=step_time,
-                    skipped_over_budget=batches.skipped, **images)
+            task_log.write({"step": step, "tasks": task_ids})
+            stop = par.any(sigterm.requested)
+            images = validate(step, transformer) if validate and validate.due(step) and not stop else {}
+            log.log(step, loss=float(step_loss), lr=lr_scheduler.get_last_lr()[0], grad_norm=grad_norm,
+                    samples=cfg.train.global_batch_size, tokens=int(tokens), step_time=step_time,
+                    skipped_over_budget=int(over_budget), skipped_tasks=int(skipped), tasks_seen=int(seen),
+                    **images)
             last = step == cfg.train.max_steps
-            if ckpt.should_save(step, sigterm.requested) or last:
-                ckpt.save(step, _trainable_state(acc, transformer), optimizer, lr_scheduler,
-                          batches.state(), {"skipped_over_budget": batches.skipped})
-            if sigterm.requested:
+            if ckpt.should_save(step, stop) or last:
+                ckpt.save(step, _trainable_state(par, transformer), optimizer, lr_scheduler, batches.state(),
+                          {"skipped_over_budget": batches.over_budget, "skipped_tasks": dict(loader.skipped)})
+            if stop:
                 log.write(f"SIGTERM: saved step {step}; rerun the same command to resume")
                 break
 
     # ------------------------------------------------------------------------- save
     lora_dir = out_dir / "lora"
-    if not sigterm.requested:
-        lora = _trainable_state(acc, transformer)  # every rank: FSDP gathers the shards
+    if not stop:
+        lora = _trainable_state(par, transformer)  # every rank: FSDP gathers the shards
         if acc.is_main_process:
             from diffusers import FluxFillPipeline
 
             # diffusers' LoRA format: loads with FluxFillPipeline.load_lora_weights(lora_dir).
             FluxFillPipeline.save_lora_weights(lora_dir, transformer_lora_layers=lora, safe_serialization=True)
     log.close()
+    task_log.close()
     acc.wait_for_everyone()
-    return {"losses": losses, "skipped_over_budget": batches.skipped, "last_step": start + len(losses),
-            "lora_dir": lora_dir, "cache_hits": encoders.latent_cache.hits if encoders.latent_cache else 0}
+    return {"losses": losses, "skipped_over_budget": batches.over_budget, "skipped_tasks": dict(loader.skipped),
+            "last_step": start + len(losses), "lora_dir": lora_dir,
+            "cache_hits": encoders.latent_cache.hits if encoders.latent_cache else 0}
 
 
-def fill_validator(cfg: FillConfig, acc, transformer, encoders: Encoders, scale: int, log,
+def fill_validator(cfg: FillConfig, acc, par: Parallel, transformer, encoders: Encoders, scale: int, log,
                    source=None) -> Validator | None:
     """The fixed validation grids (inference sizing, masked cell unread), solved by GridFillPipeline
     on the modules this run already holds: the LoRA transformer, the VAE, the text encoders."""
     v = cfg.validation
-    if not enabled(v, acc, log.write):
+    if not enabled(v, acc, par.sharded, log.write):
         return None
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -352,14 +382,12 @@ def fill_validator(cfg: FillConfig, acc, transformer, encoders: Encoders, scale:
 
     return Validator(v, cfg.train.out_dir, tasks,
                      lambda task: build_sampled_grid(task.to_json(), cfg.data.shards, manifest, res, 2 * scale),
-                     run, log)
+                     run, log, write=acc.is_main_process)
 
 
-def _trainable_state(acc, transformer) -> dict[str, torch.Tensor]:
-    """The LoRA weights as full tensors; under FSDP gathered from all ranks (collective call)."""
-    if acc.distributed_type.name == "FSDP":
-        return lora_state_dict(acc.unwrap_model(transformer), acc.get_state_dict(transformer))
-    return lora_state_dict(acc.unwrap_model(transformer))
+def _trainable_state(par: Parallel, transformer) -> dict[str, torch.Tensor]:
+    """The LoRA weights as full CPU tensors on every rank; under FSDP gathered (a collective)."""
+    return par.full(lora_state_dict(par.unwrap(transformer)))
 
 
 def _vae_scale(cfg: FillConfig) -> int:
@@ -373,7 +401,8 @@ def _vae_scale(cfg: FillConfig) -> int:
 def main(argv=None):
     cfg = parse_args(FillConfig, argv, description=__doc__.splitlines()[0])
     result = train(cfg)
-    print(f"done: step {result['last_step']}, skipped_over_budget {result['skipped_over_budget']}")
+    print(f"done: step {result['last_step']}, skipped_over_budget {result['skipped_over_budget']}, "
+          f"skipped_tasks {result['skipped_tasks'] or 0}")
 
 
 if __name__ == "__main__":
