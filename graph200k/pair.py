@@ -21,6 +21,7 @@ class TwoFramePair:
     subject: str  # the subject keyword (Subjects200K `item`), found in the prompt by UCE
     task: str  # task name, e.g. "canny" (condition node type) or "subject_extraction"
     key: str = ""
+    task_id: str = ""  # "<seed>-<epoch>-<index>", set by graph200k.stream as on Grid
     # Set by graph200k.stream, as on Grid.
     worker: int = 0
     skipped: dict = field(default_factory=dict)

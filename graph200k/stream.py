@@ -238,6 +238,7 @@ class GridStream(IterableDataset):
                 continue
             consecutive = 0
             item.worker, item.position = worker, done
+            item.task_id = item.task_id or task.task_id  # pairs carry it too (logs, NaN reports)
             item.skipped = dict(self._local_skipped)
             if workers == 1:  # set before the yield: a checkpoint taken now resumes after it
                 self._next = done + 1

@@ -9,6 +9,7 @@ shared by all rows, and the masked cell of the query row (the last row).
 from __future__ import annotations
 
 import bisect
+import difflib
 import itertools
 import random
 from dataclasses import dataclass, field
@@ -57,6 +58,22 @@ class Variant:
         return variant_slots(self.nodes)
 
 
+def load_raw(path, _seen=()) -> dict:
+    """A tasks YAML as a mapping; `extends: other.yaml` (relative to the file) starts from that
+    file's keys and replaces the top-level keys this one sets (how a holdout names only its
+    `unseen:` list)."""
+    path = Path(path)
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen:
+        raise ValueError(f"{path}: extends {base} loops back to itself")
+    return {**load_raw(base_path, (*_seen, path.resolve())), **raw}
+
+
 @dataclass
 class TaskConfig:
     families: dict[str, list[Variant]]
@@ -73,9 +90,7 @@ class TaskConfig:
 
     @classmethod
     def load(cls, path=DEFAULT_TASKS_CONFIG) -> "TaskConfig":
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(load_raw(path), source=str(path))
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "<dict>") -> "TaskConfig":
@@ -103,8 +118,14 @@ class TaskConfig:
         probs = tuple(rows.get("probs", (0.3, 0.4, 0.3)))
         if len(counts) != len(probs) or abs(sum(probs) - 1) > 1e-6 or min(counts) < 1:
             raise ValueError(f"{source}: rows.counts / rows.probs must pair up and probs sum to 1")
+        unseen = frozenset(raw.get("unseen") or ())
+        names = {v.name for vs in families.values() for v in vs}
+        for name in sorted(unseen - names):
+            close = difflib.get_close_matches(name, sorted(names), n=1)
+            raise ValueError(f"{source}: unseen variant {name!r} is not a variant of any family"
+                             + (f"; did you mean {close[0]!r}?" if close else ""))
         return cls(families, weights, counts, probs, float(raw.get("reverse_mask_prob", 0.5)),
-                   PromptConfig.from_dict(raw.get("prompt")), frozenset(raw.get("unseen") or ()))
+                   PromptConfig.from_dict(raw.get("prompt")), unseen)
 
     def with_paths(self, min_images: int = 2, max_images: int = 4, weight: float = 1.0):
         """Add every simple type-graph path of min..max images as the family `graph_paths`."""

@@ -54,8 +54,7 @@ def test_fill_writes_fixed_task_grids_and_leaves_training_untouched(tiny_fill_di
     on = ["train.max_steps=4", "validation.every=2", "validation.num_tasks=2", "validation.steps=1"]
     with_val = fill.train(_fill_cfg(tiny_fill_dir, annotated_shards, tmp_path / "on", *on))
     out = capsys.readouterr().out
-    # configs/tasks.yaml holds no variant out: the fallback is said once.
-    assert out.count("validation: no unseen task (none configured)") == 1
+    assert "validation: no unseen task" not in out  # fill-tiny trains on tasks-unseen.yaml: 5 held out
     without = fill.train(_fill_cfg(tiny_fill_dir, annotated_shards, tmp_path / "off", *on, "validation.every=0"))
     assert with_val["losses"] == without["losses"]  # bitwise: validation drew nothing from the training RNG
     assert not (tmp_path / "off" / "validation").exists()
@@ -64,6 +63,7 @@ def test_fill_writes_fixed_task_grids_and_leaves_training_untouched(tiny_fill_di
     tasks = [json.loads(line) for line in (run / "tasks.jsonl").read_text().splitlines()]
     ids = [t["task_id"] for t in tasks]
     assert len(ids) == 2 and len(set(ids)) == 2
+    assert {t["variant"] for t in tasks} <= TaskConfig.load(ROOT / "configs/tasks-unseen.yaml").unseen
     assert sorted(p.name for p in run.iterdir()) == ["step_00000002", "step_00000004", "tasks.jsonl"]
     for step in ("step_00000002", "step_00000004"):  # the same tasks at every validation
         assert sorted(p.name for p in (run / step).iterdir()) == sorted(f"{i}{s}" for i in ids

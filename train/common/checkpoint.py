@@ -273,7 +273,9 @@ class CheckpointManager:
         path = Path(path)
 
         def fail(name: str, e: Exception | str):
-            raise CheckpointError(f"{path / name}: {e}") from (e if isinstance(e, Exception) else None)
+            # One line: the first of the library's message says what broke (truncated, bad header, ...).
+            why = e if isinstance(e, str) else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+            raise CheckpointError(f"{path / name}: {why}") from (e if isinstance(e, Exception) else None)
 
         try:
             state = json.loads((path / "state.json").read_text())

@@ -31,6 +31,8 @@ API
     ``.gather(obj) -> list``  one object per rank.
 ``check_launch(accelerator, environ)``  raises :class:`LaunchError` when ``WORLD_SIZE > 1`` but
     accelerate is not distributed (each rank would train alone and write the same folder).
+``fsdp_settings(plugin, environ) -> reshard_after_forward``  checks accelerate's FSDP plugin
+    (FSDP1, parameter offloading and CPU-RAM-efficient loading are refused, naming the key).
 ``tensor_digest(tensors) -> str``  sha256 over names, dtypes, shapes and bytes.
 """
 
@@ -74,6 +76,28 @@ def check_launch(acc, environ: Mapping[str, str] = os.environ) -> None:
                       "--num_processes N with ACCELERATE_USE_CPU=true)", stacklevel=2)
 
 
+def fsdp_settings(plugin, environ: Mapping[str, str] = os.environ) -> bool:
+    """Check accelerate's FSDP settings (`fsdp_config:` of the launch config, or none on CPU)
+    against what the recipes do; returns reshard_after_forward."""
+    if _flag(environ, "FSDP_CPU_RAM_EFFICIENT_LOADING"):
+        raise LaunchError("fsdp_cpu_ram_efficient_loading must be false: with it transformers loads the frozen "
+                          "text encoders empty on every rank but 0, and the recipes do not shard those "
+                          "(configs/accelerate/8gpu-fsdp.yaml)")
+    if plugin is None:
+        return True
+    if getattr(plugin, "fsdp_version", 2) != 2:
+        raise LaunchError("fsdp_version 1 is not supported by these recipes: FSDP1 flattens each wrapped block into "
+                          "one tensor of one dtype, and the frozen bf16 base and the float32 LoRA differ. Set "
+                          "fsdp_version: 2 (configs/accelerate/8gpu-fsdp.yaml).")
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    if isinstance(getattr(plugin, "cpu_offload", None), CPUOffloadPolicy):
+        raise LaunchError("fsdp_offload_params is not supported by these recipes (sharding over 8 GPUs leaves "
+                          "~6 GB of weights and optimizer state per GPU); set fsdp_offload_params: false")
+    reshard = getattr(plugin, "reshard_after_forward", True)
+    return reshard if isinstance(reshard, bool) else True
+
+
 def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
@@ -101,26 +125,12 @@ class Parallel:
         else:
             self.mode = SINGLE
         self.world_size, self.rank = acc.num_processes, acc.process_index
-        self._fsdp_options()
+        self.reshard_after_forward = (fsdp_settings(getattr(acc.state, "fsdp_plugin", None), environ)
+                                      if self.mode == FSDP else True)
 
     @property
     def sharded(self) -> bool:
         return self.mode == FSDP
-
-    def _fsdp_options(self) -> None:
-        self.reshard_after_forward = True
-        plugin = getattr(self.acc.state, "fsdp_plugin", None)
-        if self.mode != FSDP or plugin is None:
-            return
-        if getattr(plugin, "fsdp_version", 2) != 2:
-            raise LaunchError("fsdp_version 1 is not supported by these recipes: FSDP1 flattens each wrapped block into "
-                              "one tensor of one dtype, and the frozen bf16 base and the float32 LoRA differ. Set "
-                              "fsdp_version: 2 (configs/accelerate/8gpu-fsdp.yaml).")
-        if getattr(plugin, "cpu_offload", None):
-            raise LaunchError("fsdp_offload_params is not supported by these recipes (sharding over 8 GPUs leaves "
-                              "~6 GB of weights and optimizer state per GPU); set fsdp_offload_params: false")
-        if isinstance(getattr(plugin, "reshard_after_forward", None), bool):
-            self.reshard_after_forward = plugin.reshard_after_forward
 
     # ---- model and optimizer -------------------------------------------------------
     def prepare_model(self, model: torch.nn.Module, units: Iterable[torch.nn.Module] = ()) -> torch.nn.Module:

@@ -67,13 +67,9 @@ class _Collate:
 
 
 def _worker_init(_worker_id: int) -> None:
+    # (No cv2.setNumThreads here: in a forked worker it tears down the thread pool inherited
+    # from the parent and deadlocks on that pool's locks; measured, not guessed.)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)  # one core per worker: OpenCV's own pool would oversubscribe them
-    except ImportError:
-        pass
 
 
 def image_tensor(image) -> torch.Tensor:

@@ -307,7 +307,7 @@ def train(cfg: CogVideoXConfig, pairs: Iterable[TwoFramePair] | None = None) -> 
                 consumed += len(batch)
                 dropped_total += sum(drop)
                 tasks += [p.task for p in batch]
-                ids += [getattr(p, "key", "") for p in batch]
+                ids += [getattr(p, "task_id", "") for p in batch]
                 # Gradients are all-reduced (DDP) / reduce-scattered (FSDP) on the last micro-batch only.
                 with par.no_sync(model, sync=micro == accum - 1), acc.autocast():
                     loss = diffusion_loss(parts, model, batch, tensors=[x.tensors for x in loaded], drop=drop)
@@ -316,7 +316,7 @@ def train(cfg: CogVideoXConfig, pairs: Iterable[TwoFramePair] | None = None) -> 
 
             step_loss = acc.reduce(step_loss, "mean")
             # Before the update: NaN weights never reach a checkpoint; the last one stays good.
-            check_finite(step_loss, step, tasks, ckpt.latest())
+            check_finite(step_loss, step, [f"{i} ({n})" for i, n in zip(ids, tasks)], ckpt.latest())
             grad_norm = par.clip_grad_norm(params, o.grad_clip)  # the global norm, on every rank
             optimizer.step()
             lr_scheduler.step()
@@ -324,7 +324,7 @@ def train(cfg: CogVideoXConfig, pairs: Iterable[TwoFramePair] | None = None) -> 
 
             losses.append(float(step_loss))
             step_time = time.perf_counter() - t0
-            task_log.write({"step": step, "tasks": tasks, "keys": ids})
+            task_log.write({"step": step, "tasks": ids, "names": tasks})
             stop = par.any(sigterm.requested)
             images = validate(step, model) if validate and validate.due(step) and not stop else {}
             log.log(step, loss=float(step_loss), lr=lr_scheduler.get_last_lr()[0], grad_norm=grad_norm,
