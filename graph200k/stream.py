@@ -39,7 +39,7 @@ A shard folder that does not exist or holds no `NNNNNN.tar`, a manifest file tha
 missing, or a manifest without samples is an error naming the path and the command that
 builds it, raised when the stream is made.
 
-torch is imported in this module only (DESIGN.md: `graph200k` holds no torch models).
+torch is imported in this module only: the rest of `graph200k` holds no torch models.
 """
 
 from __future__ import annotations

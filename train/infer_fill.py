@@ -1,4 +1,4 @@
-"""`python -m train.infer_fill`: solve a visual-cloze grid with a VisualCloze LoRA (code in `train.visualcloze.infer`)."""
+"""`python -m train.infer_fill`: solve a visual-cloze grid with a VisualCloze LoRA (`train.visualcloze.infer`)."""
 
 from train.visualcloze.infer import main
 

@@ -155,7 +155,8 @@ def check_loader(d, prefix: str = "data") -> None:
 
 def check_optim(o, prefix: str = "optim") -> None:
     require(o.lr > 0, f"{prefix}.lr", o.lr, "must be > 0")
-    require(o.grad_clip > 0, f"{prefix}.grad_clip", o.grad_clip, "must be > 0 (the global gradient norm is clipped to it)")
+    require(o.grad_clip > 0, f"{prefix}.grad_clip", o.grad_clip,
+            "must be > 0 (the global gradient norm is clipped to it)")
     require(_is_int(o.warmup_steps) and o.warmup_steps >= 0, f"{prefix}.warmup_steps", o.warmup_steps,
             "must be an integer >= 0")
     require(o.weight_decay >= 0, f"{prefix}.weight_decay", o.weight_decay, "must be >= 0")

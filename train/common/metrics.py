@@ -98,7 +98,8 @@ class MetricLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step: TensorBoard hides the events a previous attempt wrote after the checkpoint.
-            self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=initial_step + 1 if initial_step else None)
+            self.tb = SummaryWriter(str(self.dir / "tensorboard"),
+                                    purge_step=initial_step + 1 if initial_step else None)
         if wandb_project:
             try:
                 import wandb

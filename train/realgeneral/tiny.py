@@ -6,7 +6,7 @@ scheduler/ so `train.cogvideox` and `train.infer_cogvideox` load them through th
 the T5 config is built here and the tokenizer is a word-level `tokenizers` model over a small
 vocabulary made in code.
 
-Shapes (DESIGN.md, "Facts from the anchors"): heads x head dim divisible by 16 for CogVideoX's
+Shapes: heads x head dim divisible by 16 for CogVideoX's
 3D RoPE; the VAE needs inputs of at least 16^2 (four levels, spatial factor 8).
 """
 
