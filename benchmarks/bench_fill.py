@@ -97,7 +97,8 @@ def bench_workers(steps: int, workers: int) -> dict:
     print(f"workers.steps: {steps} (global batch 2 = micro-batch 1 x 2, 384 px cells, <= 6912 tokens)")
     print(f"workers.inline.step_time_ms: {1000 * inline:.1f}")
     print(f"workers.num_workers_{workers}.step_time_ms: {1000 * with_workers:.1f}")
-    print(f"workers.tokens_per_step: {statistics.median(runs[0]['tokens_per_s'][2:]) * inline:.0f}")
+    tokens = [t * dt for t, dt in zip(runs[0]["tokens_per_s"], runs[0]["step_times"])]
+    print(f"workers.image_tokens_per_step: median {statistics.median(tokens):.0f}, max {max(tokens):.0f}")
     return {"inline": inline, "workers": with_workers}
 
 

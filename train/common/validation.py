@@ -6,7 +6,7 @@ API
     The recipes' ``validation:`` section (``every: 0`` = off).
 ``check_validation(cfg)``
     ConfigError for nonsense values.
-``enabled(cfg, accelerator, sharded, say) -> bool``
+``enabled(cfg, accelerator, say, sharded=False) -> bool``
     Whether this process validates: ``every > 0`` and the main process; under FSDP every
     rank (each holds a shard of the weights: the sampler's forward passes are collective).
 ``select_tasks(cfg, manifest, config, families=None, say=print) -> list[Task]``
@@ -71,7 +71,7 @@ def check_validation(cfg: ValidationConfig) -> None:
     require(cfg.split in SPLITS, "validation.split", cfg.split, f"must be one of {', '.join(SPLITS)}")
 
 
-def enabled(cfg: ValidationConfig, acc, sharded: bool = False, say: Callable[[str], None] = print) -> bool:
+def enabled(cfg: ValidationConfig, acc, say: Callable[[str], None] = print, *, sharded: bool = False) -> bool:
     """Validation runs between optimizer steps on the main process (under DDP the others wait
     at the next collective). Under FSDP no rank holds the whole model: every rank runs the
     same sampling on the same tasks, each forward all-gathering the weights block by block,

@@ -357,7 +357,7 @@ def fill_validator(cfg: FillConfig, acc, par: Parallel, transformer, encoders: E
     """The fixed validation grids (inference sizing, masked cell unread), solved by GridFillPipeline
     on the modules this run already holds: the LoRA transformer, the VAE, the text encoders."""
     v = cfg.validation
-    if not enabled(v, acc, par.sharded, log.write):
+    if not enabled(v, acc, log.write, sharded=par.sharded):
         return None
     from diffusers import FlowMatchEulerDiscreteScheduler
 
