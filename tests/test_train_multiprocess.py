@@ -47,6 +47,9 @@ def _runs(tmp: Path, fill_dir, cog_dir, shards, fsdp: bool) -> dict:
     folder, manifest = shards
     data = [f"data.shards={folder}", f"data.manifest={manifest}", "train.tensorboard=false",
             f"train.max_steps={STEPS}", "train.checkpoint_every=2", "train.keep_checkpoints=0",
+            # 2 micro-batches of 2 per rank: the no-sync accumulation path runs (DDP no_sync, FSDP2
+            # set_requires_gradient_sync) and the FSDP = DDP comparison covers it.
+            "train.global_batch_size=8",
             f"validation.every={STEPS}", "validation.steps=1"]
     mode = "fsdp" if fsdp else "ddp"
     out = {k: tmp / mode / k for k in ("fill", "fill_resumed", "cog", "cog_resumed", "fill_bf16")}
