@@ -1,10 +1,16 @@
 """train.fill throughput, side by side in one run.
 
 CPU (default): the tiny recipe (configs/train/fill-tiny.yaml) without caching, with a cold
-cache (encode + write) and with a warm cache (read; VAE and text encoders never loaded).
-Each variant runs in its own process so peak RSS is its own.
+cache (encode + write) and with a warm cache (read; VAE and text encoders never loaded);
+then the data on the critical path against DataLoader workers, side by side, at the paper's
+grid size: 512 px photos (Subjects200K's panel size) composed into grids of 384 px cells
+(up to data.max_tokens = 6912 tokens, fill.yaml's), a tiny transformer behind a VAE that
+downscales 8x like FLUX's (576 tokens per cell), micro-batch 1 x 2 accumulation.
+`data.num_workers=0` (decode, degrade and compose inside the step) against
+`data.num_workers=1` (one worker: this machine has 2 cores, one trains). Each variant runs
+in its own process so peak RSS is its own.
 
-    python benchmarks/bench_fill.py [--steps 20]
+    python benchmarks/bench_fill.py [--steps 20] [--worker-steps 12] [--workers 1]
 
 GPU (--gpu): the full-size FluxTransformer2DModel (FLUX.1 config, random bf16 weights,
 Fill in_channels 384) + LoRA rank 256 + gradient checkpointing, one 3x3 grid at 384²
@@ -37,12 +43,12 @@ def _child(args) -> None:
     import json as _json
     import os
 
-    from train import fill
-    from train.config import load_config
-    from train.logging_utils import peak_memory_gb
+    from train.visualcloze import recipe as fill
+    from train.common.config import load_config
+    from train.common.metrics import peak_memory_gb
 
     overrides = [f"model.pretrained={args.model}", f"train.out_dir={args.out}", f"train.max_steps={args.steps}",
-                 "train.checkpoint_every=0", "train.tensorboard=false"]
+                 "train.checkpoint_every=0", "train.tensorboard=false", *(args.override or [])]
     if args.cache:
         overrides.append(f"data.cache_dir={args.cache}")
     cfg = load_config(fill.FillConfig, ROOT / "configs/train/fill-tiny.yaml", overrides)
@@ -54,10 +60,12 @@ def _child(args) -> None:
                                    "peak_rss_gb": peak_memory_gb()}))
 
 
-def _run_variant(model: str, steps: int, out: Path, cache: Path | None) -> dict:
+def _run_variant(model: str, steps: int, out: Path, cache: Path | None, overrides=()) -> dict:
     cmd = [sys.executable, __file__, "--_child", "--model", model, "--steps", str(steps), "--out", str(out)]
     if cache:
         cmd += ["--cache", str(cache)]
+    for o in overrides:
+        cmd += ["--override", o]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode or line is None:
@@ -65,8 +73,37 @@ def _run_variant(model: str, steps: int, out: Path, cache: Path | None) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-def bench_cpu(steps: int) -> None:
-    from train.tiny import build_tiny_fill
+def bench_workers(steps: int, workers: int) -> dict:
+    """Step time with the grids built inline vs in `workers` DataLoader workers, same batches."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from annotated_shards import write_annotated_shards
+
+    from graph200k.manifest import Manifest
+    from train.visualcloze.tiny import TinyFillConfig, build_tiny_fill
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        shards = tmp / "shards"
+        write_annotated_shards(shards, num_samples=32, per_shard=8, size=512)
+        manifest = Manifest.from_shards(shards).save(shards / "manifest.parquet")
+        model = str(build_tiny_fill(tmp / "model", TinyFillConfig(vae_block_out_channels=[8, 8, 8, 8])))
+        common = [f"data.shards={shards}", f"data.manifest={manifest}", "data.res=384", "data.max_tokens=6912",
+                  "data.micro_batch_size=1", "train.global_batch_size=2", "validation.every=0",
+                  "data.tasks_config=configs/tasks.yaml", "model.gradient_checkpointing=false"]
+        runs = {n: _run_variant(model, steps, tmp / f"w{n}", None, [*common, f"data.num_workers={n}"])
+                for n in (0, workers)}
+    inline = statistics.median(runs[0]["step_times"][2:])
+    with_workers = statistics.median(runs[workers]["step_times"][2:])
+    print(f"workers.steps: {steps} (global batch 2 = micro-batch 1 x 2, 384 px cells, <= 6912 tokens)")
+    print(f"workers.inline.step_time_ms: {1000 * inline:.1f}")
+    print(f"workers.num_workers_{workers}.step_time_ms: {1000 * with_workers:.1f}")
+    tokens = [t * dt for t, dt in zip(runs[0]["tokens_per_s"], runs[0]["step_times"])]
+    print(f"workers.image_tokens_per_step: median {statistics.median(tokens):.0f}, max {max(tokens):.0f}")
+    return {"inline": inline, "workers": with_workers}
+
+
+def bench_cpu(steps: int, worker_steps: int = 12, workers: int = 1) -> None:
+    from train.visualcloze.tiny import build_tiny_fill
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -88,6 +125,8 @@ def bench_cpu(steps: int) -> None:
     print(f"ratio.step_time.cache_warm_vs_no_cache: {statistics.median(runs['cache_warm']['step_times'][1:]) / base:.2f}")
     print(f"ratio.step_time.cache_cold_vs_no_cache: {statistics.median(runs['cache_cold']['step_times'][1:]) / base:.2f}")
     print(f"ratio.peak_rss.cache_warm_vs_no_cache: {runs['cache_warm']['peak_rss_gb'] / runs['no_cache']['peak_rss_gb']:.2f}")
+    w = bench_workers(worker_steps, workers)
+    print(f"ratio_step_time_workers_vs_inline: {w['workers'] / w['inline']:.2f}")
 
 
 # ----------------------------------------------------------------------------- GPU
@@ -113,8 +152,8 @@ def bench_gpu(peak_tflops: float | None, iters: int, device: str = "cuda", tiny:
         return {}
     from diffusers import FluxTransformer2DModel
 
-    from train.fill_inputs import FillBatch, grid_position_ids
-    from train.fill_model import PerSampleRopeAttnProcessor, add_lora, predict_velocity, velocity_loss
+    from train.visualcloze.inputs import FillBatch, grid_position_ids
+    from train.visualcloze.model import PerSampleRopeAttnProcessor, add_lora, predict_velocity, velocity_loss
 
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -190,19 +229,26 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--worker-steps", type=int, default=12, help="steps of each workers / inline variant")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader workers of the workers variant")
+    p.add_argument("--workers-only", action="store_true", help="only the workers vs inline comparison")
     p.add_argument("--iters", type=int, default=5, help="--gpu: timed steps per micro-batch size")
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--cache", help=argparse.SUPPRESS)
+    p.add_argument("--override", action="append", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._child:
         _child(args)
     elif args.gpu:
         bench_gpu(args.peak_tflops, args.iters)
+    elif args.workers_only:
+        w = bench_workers(args.worker_steps, args.workers)
+        print(f"ratio_step_time_workers_vs_inline: {w['workers'] / w['inline']:.2f}")
     else:
-        bench_cpu(args.steps)
+        bench_cpu(args.steps, args.worker_steps, args.workers)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
     (`ratio_verify_vs_sha256sum`, target >= 0.8; > 1 means faster than sha256sum).
     Both read from the page cache (each is run once before timing).
 (2) the training stream's grids/s with the manifest checked against the shards at start
-    (the default) vs not (`manifest_check="off"`), stream start included (target: <= 2 %
+    (the default) vs not (`manifest_check="ignore"`), stream start included (target: <= 2 %
     slower).
 Prints `name: value`, ratios last.
 """
@@ -112,7 +112,7 @@ def main() -> None:
             v = min(v, time_verify(out, args.workers))
             s = min(s, time_sha256sum(files))
             on = max(on, grids_per_s(out, manifest, "error", args.grids))
-            off = max(off, grids_per_s(out, manifest, "off", args.grids))
+            off = max(off, grids_per_s(out, manifest, "ignore", args.grids))
     print(f"data_mb: {mb:.0f}")
     print(f"files: {len(files)}")
     print(f"workers: {args.workers}")

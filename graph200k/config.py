@@ -4,7 +4,7 @@
 YAML sections) from a mapping. A key that is not a field raises :class:`ConfigError`
 naming the source, the key, the close matches and the known keys; plain scalars are
 converted to the field's type (YAML reads ``1e-4`` as a string). Used by the training
-recipes (``train.config``), the annotate pipeline and every annotator's ``Options``.
+recipes (``train.common.config``), the annotate pipeline and every annotator's ``Options``.
 """
 
 from __future__ import annotations

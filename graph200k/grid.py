@@ -97,22 +97,6 @@ class Grid:
         return [pack_mask(m, vae_scale, patch) for m in self.masks]
 
 
-@dataclass
-class TwoFramePair:
-    """RealGeneral's training example: condition = frame 1, target = frame 2."""
-
-    condition: np.ndarray  # uint8 H x W x 3
-    target: np.ndarray  # uint8 H x W x 3, same size as condition
-    prompt: str
-    subject: str  # the subject keyword (Subjects200K `item`), found in the prompt by UCE
-    task: str  # task name, e.g. "canny" (condition node type) or "subject_extraction"
-    key: str = ""
-    # Set by graph200k.stream, as on Grid.
-    worker: int = 0
-    skipped: dict = field(default_factory=dict)
-    position: int = -1
-
-
 def _stack(arrays: list[np.ndarray], pad: int) -> np.ndarray:
     width = max(a.shape[1] for a in arrays)
     padded = []

@@ -25,11 +25,11 @@ import numpy as np
 
 from graph200k import storage, tarindex
 from graph200k.dataset import Part, ShardSet, is_annotation_member, joined_meta
-from graph200k.grid import (TRAIN, Grid, TwoFramePair, centre_square, compose, resize,
-                            to_rgb, train_cell_size)
+from graph200k.grid import TRAIN, Grid, centre_square, compose, resize, to_rgb, train_cell_size
 from graph200k.manifest import Manifest
 from graph200k.nodes import (DEGRADATION, META_MEMBER, NODE_TYPES, SLOT_NODE, SLOTS,
                              variant_member)
+from graph200k.pair import TwoFramePair
 from graph200k.shards import (GREY, NATIVE, RGB, ShardError, decode_image, member_digest,
                               shard_index, shard_path)
 
@@ -66,7 +66,7 @@ class StaleManifestError(ShardError):
     """The manifest no longer describes the shards (added, removed or rewritten parts)."""
 
 
-CHECKS = ("error", "warn", "off")
+CHECKS = ("error", "warn", "ignore")
 
 
 def load_manifest(manifest, shards, check: str = "error") -> Manifest:
@@ -74,7 +74,7 @@ def load_manifest(manifest, shards, check: str = "error") -> Manifest:
 
     A given manifest is checked against `shards` (Manifest.check): with check "error" a
     stale one raises StaleManifestError listing what changed and the command that rebuilds
-    it; "warn" warns; "off" trusts it."""
+    it; "warn" warns; "ignore" trusts it (YAML reads a bare off as false)."""
     if check not in CHECKS:
         raise ValueError(f"manifest check must be one of {CHECKS}, not {check!r}")
     if manifest is None:
@@ -85,7 +85,7 @@ def load_manifest(manifest, shards, check: str = "error") -> Manifest:
         return Manifest.from_shards(shard_set)
     m = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
     # A manifest built from records (or by an older version) names no parts: nothing to check.
-    if check != "off" and m.parts and (shards is not None or m.root):
+    if check != "ignore" and m.parts and (shards is not None or m.root):
         problems = m.check(shards if shards is not None else m.root)
         if problems:
             root = shards.root if isinstance(shards, ShardSet) else (shards or m.root)

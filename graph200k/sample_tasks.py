@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stats", action="store_true", help="print a family/variant histogram")
     ap.add_argument("--on-stale", choices=CHECKS, default="error",
                     help="a manifest that no longer matches its shards: refuse (error), warn, "
-                         "or trust it (off)")
+                         "or trust it (ignore)")
     args = ap.parse_args(argv)
 
     if bool(args.manifest) == bool(args.shards):

@@ -28,7 +28,18 @@ A task whose images cannot be read (missing member, undecodable image, stale ind
 unreadable shard) is skipped and counted by reason in `stream.skipped`; only whole grids
 are yielded, and too many consecutive skips raise instead of spinning forever.
 
-torch is imported in this module only (DESIGN.md: `graph200k` holds no torch models).
+`skip_markers=True` (what the trainers use, through train.common.loader) makes the stream
+yield a `SkippedTask` in place of each task it could not build: every position then yields
+exactly one item, so behind a DataLoader (which takes items from its workers round-robin)
+the k-th item consumed is position start + k whatever the worker count and however many
+tasks are skipped, and `{"epoch", "next_index": start + k}` resumes exactly. The consumer
+counts the markers (the trainers log them and fail when too many are skipped).
+
+A shard folder that does not exist or holds no `NNNNNN.tar`, a manifest file that is
+missing, or a manifest without samples is an error naming the path and the command that
+builds it, raised when the stream is made.
+
+torch is imported in this module only: the rest of `graph200k` holds no torch models.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter
+from dataclasses import dataclass
 
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -44,6 +56,37 @@ from graph200k.reader import FetchError, SampleReader, load_manifest, pair_task_
 from graph200k.tasks import DEFAULT_TASKS_CONFIG, TaskConfig, TaskError, TaskSampler
 
 GRID, PAIR = "grid", "pair"
+
+
+@dataclass
+class SkippedTask:
+    """Yielded (with `skip_markers=True`) where a task could not be built: keeps positions in step."""
+
+    task_id: str
+    position: int
+    reason: str  # a graph200k.reader.REASONS entry
+    error: str
+    worker: int = 0
+
+
+def check_shard_folder(shards, manifest=None) -> None:
+    """Fail early, naming the folder, instead of sampling from an empty manifest."""
+    from graph200k import storage
+    from graph200k.dataset import ShardSet
+
+    shard_set = shards if isinstance(shards, ShardSet) else None
+    root = shard_set.root if shard_set else storage.normalize(shards)
+    if shard_set is None and not storage.isdir(root):
+        raise FileNotFoundError(f"shard folder {root} does not exist: point data.shards at "
+                                "annotated Graph200K shards (python -m pipelines.annotate --out DIR)")
+    if isinstance(manifest, (str, os.PathLike)) and not storage.exists(manifest):
+        raise FileNotFoundError(f"manifest {manifest} does not exist: build it with python -m "
+                                f"graph200k.manifest --shards {root}, or leave data.manifest null "
+                                "to scan the shards")
+    shard_set = shard_set or ShardSet(root)
+    if not shard_set.shards():
+        raise FileNotFoundError(f"shard folder {shard_set.source} holds no shards (NNNNNN.tar): "
+                                f"annotate some with python -m pipelines.annotate --out {root}")
 
 
 def collate_list(items):
@@ -66,15 +109,21 @@ class GridStream(IterableDataset):
     def __init__(self, shards, manifest=None, res: int = 384, seed: int = 0, families=None,
                  tasks_config=None, mode: str = GRID, max_tasks: int | None = None,
                  index_dir=None, max_open: int = 16, rank: int = 0, world_size: int = 1,
-                 max_consecutive_skips: int = 100, manifest_check: str = "error"):
+                 max_consecutive_skips: int = 100, skip_markers: bool = False,
+                 manifest_check: str = "error"):
         if mode not in (GRID, PAIR):
             raise ValueError(f"mode must be {GRID!r} or {PAIR!r}, not {mode!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.shards = shards
+        check_shard_folder(shards, manifest)
         # A stale manifest would send tasks to shards that changed or are gone: refused
         # (or warned about) here, once, not discovered as skips during training.
         self.manifest = load_manifest(manifest, shards, manifest_check)
+        if len(self.manifest) == 0:
+            raise ValueError(f"the manifest of {shards} lists no samples "
+                             f"({manifest if manifest is not None else 'scanned from the shards'}): "
+                             "annotate the shards and rebuild it (python -m graph200k.manifest)")
         self.res, self.seed, self.mode = res, int(seed), mode
         self.families = list(families) if families else None
         config = (tasks_config if isinstance(tasks_config, TaskConfig)
@@ -91,6 +140,7 @@ class GridStream(IterableDataset):
         self.index_dir, self.max_open = index_dir, max_open
         self.rank, self.world_size = rank, world_size
         self.max_consecutive_skips = max_consecutive_skips
+        self.skip_markers = skip_markers
         self.epoch = 0
         self.start = 0  # the rank's first position of this epoch's iteration (resume)
         self._next = 0  # the rank's next position: see state_dict
@@ -143,7 +193,7 @@ class GridStream(IterableDataset):
         # One reader per process: file handles must not cross a fork into workers.
         if self._reader is None or self._reader_pid != os.getpid():
             self._reader = SampleReader(self.shards, self.manifest, self.index_dir,
-                                        self.max_open, manifest_check="off")
+                                        self.max_open, manifest_check="ignore")
             self._reader_pid = os.getpid()
         return self._reader
 
@@ -189,9 +239,12 @@ class GridStream(IterableDataset):
                         f"GridStream: {consecutive} tasks in a row could not be built "
                         f"(skipped so far: {dict(self._local_skipped)}); last error: {e}"
                     ) from e
+                if self.skip_markers:
+                    yield SkippedTask(task.task_id, done, e.reason, str(e), worker)
                 continue
             consecutive = 0
             item.worker, item.position = worker, done
+            item.task_id = item.task_id or task.task_id  # pairs carry it too (logs, NaN reports)
             item.skipped = dict(self._local_skipped)
             if workers == 1:  # set before the yield: a checkpoint taken now resumes after it
                 self._next = done + 1

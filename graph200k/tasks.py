@@ -13,6 +13,7 @@ the row's cells (`"variant": i`), so reading the task back reads the same images
 from __future__ import annotations
 
 import bisect
+import difflib
 import itertools
 import random
 from dataclasses import dataclass, field
@@ -127,8 +128,14 @@ class TaskConfig:
         probs = tuple(rows.get("probs", (0.3, 0.4, 0.3)))
         if len(counts) != len(probs) or abs(sum(probs) - 1) > 1e-6 or min(counts) < 1:
             raise ValueError(f"{source}: rows.counts / rows.probs must pair up and probs sum to 1")
+        unseen = frozenset(raw.get("unseen") or ())
+        names = {v.name for vs in families.values() for v in vs}
+        for name in sorted(unseen - names):
+            close = difflib.get_close_matches(name, sorted(names), n=1)
+            raise ValueError(f"{source}: unseen variant {name!r} is not a variant of any family"
+                             + (f"; did you mean {close[0]!r}?" if close else ""))
         return cls(families, weights, counts, probs, float(raw.get("reverse_mask_prob", 0.5)),
-                   PromptConfig.from_dict(raw.get("prompt")), frozenset(raw.get("unseen") or ()))
+                   PromptConfig.from_dict(raw.get("prompt")), unseen)
 
     def with_paths(self, min_images: int = 2, max_images: int = 4, weight: float = 1.0):
         """Add every simple type-graph path of min..max images as the family `graph_paths`."""

@@ -50,7 +50,7 @@ def annotated_shards(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_fill_dir(tmp_path_factory):
     """A tiny random FLUX.1-Fill model folder (diffusers layout), built offline once."""
-    from train.tiny import build_tiny_fill
+    from train.visualcloze.tiny import build_tiny_fill
 
     return build_tiny_fill(tmp_path_factory.mktemp("tiny-flux-fill") / "model")
 
@@ -58,7 +58,7 @@ def tiny_fill_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_cogvideox_dir(tmp_path_factory):
     """A tiny random CogVideoX1.5-layout model folder (diffusers layout), built offline once."""
-    from train.tiny_cogvideox import save_tiny
+    from train.realgeneral.tiny import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("tiny_cogvideox"))
 

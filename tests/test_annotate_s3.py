@@ -59,7 +59,7 @@ def test_annotate_manifest_tasks_stream_and_publish_on_s3(ray_local, bucket, tmp
     assert sample_tasks.main(["--manifest", manifest, "--num", "4",
                               "--out", str(tmp_path / "tasks.jsonl")]) == 0
     reader = SampleReader(out, manifest)  # members by ranged reads
-    local = SampleReader(tmp_path / "local", manifest_check="off")
+    local = SampleReader(tmp_path / "local", manifest_check="ignore")
     assert reader.member_bytes("0000001", "canny.png") == local.member_bytes("0000001", "canny.png")
     stream = GridStream(out, manifest, res=32, seed=0, max_tasks=2, families=["subject_extraction"])
     assert len(list(stream)) == 2

@@ -18,12 +18,12 @@ pytest.importorskip("skimage")
 
 from graph200k.reader import SampleReader  # noqa: E402
 from graph200k.stream import GridStream  # noqa: E402
-from train.cogvideox import CogVideoXConfig, build, diffusion_loss, main, pair_source, train  # noqa: E402
-from train.checkpoint import CheckpointManager  # noqa: E402
-from train.config import load_config  # noqa: E402
-from train.infer_cogvideox import generate  # noqa: E402
-from train.infer_cogvideox import main as infer_main  # noqa: E402
-from train.realgeneral.encoders import load_components  # noqa: E402
+from train.realgeneral.recipe import CogVideoXConfig, build, diffusion_loss, main, pair_source, train  # noqa: E402
+from train.common.checkpoint import CheckpointManager  # noqa: E402
+from train.common.config import load_config  # noqa: E402
+from train.realgeneral.infer import generate  # noqa: E402
+from train.realgeneral.infer import main as infer_main  # noqa: E402
+from train.realgeneral.encoders import encode_text, load_components, tokenize  # noqa: E402
 from train.realgeneral.model import RealGeneralModel  # noqa: E402
 
 TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "train" / "cogvideox-tiny.yaml"
@@ -96,7 +96,8 @@ def test_sigterm_then_resume_equals_uninterrupted(tiny_cogvideox_dir, shards, tm
     assert saved == ["step_00000003"] and not (tmp_path / "cut" / "lora").exists()
     resumed = CheckpointManager(tmp_path / "cut", every=0).load(tmp_path / "cut" / "checkpoints" / saved[0])
     assert resumed.step == 3
-    assert resumed.data_state == {"pairs_consumed": 12, "source": {"epoch": 0, "next_index": 12}}
+    assert resumed.data_state["pairs_consumed"] == 12 and resumed.data_state["consumed"] == 12
+    assert resumed.data_state["source"] == {"epoch": 0, "next_index": 12}
     first_built, first_reads = list(built), list(reads)
 
     built.clear(), reads.clear()
@@ -151,3 +152,52 @@ def test_cli_trains_then_inference_uses_the_saved_adapter(tiny_cogvideox_dir, sh
     assert np.asarray(Image.open(tmp_path / "from_shards.png")).shape == (32, 32, 3)
     with pytest.raises(SystemExit):  # --key without --shards names what is missing
         infer_main(["--model", str(tiny_cogvideox_dir), "--lora", str(out / "lora"), "--key", "0000000", "--out", "x.png"])
+
+
+# ---------------------------------------------------------------------------- caption dropout
+def test_caption_dropout_is_seeded_per_pair_and_near_its_share():
+    from train.realgeneral.recipe import dropped_captions
+
+    drops = dropped_captions(0, 0, 0, 4000, 0.1)
+    assert 0.08 < sum(drops) / len(drops) < 0.12
+    assert dropped_captions(0, 0, 1000, 10, 0.1) == drops[1000:1010]  # a resumed run draws the same
+    assert dropped_captions(0, 1, 0, 4000, 0.1) != drops  # ranks draw their own
+    assert not any(dropped_captions(0, 0, 0, 100, 0.0))
+
+
+def test_dropped_pairs_train_what_cfg_guides_against(tiny_cogvideox_dir, shards, tmp_path):
+    """A dropped pair's transformer sees the empty prompt (the negative of train.infer_cogvideox)
+    while UCE still reads the pair's prompt and subject, as in inference's unconditional branch."""
+    cfg = _cfg(tiny_cogvideox_dir, shards, tmp_path / "run")
+    parts, model = build(cfg)
+    pairs = list(itertools.islice(pair_source(cfg.data, 0, 1), 2))
+    seen = {}
+    model.transformer.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.update(context=kwargs["encoder_hidden_states"]), with_kwargs=True)
+    model.uce.register_forward_pre_hook(lambda m, args: seen.update(uce=args[0]))
+    text_len = model.transformer.config.max_text_seq_length
+    prompts = encode_text(parts["text_encoder"], tokenize(parts["tokenizer"], [p.prompt for p in pairs], text_len))
+    empty = encode_text(parts["text_encoder"], tokenize(parts["tokenizer"], [""], text_len))[0]
+    with torch.no_grad():
+        dropped = diffusion_loss(parts, model, pairs, torch.Generator().manual_seed(0), drop=[True, False])
+        kept = diffusion_loss(parts, model, pairs, torch.Generator().manual_seed(0), drop=[False, False])
+    assert torch.equal(seen["uce"], prompts)  # UCE: the prompts, dropped or not
+    assert torch.equal(seen["context"][1], prompts[1])
+    assert dropped != kept
+    with torch.no_grad():
+        diffusion_loss(parts, model, pairs, torch.Generator().manual_seed(0), drop=[True, False])
+    assert torch.equal(seen["context"][0], empty) and not torch.equal(seen["context"][0], prompts[0])
+
+
+def test_recipe_drops_captions_at_the_configured_share(tiny_cogvideox_dir, shards, tmp_path):
+    from train.realgeneral.recipe import dropped_captions
+
+    cfg = _cfg(tiny_cogvideox_dir, shards, tmp_path / "run", "train.max_steps=3", "train.checkpoint_every=0",
+               "validation.every=0", "realgeneral.caption_dropout=0.5")
+    train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["captions_dropped"] == sum(dropped_captions(0, 0, 0, 3 * 4, 0.5)) > 0
+    assert CogVideoXConfig().realgeneral.caption_dropout == 0.1  # the recipe's default
+
+
+

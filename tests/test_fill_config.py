@@ -1,9 +1,9 @@
-"""train.config: YAML keys = dataclass fields; unknown keys fail loudly, naming key and file."""
+"""train.common.config: YAML keys = dataclass fields; unknown keys fail loudly, naming key and file."""
 
 import pytest
 
-from train.config import ConfigError, load_config, parse_args
-from train.fill import FillConfig
+from train.common.config import ConfigError, load_config, parse_args
+from train.visualcloze.recipe import FillConfig
 
 
 def test_paper_and_tiny_configs_load_with_the_papers_values():

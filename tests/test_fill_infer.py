@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-import train.fill as fill
-import train.infer_fill as infer
-from train.config import load_config
+import train.visualcloze.recipe as fill
+import train.visualcloze.infer as infer
+from train.common.config import load_config
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from graph200k.grid import INFER, compose_images, pack_mask
-from train.fill_inputs import (GridLatents, collate, grid_position_ids, grid_tokens, pack_latents, row_masks,
+from train.visualcloze.inputs import (GridLatents, collate, grid_position_ids, grid_tokens, pack_latents, row_masks,
                                unpack_latents)
 
 
@@ -31,7 +31,7 @@ def test_position_ids_restart_per_row_by_hand():
 def test_pack_mask_s2_by_hand():
     # s = 2: a 4x4-pixel mask is one 2x2 latent = one token with 4 * s^2 = 16 channels,
     # channel = (sy*s + sx)*4 + dy*2 + dx, latent pixel (dy, dx) covers rows 2dy+sy, cols 2dx+sx.
-    # train.fill_inputs takes the packed mask from graph200k.grid (Grid.latent_mask).
+    # train.visualcloze.inputs takes the packed mask from graph200k.grid (Grid.latent_mask).
     mask = np.zeros((4, 4), np.uint8)
     mask[0, 3] = 255  # dy=0, sy=0, dx=1, sx=1 -> (0*2+1)*4 + 0*2 + 1 = 5
     mask[3, 0] = 255  # dy=1, sy=1, dx=0, sx=0 -> (1*2+0)*4 + 1*2 + 0 = 10
@@ -89,8 +89,8 @@ def test_collate_pads_mixed_layouts_and_shares_uniform():
 
 
 def test_per_sample_rope_equals_stock_and_ignores_padding(tiny_fill_dir):
-    from train.fill_inputs import FillBatch
-    from train.fill_model import PerSampleRopeAttnProcessor, load_transformer, predict_velocity
+    from train.visualcloze.inputs import FillBatch
+    from train.visualcloze.model import PerSampleRopeAttnProcessor, load_transformer, predict_velocity
 
     tr = load_transformer(str(tiny_fill_dir), torch.float32).eval()
     c4 = tr.config.out_channels
@@ -113,7 +113,7 @@ def test_per_sample_rope_equals_stock_and_ignores_padding(tiny_fill_dir):
 
 
 def test_flux_shift_matches_kohya_formula():
-    from train.fill_model import flux_shift
+    from train.visualcloze.model import flux_shift
 
     t = torch.tensor([0.5, 0.5, 0.25])
     out = flux_shift(t, torch.tensor([256, 4096, 4096]))

@@ -8,13 +8,13 @@ import signal
 
 import pytest
 
-import train.fill as fill
+import train.visualcloze.recipe as fill
 from graph200k.reader import SampleReader
 from graph200k.stream import GridStream
-from train.checkpoint import CheckpointManager
-from train.config import load_config
-from train.fill_inputs import grid_tokens
-from train.nan_guard import NonFiniteLossError
+from train.common.checkpoint import CheckpointManager
+from train.common.config import load_config
+from train.visualcloze.inputs import grid_tokens
+from train.common.nan_guard import NonFiniteLossError
 
 
 def _cfg(tiny_fill_dir, shards, out, *overrides):

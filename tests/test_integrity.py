@@ -109,7 +109,7 @@ def test_flipped_bytes_in_a_member_name_the_key_and_member(data, capsys):
     assert [(p.shard, p.part, p.key, p.member) for p in problems][:1] == \
         [(0, "source/000000.tar", "0000003", "target.jpg")]
     assert "corrupt" in problems[0].what
-    reader = SampleReader(d / "out", d / "out" / "manifest.parquet", manifest_check="off")
+    reader = SampleReader(d / "out", d / "out" / "manifest.parquet", manifest_check="ignore")
     with pytest.raises(FetchError) as e:
         reader.fetch("0000003", "target")
     assert e.value.reason == "corrupt" and "0000003" in str(e.value)

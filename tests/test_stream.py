@@ -6,7 +6,8 @@ import pytest
 import torch
 from annotated_shards import write_annotated_shards
 
-from graph200k.grid import Grid, TwoFramePair
+from graph200k.grid import Grid
+from graph200k.pair import TwoFramePair
 from graph200k.manifest import Manifest
 from graph200k.reader import FetchError, SampleReader, StaleIndexError
 from graph200k.shards import ShardWriter, decode_image, list_shards, read_shard, shard_path
@@ -128,13 +129,13 @@ def test_stale_index_is_detected_then_rebuilt(annotated, tmp_path):
     assert str(shard_path(copy, 0)) in msg and "0000001" in msg and "canny" in msg
     assert e.value.reason == "stale_index"
     # A fresh reader finds the cached index stale (size/mtime changed) and rebuilds it.
-    new = SampleReader(copy, manifest, manifest_check="off").member_bytes("0000001", "canny.png")
+    new = SampleReader(copy, manifest, manifest_check="ignore").member_bytes("0000001", "canny.png")
     assert new != old and new == samples[1]["depth.png"]
 
 
 def test_missing_member_undecodable_and_unknown_key_name_the_culprit(broken_copy):
     folder, manifest = broken_copy
-    reader = SampleReader(folder, manifest, manifest_check="off")
+    reader = SampleReader(folder, manifest, manifest_check="ignore")
     with pytest.raises(FetchError) as e:
         reader.fetch("0000000", "canny")
     assert e.value.reason == "missing_member"
@@ -151,7 +152,7 @@ def test_missing_member_undecodable_and_unknown_key_name_the_culprit(broken_copy
 
 def test_stream_skips_and_counts_broken_tasks(broken_copy, tasks_yaml):
     folder, manifest = broken_copy
-    stream = GridStream(folder, manifest, manifest_check="off", res=32, seed=0, tasks_config=tasks_yaml,
+    stream = GridStream(folder, manifest, manifest_check="ignore", res=32, seed=0, tasks_config=tasks_yaml,
                         families=["conditional_generation"], max_tasks=40)
     grids = list(stream)
     assert len(grids) + sum(stream.skipped.values()) == 40
@@ -165,7 +166,7 @@ def test_stream_skips_and_counts_broken_tasks(broken_copy, tasks_yaml):
     with pytest.raises(FetchError, match="0000000"):
         stream.fetch("0000000", "canny")
     # With workers, each item carries its worker's counts; observe() sums them.
-    stream = GridStream(folder, manifest, manifest_check="off", res=32, seed=0, tasks_config=tasks_yaml,
+    stream = GridStream(folder, manifest, manifest_check="ignore", res=32, seed=0, tasks_config=tasks_yaml,
                         families=["conditional_generation"], max_tasks=40)
     for item in torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2):
         stream.observe(item)
@@ -175,8 +176,8 @@ def test_stream_skips_and_counts_broken_tasks(broken_copy, tasks_yaml):
 def test_stream_never_hangs_when_every_task_fails(broken_copy, tasks_yaml):
     folder, manifest = broken_copy
     for p in list_shards(folder):
-        p.unlink()
-    stream = GridStream(folder, manifest, manifest_check="off", res=32, tasks_config=tasks_yaml,
+        p.write_bytes(b"not a tar")  # every read fails (a folder with no shards at all fails at once)
+    stream = GridStream(folder, manifest, manifest_check="ignore", res=32, tasks_config=tasks_yaml,
                         max_consecutive_skips=5)
     with pytest.raises(RuntimeError, match="shard_unreadable"):
         next(iter(stream))
@@ -184,7 +185,7 @@ def test_stream_never_hangs_when_every_task_fails(broken_copy, tasks_yaml):
 
 def test_foreground_and_background_come_from_the_matte(annotated):
     folder, manifest = annotated
-    reader = SampleReader(folder, manifest, manifest_check="off")
+    reader = SampleReader(folder, manifest, manifest_check="ignore")
     raw = next(s for s in read_shard(shard_path(folder, 0)) if s["__key__"] == "0000001")
     target = decode_image(raw["target.jpg"])
     inside = decode_image(raw["rmbg.png"], "L") >= 128  # threshold 0.5 of the matte

@@ -1,4 +1,4 @@
-"""Periodic validation images (train.validation) in both recipes: files, sizes, fixed tasks,
+"""Periodic validation images (train.common.validation) in both recipes: files, sizes, fixed tasks,
 training untouched (losses bit-identical, RNG isolated), resume with validation on."""
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-import train.cogvideox as cogvideox
-import train.fill as fill
-import train.infer_fill as infer_fill
+import train.realgeneral.recipe as cogvideox
+import train.visualcloze.recipe as fill
+import train.visualcloze.infer as infer_fill
 from graph200k.manifest import Manifest
 from graph200k.stream import GridStream
 from graph200k.tasks import TaskConfig
-from train.config import load_config
-from train.infer_fill import build_sampled_grid
-from train.validation import ValidationConfig, isolated, select_tasks, stream_tasks_setup
+from train.common.config import load_config
+from train.visualcloze.infer import build_sampled_grid
+from train.common.validation import ValidationConfig, isolated, select_tasks, stream_tasks_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,8 +54,7 @@ def test_fill_writes_fixed_task_grids_and_leaves_training_untouched(tiny_fill_di
     on = ["train.max_steps=4", "validation.every=2", "validation.num_tasks=2", "validation.steps=1"]
     with_val = fill.train(_fill_cfg(tiny_fill_dir, annotated_shards, tmp_path / "on", *on))
     out = capsys.readouterr().out
-    # configs/tasks.yaml holds no variant out: the fallback is said once.
-    assert out.count("validation: no unseen task (none configured)") == 1
+    assert "validation: no unseen task" not in out  # fill-tiny trains on tasks-unseen.yaml: 5 held out
     without = fill.train(_fill_cfg(tiny_fill_dir, annotated_shards, tmp_path / "off", *on, "validation.every=0"))
     assert with_val["losses"] == without["losses"]  # bitwise: validation drew nothing from the training RNG
     assert not (tmp_path / "off" / "validation").exists()
@@ -64,6 +63,7 @@ def test_fill_writes_fixed_task_grids_and_leaves_training_untouched(tiny_fill_di
     tasks = [json.loads(line) for line in (run / "tasks.jsonl").read_text().splitlines()]
     ids = [t["task_id"] for t in tasks]
     assert len(ids) == 2 and len(set(ids)) == 2
+    assert {t["variant"] for t in tasks} <= TaskConfig.load(ROOT / "configs/tasks-unseen.yaml").unseen
     assert sorted(p.name for p in run.iterdir()) == ["step_00000002", "step_00000004", "tasks.jsonl"]
     for step in ("step_00000002", "step_00000004"):  # the same tasks at every validation
         assert sorted(p.name for p in (run / step).iterdir()) == sorted(f"{i}{s}" for i in ids

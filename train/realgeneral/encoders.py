@@ -1,7 +1,7 @@
 """The frozen parts around the transformer: loading, T5 prompt embeddings, VAE image <-> latent.
 
 Every component goes through one `from_pretrained(id_or_path, subfolder=...)`, for the hub
-id THUDM/CogVideoX1.5-5B and for the tiny test model (`train.tiny_cogvideox`) alike.
+id THUDM/CogVideoX1.5-5B and for the tiny test model (`train.realgeneral.tiny`) alike.
 """
 
 from __future__ import annotations
@@ -50,14 +50,19 @@ def encode_text(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
     return text_encoder(input_ids.to(text_encoder.device))[0]
 
 
-def images_to_tensor(images: list[np.ndarray], device, dtype) -> torch.Tensor:
-    """uint8 H x W x 3 images -> (B, 3, 1, H, W) in [-1, 1]: one-frame videos for the VAE."""
+def images_to_tensor(images, device, dtype) -> torch.Tensor:
+    """uint8 images -> (B, 3, 1, H, W) in [-1, 1]: one-frame videos for the VAE. `images`: H x W x 3
+    arrays, or 3 x H x W uint8 tensors (made by DataLoader workers, maybe pinned: copied as
+    uint8, normalised on the device)."""
+    if images and isinstance(images[0], torch.Tensor):
+        pixels = torch.stack(images).to(device, non_blocking=True).float().div(127.5).sub(1.0)
+        return pixels[:, :, None].to(dtype=dtype)
     array = np.stack(images).astype(np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(0, 3, 1, 2)[:, :, None].to(device=device, dtype=dtype)
 
 
 @torch.no_grad()
-def encode_images(vae, images: list[np.ndarray], generator: torch.Generator | None = None) -> torch.Tensor:
+def encode_images(vae, images: list, generator: torch.Generator | None = None) -> torch.Tensor:
     """Images -> scaled latents (B, 1, C, h, w); each image is its own one-frame video."""
     pixels = images_to_tensor(images, vae.device, vae.dtype)
     latents = vae.encode(pixels).latent_dist.sample(generator=generator)

@@ -112,9 +112,13 @@ class RealGeneralModel(nn.Module):
         )[0]
         return out[:, r:].mean(dim=1, keepdim=True)
 
-    def forward(self, condition_latent, noisy_target, text_embeds, timestep, keyword_mask, task_ids):
+    def forward(self, condition_latent, noisy_target, text_embeds, timestep, keyword_mask, task_ids,
+                context_embeds=None):
+        """`context_embeds`: what the transformer attends to, when it is not the prompt UCE reads
+        (caption dropout: the empty prompt's embedding, as CFG's unconditional branch sees)."""
         condition = self.condition(condition_latent, text_embeds, keyword_mask, task_ids)
-        return self.predict(condition, noisy_target, text_embeds, timestep)
+        return self.predict(condition, noisy_target, text_embeds if context_embeds is None else context_embeds,
+                            timestep)
 
     # -- LoRA and what is trained ---------------------------------------------------------
     def add_lora(self, rank: int, alpha: int) -> None:
@@ -148,12 +152,13 @@ class RealGeneralModel(nn.Module):
             raise KeyError(f"LoRA weights not in the model: {unexpected[:5]}")
         self.uce.load_state_dict({k[len("uce."):]: v for k, v in state.items() if k.startswith("uce.")})
 
-    def save_adapter(self, out_dir: str | Path) -> Path:
+    def save_adapter(self, out_dir: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+        """`state`: the trainable weights as full tensors when this model is sharded (FSDP)."""
         from safetensors.torch import save_file
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.trainable_state_dict().items()}
+        state = {k: v.detach().to("cpu").contiguous() for k, v in (state or self.trainable_state_dict()).items()}
         save_file(state, out_dir / ADAPTER_WEIGHTS)
         config = {"tasks": list(self.uce.tasks), "mask_variant": self.mask_variant, **(self.lora or {})}
         (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")

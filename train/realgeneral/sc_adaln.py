@@ -10,7 +10,7 @@ model computes bit-for-bit what the base model computes (measured: splitting a l
 output rows gives identical float32 results on CPU, see tests/test_cogvideox_model.py).
 
 The video tokens are [condition frame; target frame] of equal size (both images share one
-size, `graph200k.grid.TwoFramePair`), so the split point is half the video sequence.
+size, `graph200k.pair.TwoFramePair`), so the split point is half the video sequence.
 """
 
 from __future__ import annotations

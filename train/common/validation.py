@@ -4,20 +4,24 @@ API
 ---
 ``ValidationConfig``
     The recipes' ``validation:`` section (``every: 0`` = off).
-``enabled(cfg, accelerator, say) -> bool``
-    Whether this process validates: ``every > 0``, main process, not FSDP (said once).
+``check_validation(cfg)``
+    ConfigError for nonsense values.
+``enabled(cfg, accelerator, say, sharded=False) -> bool``
+    Whether this process validates: ``every > 0`` and the main process; under FSDP every
+    rank (each holds a shard of the weights: the sampler's forward passes are collective).
 ``select_tasks(cfg, manifest, config, families=None, say=print) -> list[Task]``
     The fixed validation tasks, drawn once from ``cfg.seed`` (never from the training
     stream): the ``unseen`` variants of ``data.tasks_config`` when ``cfg.split == "unseen"``;
     when none are configured or none can be satisfied by the shards, tasks of the training
     families (said once through ``say``). Task ids are ``val-<seed>-<i>``.
-``Validator(cfg, out_dir, tasks, build, solve, log=None)``
+``Validator(cfg, out_dir, tasks, build, solve, log=None, write=True)``
     ``build(task) -> item | None`` (None or ``FetchError``: the task is skipped) runs once,
     at construction; ``solve(item, seed) -> (image, cell)`` (uint8 H x W x 3 arrays) runs
     every ``cfg.every`` steps in ``__call__(step, model)``, which writes
     ``<out_dir>/validation/step_XXXXXXXX/<task_id>.png`` (the solved grid / condition|target)
     and ``<task_id>.cell.png`` (the generated cell), each to a temporary name then renamed,
-    adds them to TensorBoard and returns metrics for the step's log row.
+    adds them to TensorBoard and returns metrics for the step's log row. ``write=False``
+    (FSDP's other ranks): the same forward passes, nothing written.
     ``pending(step)``: validation is due at `step` and its files are not all there (a run
     resumed from a checkpoint taken at a validation step redoes that validation).
 
@@ -40,7 +44,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from train.checkpoint import capture_rng, restore_rng
+from train.common.checkpoint import capture_rng, restore_rng
 
 SPLITS = ("unseen", "train")
 
@@ -56,25 +60,24 @@ class ValidationConfig:
     guidance: float | None = None  # null = the inference CLI's default (fill 30; cogvideox 6 / 2)
 
 
-def check(cfg: ValidationConfig) -> None:
-    if cfg.every < 0 or cfg.num_tasks < 1 or cfg.steps < 1:
-        raise ValueError(f"validation: every must be >= 0 (0 = off), num_tasks and steps >= 1; got every={cfg.every}, "
-                         f"num_tasks={cfg.num_tasks}, steps={cfg.steps}")
-    if cfg.split not in SPLITS:
-        raise ValueError(f"validation.split must be one of {SPLITS}, got {cfg.split!r}")
+def check_validation(cfg: ValidationConfig) -> None:
+    from train.common.config import require
+
+    require(isinstance(cfg.every, int) and cfg.every >= 0, "validation.every", cfg.every,
+            "must be an integer >= 0 (0 = off)")
+    require(isinstance(cfg.num_tasks, int) and cfg.num_tasks >= 1, "validation.num_tasks", cfg.num_tasks,
+            "must be an integer >= 1")
+    require(isinstance(cfg.steps, int) and cfg.steps >= 1, "validation.steps", cfg.steps, "must be an integer >= 1")
+    require(cfg.split in SPLITS, "validation.split", cfg.split, f"must be one of {', '.join(SPLITS)}")
 
 
-def enabled(cfg: ValidationConfig, acc, say: Callable[[str], None] = print) -> bool:
-    """Validation runs on the main process only, between optimizer steps (others wait at the
-    next gradient all-reduce). Under FSDP the main process alone cannot run the sharded model."""
-    check(cfg)
-    if not cfg.every or not acc.is_main_process:
-        return False
-    if acc.distributed_type.name == "FSDP":
-        say("validation: off under FSDP (sharded weights: sampling on the main process alone would hang); "
-            "train with DDP to get validation images, or set validation.every=0")
-        return False
-    return True
+def enabled(cfg: ValidationConfig, acc, say: Callable[[str], None] = print, *, sharded: bool = False) -> bool:
+    """Validation runs between optimizer steps on the main process (under DDP the others wait
+    at the next collective). Under FSDP no rank holds the whole model: every rank runs the
+    same sampling on the same tasks, each forward all-gathering the weights block by block,
+    and the main process writes the images."""
+    check_validation(cfg)
+    return bool(cfg.every) and (acc.is_main_process or sharded)
 
 
 def stream_tasks_setup(data, source=None, pairs: bool = False):
@@ -115,7 +118,7 @@ def select_tasks(cfg: ValidationConfig, manifest, config, families=None, say: Ca
     tasks = []
     for i in range(cfg.num_tasks * attempts_per_task):
         # One generator per index, as GridStream does: task i does not depend on the others.
-        sampler.rng = random.Random(f"train.validation/{cfg.seed}/{split}/{i}")
+        sampler.rng = random.Random(f"train.common.validation/{cfg.seed}/{split}/{i}")
         task = sampler.sample()
         task.task_id = f"val-{cfg.seed}-{i:02d}"
         tasks.append(task)
@@ -157,10 +160,10 @@ def isolated(model: torch.nn.Module | None = None):
 
 class Validator:
     def __init__(self, cfg: ValidationConfig, out_dir: str | Path, tasks, build: Callable, solve: Callable,
-                 log=None):
+                 log=None, write: bool = True):
         from graph200k.reader import FetchError
 
-        self.cfg, self.solve, self.log = cfg, solve, log
+        self.cfg, self.solve, self.log, self.write = cfg, solve, log, write
         self.dir = Path(out_dir) / "validation"
         self.items: list[tuple[object, object]] = []  # (task, item): built once, solved at every validation
         skipped = 0
@@ -182,9 +185,10 @@ class Validator:
         if len(self.items) < cfg.num_tasks:
             self._say(f"validation: only {len(self.items)} of {cfg.num_tasks} tasks could be built "
                       f"({skipped} skipped)")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_text(self.dir / "tasks.jsonl",
-                   "".join(json.dumps(t.to_json()) + "\n" for t, _ in self.items))
+        if write:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.dir / "tasks.jsonl",
+                       "".join(json.dumps(t.to_json()) + "\n" for t, _ in self.items))
 
     @property
     def task_ids(self) -> list[str]:
@@ -204,11 +208,14 @@ class Validator:
     def __call__(self, step: int, model: torch.nn.Module | None = None) -> dict:
         t0 = time.perf_counter()
         folder = self.step_dir(step)
-        folder.mkdir(parents=True, exist_ok=True)
+        if self.write:
+            folder.mkdir(parents=True, exist_ok=True)
         written = []
         with isolated(model):
             for i, (task, item) in enumerate(self.items):
                 image, cell = self.solve(item, self.cfg.seed + i)
+                if not self.write:
+                    continue
                 written += [write_png(folder / f"{task.task_id}.png", image),
                             write_png(folder / f"{task.task_id}.cell.png", cell)]
                 if self.log is not None:

@@ -2,7 +2,7 @@
 
 - ``load_transformer / load_vae / load_text_encoders(pretrained, dtype)``: one
   ``from_pretrained(id_or_path, subfolder=...)`` path for the hub id and a local folder
-  (the tiny model of ``train.tiny`` goes through the same calls).
+  (the tiny model of ``train.visualcloze.tiny`` goes through the same calls).
 - ``add_lora(transformer, rank, alpha, target_modules)``: LoRA on every ``nn.Linear`` of
   the transformer by default (VisualCloze: rank 256), trainable params kept in fp32.
 - ``PerSampleRopeAttnProcessor``: diffusers' Flux forward takes one (N, 3) position-id
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
-from train.fill_inputs import FillBatch, text_position_ids
+from train.visualcloze.inputs import FillBatch, text_position_ids
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -150,8 +150,12 @@ def sample_timesteps(batch_size: int, num_tokens: torch.Tensor, shift: bool, gen
 
 
 def predict_velocity(transformer, batch: FillBatch, noisy: torch.Tensor, t: torch.Tensor, guidance: float):
-    """Run the Fill transformer on [noisy | masked image | mask] tokens -> (B, N, 4C) velocity."""
-    device, dtype = noisy.device, transformer.dtype
+    """Run the Fill transformer on [noisy | masked image | mask] tokens -> (B, N, 4C) velocity.
+
+    `transformer` may be wrapped (DDP): attributes are read from the model inside, the call
+    goes through the wrapper (its gradient hooks)."""
+    core = getattr(transformer, "module", transformer)
+    device, dtype = noisy.device, core.dtype
     b, n_txt = noisy.shape[0], batch.text.shape[1]
     txt_ids = text_position_ids(n_txt).to(device)
     kwargs = None
@@ -159,7 +163,7 @@ def predict_velocity(transformer, batch: FillBatch, noisy: torch.Tensor, t: torc
         img_ids = batch.img_ids.to(device)
     else:
         # Per-sample ids: rotary tables built with the model's own pos_embed, sample by sample.
-        tables = [transformer.pos_embed(torch.cat([txt_ids, ids.to(device)])) for ids in batch.img_ids]
+        tables = [core.pos_embed(torch.cat([txt_ids, ids.to(device)])) for ids in batch.img_ids]
         cos = torch.stack([c for c, _ in tables]); sin = torch.stack([s for _, s in tables])
         keys = torch.cat([torch.ones(b, n_txt, dtype=torch.bool), batch.valid], dim=1).to(device)
         kwargs = {"sample_rotary_emb": (cos, sin), "key_padding": keys}
@@ -168,7 +172,7 @@ def predict_velocity(transformer, batch: FillBatch, noisy: torch.Tensor, t: torc
     out = transformer(
         hidden_states=hidden,
         timestep=t.to(device, dtype),
-        guidance=torch.full((b,), guidance, device=device, dtype=dtype) if transformer.config.guidance_embeds else None,
+        guidance=torch.full((b,), guidance, device=device, dtype=dtype) if core.config.guidance_embeds else None,
         pooled_projections=batch.pooled.to(device, dtype),
         encoder_hidden_states=batch.text.to(device, dtype),
         txt_ids=txt_ids,

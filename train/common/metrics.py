@@ -12,6 +12,14 @@ API
         to wandb when configured, and updates the progress bar. Returns the row.
     ``.image(tag, image, step)``: a uint8 H x W x 3 array to TensorBoard (and wandb).
     ``.write(msg)`` prints without breaking the bar; ``.close()``.
+    A run resumed at ``initial_step`` first drops the rows after it from ``metrics.jsonl``
+    (they belong to steps that are trained again) and tells TensorBoard to purge them, so
+    every step is logged once.
+
+``JsonlLog(path, initial_step=0)``
+    An append-only ``{"step": ...}`` JSONL file with the same resume rule (``.write(row)``,
+    ``.close()``); the recipes' per-rank ``tasks.rank{r}.jsonl`` (the task ids each rank
+    trained at each step) uses it too.
 
 ``peak_memory_gb() -> float``
 """
@@ -19,6 +27,7 @@ API
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 from pathlib import Path
@@ -33,6 +42,38 @@ def peak_memory_gb() -> float:
     # ru_maxrss is KiB on Linux, bytes on macOS.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the rows with step <= last_step (and drop a line cut short by a crash); atomic."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
+            kept.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+class JsonlLog:
+    def __init__(self, path: str | Path, initial_step: int = 0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        truncate_jsonl(self.path, initial_step)
+        self.file = open(self.path, "a")
+
+    def write(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class MetricLogger:
@@ -52,11 +93,13 @@ class MetricLogger:
             return
         self.dir = Path(log_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(self.dir / "metrics.jsonl", "a")
+        self.jsonl = JsonlLog(self.dir / "metrics.jsonl", initial_step)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+            # purge_step: TensorBoard hides the events a previous attempt wrote after the checkpoint.
+            self.tb = SummaryWriter(str(self.dir / "tensorboard"),
+                                    purge_step=initial_step + 1 if initial_step else None)
         if wandb_project:
             try:
                 import wandb
@@ -78,8 +121,7 @@ class MetricLogger:
             row["tokens_per_s"] = tokens / step_time
         row["peak_mem_gb"] = peak_memory_gb()
         row.update({k: (float(v) if isinstance(v, (int, float)) else v) for k, v in extra.items()})
-        self.jsonl.write(json.dumps(row) + "\n")
-        self.jsonl.flush()
+        self.jsonl.write(row)
         numeric = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
         if self.tb is not None:
             for k, v in numeric.items():

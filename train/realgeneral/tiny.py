@@ -1,12 +1,12 @@
 """Tiny random CogVideoX components, saved in the diffusers layout of THUDM/CogVideoX1.5-5B.
 
-`python -m train.tiny_cogvideox OUT_DIR` writes transformer/, vae/, text_encoder/, tokenizer/,
+`python -m train.realgeneral.tiny OUT_DIR` writes transformer/, vae/, text_encoder/, tokenizer/,
 scheduler/ so `train.cogvideox` and `train.infer_cogvideox` load them through the same
 `from_pretrained(id_or_path, subfolder=...)` calls as the real model. Nothing is downloaded:
 the T5 config is built here and the tokenizer is a word-level `tokenizers` model over a small
 vocabulary made in code.
 
-Shapes (DESIGN.md, "Facts from the anchors"): heads x head dim divisible by 16 for CogVideoX's
+Shapes: heads x head dim divisible by 16 for CogVideoX's
 3D RoPE; the VAE needs inputs of at least 16^2 (four levels, spatial factor 8).
 """
 
@@ -49,7 +49,14 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def tiny_components(seed: int = 0, text_len: int = 16):
+VERSIONS = ("1.5", "1.0")
+
+
+def tiny_components(seed: int = 0, text_len: int = 16, version: str = "1.5"):
+    """`version` "1.5": CogVideoX1.5's layout (temporal patches of 2 latent frames, no patch bias);
+    "1.0": CogVideoX-5B's (no temporal patching: each image is one latent frame, patch bias)."""
+    if version not in VERSIONS:
+        raise ValueError(f"unknown tiny CogVideoX version {version!r}; known: {', '.join(VERSIONS)}")
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
@@ -70,23 +77,25 @@ def tiny_components(seed: int = 0, text_len: int = 16):
     # of the encoder output at -20 (std ~5e-5).
     with torch.no_grad():
         vae.encoder.conv_out.conv.bias[vae.config.latent_channels :] = -20.0
-    # CogVideoX1.5 layout (patch_size_t=2, RoPE, no patch bias) at toy width: 2 heads x 16 = 32.
+    # CogVideoX1.5 layout (patch_size_t=2, RoPE, no patch bias) or CogVideoX-5B 1.0's
+    # (patch_size_t=None, RoPE, patch bias), at toy width: 2 heads x 16 = 32.
+    layout = dict(patch_size_t=2, patch_bias=False) if version == "1.5" else dict(patch_size_t=None, patch_bias=True)
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=32,
         text_embed_dim=32, num_layers=2, sample_width=16, sample_height=16, sample_frames=5,
-        patch_size=2, patch_size_t=2, temporal_compression_ratio=4, max_text_seq_length=text_len,
-        use_rotary_positional_embeddings=True, patch_bias=False,
+        patch_size=2, temporal_compression_ratio=4, max_text_seq_length=text_len,
+        use_rotary_positional_embeddings=True, **layout,
     )
     scheduler = CogVideoXDPMScheduler(**SCHEDULER_CONFIG)
     return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
 
 
-def save_tiny(out_dir: str | Path, seed: int = 0) -> Path:
+def save_tiny(out_dir: str | Path, seed: int = 0, version: str = "1.5") -> Path:
     """Write the tiny model in diffusers layout (safetensors) and return its dir."""
     import json
 
     out_dir = Path(out_dir)
-    parts = tiny_components(seed)
+    parts = tiny_components(seed, version=version)
     for name, component in parts.items():
         component.save_pretrained(out_dir / name)
     # model_index.json as on the hub, so the dir also opens with diffusers' CogVideoXPipeline.
@@ -102,8 +111,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--version", choices=VERSIONS, default="1.5")
     args = parser.parse_args(argv)
-    print(save_tiny(args.out_dir, args.seed))
+    print(save_tiny(args.out_dir, args.seed, args.version))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Nothing is fetched from the hub: T5 / CLIP configs are built here and both token
 built with the ``tokenizers`` library from a small vocabulary made in code (the words of
 the Graph200K prompt phrases + letters and digits), wrapped in ``PreTrainedTokenizerFast``.
 
-CLI: ``python -m train.tiny --out out/tiny-flux-fill``
+CLI: ``python -m train.visualcloze.tiny --out out/tiny-flux-fill``
 """
 
 from __future__ import annotations

@@ -126,8 +126,16 @@ def _vae_encode(vae, pixels: torch.Tensor) -> torch.Tensor:
     return ((lat - shift) * vae.config.scaling_factor).float()
 
 
+def device_pixels(row: torch.Tensor, device) -> torch.Tensor:
+    """uint8 3 x H x W (pinned by a DataLoader) -> float (1, 3, H, W) in [-1, 1] on `device`:
+    the copy moves 4x fewer bytes than floats and overlaps compute when the source is pinned."""
+    return row.to(device, non_blocking=True)[None].float().div(127.5).sub(1.0)
+
+
 @torch.no_grad()
-def encode_grid(grid: Grid, vae) -> GridLatents:
+def encode_grid(grid: Grid, vae, pixels: list[torch.Tensor] | None = None) -> GridLatents:
+    """`pixels`: the rows as uint8 3 x H x W tensors (train.common.loader makes them in its
+    workers); without them the rows are converted here."""
     s = vae_scale_factor(vae)
     latents, masked, sizes = [], [], []
     for r, (row, m) in enumerate(zip(grid.rows, row_masks(grid))):
@@ -135,11 +143,11 @@ def encode_grid(grid: Grid, vae) -> GridLatents:
         if h % (2 * s) or w % (2 * s):
             raise ValueError(f"grid {grid.task_id!r} row {r}: {h}x{w} px is not a multiple of {2 * s} "
                              "(2 x VAE downscale); compose grids with sides that are multiples of 16")
-        pixels = row_to_tensor(row)
-        mask = torch.from_numpy(m)[None, None]
-        clean = _vae_encode(vae, pixels)
+        pixels_r = row_to_tensor(row) if pixels is None else device_pixels(pixels[r], vae.device)
+        mask = torch.from_numpy(m)[None, None].to(pixels_r.device)
+        clean = _vae_encode(vae, pixels_r)
         # Rows without the masked cell: masked image == image, skip a second encode.
-        blank = _vae_encode(vae, pixels * (1 - mask)) if mask.any() else clean
+        blank = _vae_encode(vae, pixels_r * (1 - mask)) if mask.any() else clean
         latents.append(pack_latents(clean)[0])
         masked.append(pack_latents(blank)[0])
         sizes.append((clean.shape[2], clean.shape[3]))

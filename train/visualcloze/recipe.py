@@ -1,0 +1,409 @@
+"""FLUX.1-Fill-dev LoRA on visual-cloze grids (VisualCloze, arXiv 2504.07960).
+
+    python -m train.fill --config configs/train/fill-tiny.yaml [key=value ...]
+    accelerate launch --config_file configs/accelerate/8gpu-fsdp.yaml -m train.fill --config configs/train/fill.yaml
+
+Read top to bottom: config → build (models, LoRA, optimizer, resume) → data → loop → save.
+Rerunning the same command resumes from the newest checkpoint in `train.out_dir`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from train.common.checkpoint import CheckpointManager, SigtermHandler
+from train.common.config import (LoaderConfig, TrainConfig, check_loader, check_optim, check_train, parse_args,
+                                 require, steps_of_accumulation, to_dict)
+from train.common.distributed import Parallel
+from train.common.feature_cache import FeatureCache
+from train.common.loader import Loaded, TaskLoader, image_tensor
+from train.common.metrics import JsonlLog, MetricLogger
+from train.common.nan_guard import check_finite
+from train.common.validation import (ValidationConfig, Validator, check_validation, enabled, select_tasks,
+                                     stream_tasks_setup)
+from train.visualcloze.inputs import GridLatents, collate, encode_grid, encode_prompts, grid_tokens
+from train.visualcloze.model import (PerSampleRopeAttnProcessor, add_lora, load_lora_state_dict, load_text_encoders,
+                                     load_transformer, load_vae, lora_state_dict, predict_velocity, sample_timesteps,
+                                     torch_dtype, velocity_loss)
+from train.visualcloze.tiny import TinyFillConfig
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class ModelConfig:
+    pretrained: str = "black-forest-labs/FLUX.1-Fill-dev"  # hub id or local diffusers folder
+    revision: str | None = None
+    dtype: str = "bfloat16"  # frozen transformer / VAE / text encoders
+    gradient_checkpointing: bool = True
+    max_sequence_length: int = 512  # T5 tokens
+    build_tiny: bool = False  # build a tiny random model at `pretrained` first if it is missing
+
+
+@dataclass
+class LoraSection:
+    rank: int = 256
+    alpha: float = 256.0
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    grad_clip: float = 2.0
+    warmup_steps: int = 0
+
+
+@dataclass
+class ObjectiveConfig:
+    timesteps: str = "lognorm"  # t = sigmoid(N(0, 1))
+    # kohya's flux_shift (mu 0.5 @ 256 → 1.15 @ 4096 tokens). VisualCloze's released trainer
+    # effectively runs without it (an argparse clash), hence False by default.
+    time_shift: bool = False
+    base_shift: float = 0.5
+    max_shift: float = 1.15
+    loss_on: str = "grid"  # "grid": every image token (VisualCloze's trainer) | "masked_cell"
+    guidance: float = 1.0
+
+
+@dataclass
+class DataConfig(LoaderConfig):
+    source: str = "shards"  # annotated Graph200K shards through graph200k.stream.GridStream
+    shards: str = "shards/graph200k"
+    manifest: str | None = None  # null: built by scanning the shards
+    res: int = 384
+    seed: int = 0
+    families: list[str] | None = None
+    tasks_config: str = "configs/tasks.yaml"
+    micro_batch_size: int = 1
+    max_tokens: int = 0  # grids with more image tokens are skipped and counted; 0 = no limit
+    cache_dir: str | None = None  # cache VAE latents + text embeddings here (safetensors)
+
+
+@dataclass
+class FillConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSection = field(default_factory=LoraSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/fill"))
+    tiny: TinyFillConfig = field(default_factory=TinyFillConfig)  # used only with model.build_tiny
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+
+class Encoders:
+    """VAE + text encoders, loaded on first use: with a warm cache they are never loaded."""
+
+    def __init__(self, cfg: FillConfig, device):
+        self.cfg, self.device = cfg, device
+        self._vae = self._text = None
+        cache = cfg.data.cache_dir
+        self.latent_cache = FeatureCache(cache, "latents") if cache else None
+        self.text_cache = FeatureCache(cache, "text") if cache else None
+
+    def vae(self):
+        if self._vae is None:
+            m = self.cfg.model
+            self._vae = load_vae(m.pretrained, torch_dtype(m.dtype), m.revision).to(self.device).eval()
+            self._vae.requires_grad_(False)
+        return self._vae
+
+    def latents(self, grid, pixels=None) -> GridLatents:
+        if self.latent_cache is None:
+            return encode_grid(grid, self.vae(), pixels)
+        key = FeatureCache.key(self.cfg.model.pretrained, *grid.rows, *grid.masks, grid.mask_row, grid.mask_col)
+        hit = self.latent_cache.get(key)
+        if hit is not None:
+            return GridLatents.from_dict(hit)
+        out = encode_grid(grid, self.vae(), pixels)
+        self.latent_cache.put(key, out.to_dict())
+        return out
+
+    def text_models(self):
+        """(clip tokenizer, CLIP, t5 tokenizer, T5), loaded once."""
+        if self._text is None:
+            m = self.cfg.model
+            tok, clip, tok2, t5 = load_text_encoders(m.pretrained, torch_dtype(m.dtype), m.revision)
+            self._text = (tok, clip.to(self.device), tok2, t5.to(self.device))
+        return self._text
+
+    def text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.cfg.model
+        rows = []
+        for p in prompts:
+            key = FeatureCache.key(m.pretrained, m.max_sequence_length, p) if self.text_cache else None
+            hit = self.text_cache.get(key) if key else None
+            if hit is None:
+                t5_embeds, pooled = encode_prompts([p], *self.text_models(), max_sequence_length=m.max_sequence_length)
+                hit = {"text": t5_embeds[0], "pooled": pooled[0]}
+                if key:
+                    self.text_cache.put(key, hit)
+            rows.append(hit)
+        return torch.stack([r["text"] for r in rows]), torch.stack([r["pooled"] for r in rows])
+
+
+def grid_source(data_cfg: DataConfig, rank: int = 0, world_size: int = 1):
+    """The recipe's only data entry point: this process's stream of graph200k.grid.Grid."""
+    if data_cfg.source != "shards":
+        raise ValueError(f"data.source must be 'shards' (annotated Graph200K shards), got {data_cfg.source!r}")
+    from graph200k.stream import GRID, GridStream
+
+    # The stream splits its task sequence across ranks itself (DDP/FSDP).
+    return GridStream(shards=data_cfg.shards, manifest=data_cfg.manifest, res=data_cfg.res, seed=data_cfg.seed,
+                      families=data_cfg.families, tasks_config=data_cfg.tasks_config, mode=GRID, rank=rank,
+                      world_size=world_size, manifest_check=data_cfg.manifest_check)
+
+
+def grid_tensors(grid) -> dict:
+    """Runs in the DataLoader workers: the grid's rows as uint8 tensors (pinnable)."""
+    return {"rows": [image_tensor(row) for row in grid.rows]}
+
+
+class MicroBatches:
+    """Micro-batches of loaded Grids; grids over the token budget are skipped and counted.
+
+    `state()` is the loader's (its stream position, tasks skipped by reason) plus the
+    over-budget count: a resumed run starts the stream there without reading used grids.
+    """
+
+    def __init__(self, loader: TaskLoader, size: int, max_tokens: int, scale: int, state: dict | None = None):
+        self.loader, self.size, self.max_tokens, self.scale = loader, size, max_tokens, scale
+        self.over_budget = int((state or {}).get("skipped_over_budget", 0))
+
+    def next(self) -> list[Loaded]:
+        out = []
+        while len(out) < self.size:
+            loaded = self.loader.next()
+            if self.max_tokens and grid_tokens(loaded.item, self.scale) > self.max_tokens:
+                self.over_budget += 1
+                continue
+            out.append(loaded)
+        return out
+
+    def state(self) -> dict:
+        return {**self.loader.state(), "skipped_over_budget": self.over_budget}
+
+
+def check_config(cfg: FillConfig) -> None:
+    """Nonsense values stop here, before any model is loaded (ConfigError naming the key)."""
+    check_train(cfg.train)
+    check_loader(cfg.data)
+    check_optim(cfg.optim)
+    require(cfg.data.max_tokens >= 0, "data.max_tokens", cfg.data.max_tokens, "must be >= 0 (0 = no limit)")
+    require(cfg.lora.rank >= 1, "lora.rank", cfg.lora.rank, "must be an integer >= 1")
+    require(cfg.lora.alpha > 0, "lora.alpha", cfg.lora.alpha, "must be > 0")
+    require(cfg.objective.loss_on in ("grid", "masked_cell"), "objective.loss_on", cfg.objective.loss_on,
+            "must be 'grid' (every image token, VisualCloze's trainer) or 'masked_cell'")
+    require(cfg.data.source == "shards", "data.source", cfg.data.source,
+            "must be 'shards' (annotated Graph200K shards)")
+    check_validation(cfg.validation)
+
+
+def fsdp_units(transformer) -> list:
+    """What FSDP shards, bottom-up: each double- and single-stream block, then the rest."""
+    return [*transformer.transformer_blocks, *transformer.single_transformer_blocks, transformer]
+
+
+def train(cfg: FillConfig) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    check_config(cfg)
+    # ------------------------------------------------------------------------- build
+    acc = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    par = Parallel(acc)  # single / DDP / FSDP, from the launch
+    accum = steps_of_accumulation(cfg.train.global_batch_size, cfg.data.micro_batch_size, acc.num_processes)
+    # Missing shards or manifest fail here, naming them, before any model is loaded.
+    source = grid_source(cfg.data, acc.process_index, acc.num_processes)
+    # One seed for every rank while the model is built: LoRA's random A must be the same on all
+    # of them (FSDP shards each rank's own copy; DDP would broadcast rank 0's).
+    set_seed(cfg.train.seed)
+    out_dir = Path(cfg.train.out_dir)
+
+    if cfg.model.build_tiny and not (Path(cfg.model.pretrained) / "model_index.json").exists():
+        if acc.is_main_process:
+            from train.visualcloze.tiny import build_tiny_fill
+
+            build_tiny_fill(cfg.model.pretrained, cfg.tiny)
+        acc.wait_for_everyone()
+
+    transformer = load_transformer(cfg.model.pretrained, torch_dtype(cfg.model.dtype), cfg.model.revision)
+    add_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules, cfg.lora.dropout)
+    transformer.set_attn_processor(PerSampleRopeAttnProcessor())
+    if cfg.model.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    encoders = Encoders(cfg, acc.device)
+    set_seed(cfg.train.seed + acc.process_index)  # noise and timesteps: each rank its own
+    scale = _vae_scale(cfg)  # from the VAE's config: no VAE weights needed when latents are cached
+
+    ckpt = CheckpointManager(out_dir, cfg.train.checkpoint_every, cfg.train.keep_checkpoints, acc.process_index,
+                             acc.num_processes, acc.wait_for_everyone, shard_optimizer=par.sharded,
+                             gather=par.gather)
+    resumed = ckpt.resume(agree=lambda ok: not par.any(not ok))
+    if resumed is not None:  # into the whole model, before FSDP shards it
+        load_lora_state_dict(transformer, resumed.trainable)
+    transformer = par.prepare_model(transformer, fsdp_units(transformer))
+    params = [p for p in transformer.parameters() if p.requires_grad]  # FSDP: the sharded ones
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                                  weight_decay=cfg.optim.weight_decay)
+    warmup = cfg.optim.warmup_steps
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    optimizer = par.prepare_optimizer(optimizer)
+    start, data_state = 0, None
+    if resumed is not None:
+        resumed.restore(optimizer, lr_scheduler)  # and this rank's RNG: nothing draws from it before the loop
+        start, data_state = resumed.step, resumed.data_state
+        acc.print(f"resumed from {resumed.path} (step {start})")
+    if acc.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    # ------------------------------------------------------------------------- data
+    loader = TaskLoader(source, grid_tensors, cfg.data, cfg.train.seed + acc.process_index, data_state)
+    batches = MicroBatches(loader, cfg.data.micro_batch_size, cfg.data.max_tokens, scale, data_state)
+
+    # ------------------------------------------------------------------------- loop
+    log = MetricLogger(out_dir / "logs", cfg.train.max_steps, start, acc.is_main_process, cfg.train.tensorboard,
+                       cfg.train.wandb_project, to_dict(cfg))
+    task_log = JsonlLog(out_dir / "logs" / f"tasks.rank{acc.process_index}.jsonl", start)
+    validate = fill_validator(cfg, acc, par, transformer, encoders, scale, log, source)
+    if validate is not None and validate.pending(start):  # preempted before that step's images were written
+        validate(start, transformer)
+    obj = cfg.objective
+    losses, stop = [], False
+    transformer.train()
+    with SigtermHandler() as sigterm:
+        for step in range(start + 1, cfg.train.max_steps + 1):
+            t0 = time.perf_counter()
+            # The step's data first: a rank whose shards fail says so before any collective.
+            micro_batches = [batches.next() for _ in range(accum)]
+            seen, skipped, over_budget, tokens = par.sum([
+                loader.consumed, loader.skipped_total, batches.over_budget,
+                sum(grid_tokens(x.item, scale) for mb in micro_batches for x in mb)])  # all ranks, one all-reduce
+            loader.check_skipped(seen, skipped, cfg.data.shards)
+            step_loss, task_ids = torch.zeros((), device=acc.device), []
+            for micro, loaded in enumerate(micro_batches):
+                grids = [x.item for x in loaded]
+                text, pooled = encoders.text([g.prompt for g in grids])
+                batch = collate([encoders.latents(x.item, x.tensors.get("rows")) for x in loaded], text, pooled,
+                                [g.task_id for g in grids])
+                task_ids += batch.task_ids
+                x0 = batch.latents.to(acc.device)
+                t = sample_timesteps(x0.shape[0], batch.num_tokens, obj.time_shift, base_shift=obj.base_shift,
+                                     max_shift=obj.max_shift).to(acc.device)
+                noise = torch.randn_like(x0)
+                noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise  # rectified flow
+                # Gradients are all-reduced (DDP) / reduce-scattered (FSDP) on the last micro-batch only.
+                with par.no_sync(transformer, sync=micro == accum - 1), acc.autocast():
+                    pred = predict_velocity(transformer, batch, noisy, t, obj.guidance)
+                    region = batch.valid if obj.loss_on == "grid" else batch.cell & batch.valid
+                    loss = velocity_loss(pred, noise, x0, region.to(acc.device))
+                    acc.backward(loss / accum)
+                step_loss += loss.detach() / accum
+
+            step_loss = acc.reduce(step_loss, "mean")
+            # Before the update: NaN weights never reach a checkpoint; the last one stays good.
+            check_finite(step_loss, step, task_ids, ckpt.latest())
+            grad_norm = par.clip_grad_norm(params, cfg.optim.grad_clip)  # the global norm, on every rank
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            losses.append(float(step_loss))
+            step_time = time.perf_counter() - t0
+            task_log.write({"step": step, "tasks": task_ids})
+            stop = par.any(sigterm.requested)
+            images = validate(step, transformer) if validate and validate.due(step) and not stop else {}
+            log.log(step, loss=float(step_loss), lr=lr_scheduler.get_last_lr()[0], grad_norm=grad_norm,
+                    samples=cfg.train.global_batch_size, tokens=int(tokens), step_time=step_time,
+                    skipped_over_budget=int(over_budget), skipped_tasks=int(skipped), tasks_seen=int(seen),
+                    **images)
+            last = step == cfg.train.max_steps
+            if ckpt.should_save(step, stop) or last:
+                ckpt.save(step, _trainable_state(par, transformer), optimizer, lr_scheduler, batches.state(),
+                          {"skipped_over_budget": batches.over_budget, "skipped_tasks": dict(loader.skipped)})
+            if stop:
+                log.write(f"SIGTERM: saved step {step}; rerun the same command to resume")
+                break
+
+    # ------------------------------------------------------------------------- save
+    lora_dir = out_dir / "lora"
+    if not stop:
+        lora = _trainable_state(par, transformer)  # every rank: FSDP gathers the shards
+        if acc.is_main_process:
+            from diffusers import FluxFillPipeline
+
+            # diffusers' LoRA format: loads with FluxFillPipeline.load_lora_weights(lora_dir).
+            FluxFillPipeline.save_lora_weights(lora_dir, transformer_lora_layers=lora, safe_serialization=True)
+    log.close()
+    task_log.close()
+    acc.wait_for_everyone()
+    return {"losses": losses, "skipped_over_budget": batches.over_budget, "skipped_tasks": dict(loader.skipped),
+            "last_step": start + len(losses), "lora_dir": lora_dir,
+            "cache_hits": encoders.latent_cache.hits if encoders.latent_cache else 0}
+
+
+def fill_validator(cfg: FillConfig, acc, par: Parallel, transformer, encoders: Encoders, scale: int, log,
+                   source=None) -> Validator | None:
+    """The fixed validation grids (inference sizing, masked cell unread), solved by GridFillPipeline
+    on the modules this run already holds: the LoRA transformer, the VAE, the text encoders."""
+    v = cfg.validation
+    if not enabled(v, acc, log.write, sharded=par.sharded):
+        return None
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from train.visualcloze.infer import GridFillPipeline, build_sampled_grid, solve
+
+    manifest, config = stream_tasks_setup(cfg.data, source)
+    tasks = select_tasks(v, manifest, config, cfg.data.families, log.write)
+    res = v.res or cfg.data.res
+    guidance = 30.0 if v.guidance is None else v.guidance  # infer_fill's default
+    pipes = []
+
+    def run(grid, seed):
+        if not pipes:  # at the first validation: a cached run loads its encoders only if it gets there
+            tok, clip, tok2, t5 = encoders.text_models()
+            scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(cfg.model.pretrained, subfolder="scheduler",
+                                                                        revision=cfg.model.revision)
+            pipes.append(GridFillPipeline(scheduler=scheduler, vae=encoders.vae(), text_encoder=clip, tokenizer=tok,
+                                          text_encoder_2=t5, tokenizer_2=tok2, transformer=acc.unwrap_model(transformer)))
+            pipes[0].set_progress_bar_config(disable=True)
+        with acc.autocast():
+            return solve(pipes[0], grid, v.steps, guidance, seed, cfg.model.max_sequence_length)
+
+    return Validator(v, cfg.train.out_dir, tasks,
+                     lambda task: build_sampled_grid(task.to_json(), cfg.data.shards, manifest, res, 2 * scale),
+                     run, log, write=acc.is_main_process)
+
+
+def _trainable_state(par: Parallel, transformer) -> dict[str, torch.Tensor]:
+    """The LoRA weights as full CPU tensors on every rank; under FSDP gathered (a collective)."""
+    return par.full(lora_state_dict(par.unwrap(transformer)))
+
+
+def _vae_scale(cfg: FillConfig) -> int:
+    """VAE downscale factor from the VAE config alone (no weights): keeps cached runs VAE-free."""
+    from diffusers import AutoencoderKL
+
+    conf = AutoencoderKL.load_config(cfg.model.pretrained, subfolder="vae", revision=cfg.model.revision)
+    return 2 ** (len(conf["block_out_channels"]) - 1)
+
+
+def main(argv=None):
+    cfg = parse_args(FillConfig, argv, description=__doc__.splitlines()[0])
+    result = train(cfg)
+    print(f"done: step {result['last_step']}, skipped_over_budget {result['skipped_over_budget']}, "
+          f"skipped_tasks {result['skipped_tasks'] or 0}")
+
+
+if __name__ == "__main__":
+    main()
