@@ -53,6 +53,7 @@ class EvalConfig:
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
     metric_device: str = "auto"
     batch_size: int = 16  # images per metric-network call
+    fid_features: int = 2048  # FID's Inception layer (64 / 192 / 768 / 2048); the papers' FID is 2048
     seed: int = 0
     out_dir: str = "runs/eval"
     samples: int = 4  # tasks shown in samples.png

@@ -9,9 +9,9 @@ subject reference, a style reference, a condition map):
 | F1 (canny conditions) | F1 of Canny(generated) against the canny condition, per pixel | cv2.Canny with the canny annotator's thresholds; `torchmetrics` binary F1 |
 | RMSE (depth conditions) | RMSE (0-255) between the depth condition and the depth model on the generated image, both min-max normalised | the annotators' depth model (transformers) |
 | FID | Fréchet distance of 2048-d Inception pool features, generated vs ground truth | `torchmetrics` FrechetInceptionDistance over torch-fidelity's InceptionV3 |
-| SSIM | against the ground truth, Gaussian 11 x 11, sigma 1.5, on 0-255 RGB | `torchmetrics` SSIM |
+| SSIM | against the ground truth, Gaussian 11 x 11, sigma 1.5, on 0-255 RGB, mean over the interior (Wang et al.) | `torchmetrics` SSIM map |
 | MAN-IQA, MUSIQ | no-reference quality (KonIQ checkpoints) | `pyiqa` archs |
-| CLIP-Score | max(100 cos(image, prompt), 0) | CLIP embeddings (transformers); equals torchmetrics' `clip_score` |
+| CLIP-Score | max(100 cos(image, prompt), 0) (Hessel et al.) | CLIP embeddings (transformers), computed once for every CLIP metric; torchmetrics' `clip_score` (1.9) breaks on transformers 5's output objects |
 | CLIP-T / CLIP-I / DINOv2 | cos(image, prompt) / cos(CLIP image, reference) / cos(DINOv2 CLS, reference) | DreamBooth's definitions |
 | CLIP style | cos(CLIP image, style reference) | InstantStyle / StyleShot's style score |
 
@@ -65,7 +65,8 @@ KINDS = {
     "dense": ("Dense prediction", ("fid", "ssim")),
     "style": ("Style transfer", ("clip_t", "clip_style")),
 }
-CONTROL = {"f1": "canny", "rmse": "depth"}  # controllability metric -> the condition it reads
+CONTROL = {"f1": "canny", "rmse": "depth"}
+SSIM_WINDOW = 11  # Gaussian window, sigma 1.5  # controllability metric -> the condition it reads
 
 
 @dataclass
@@ -151,6 +152,9 @@ class Scorer:
     batch_size: int = 16
     device: str = "cpu"
     dtype: torch.dtype = torch.float32  # transformers nets; Inception and the IQA nets stay float32
+    # FID's Inception layer: 2048 (the standard FID, the papers'); 64 makes the 2048^2 matrix
+    # square root of each group's FID (seconds on a CPU) cheap for tiny smoke runs.
+    fid_features: int = 2048
 
     def __post_init__(self):
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -160,7 +164,7 @@ class Scorer:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         self.nets = {}
         for name in sorted({METRICS[m].net for m in self.metrics if METRICS[m].net}):
-            net = load_net(name, self.models)
+            net = load_net(name, self.models, self.fid_features)
             if isinstance(net, tuple):
                 net = (net[0].to(self.device, self.dtype), net[1])
             else:
@@ -205,7 +209,7 @@ class Scorer:
     @torch.no_grad()
     def inception_features(self, images: list[np.ndarray]) -> np.ndarray:
         net = self.nets["inception"]
-        out = np.zeros((len(images), 2048), np.float64)
+        out = np.zeros((len(images), self.fid_features), np.float64)
         for idx in by_shape(images, range(len(images))).values():
             for part in chunks(idx, self.batch_size):
                 out[part] = net(to_tensor([rgb(images[i]) for i in part], self.device, torch.uint8)).double().cpu().numpy()
@@ -300,7 +304,13 @@ class Scorer:
                 # float32: float64 convolutions are 10x slower on the CPU, for no digit SSIM reports
                 g = to_tensor([pairs[i][0] for i in part], "cpu", torch.float32, 1.0)
                 t = to_tensor([pairs[i][1] for i in part], "cpu", torch.float32, 1.0)
-                out[part] = structural_similarity_index_measure(g, t, data_range=255.0, reduction="none").numpy()
+                _, full = structural_similarity_index_measure(g, t, data_range=255.0, reduction="none",
+                                                               return_full_image=True)
+                # Mean over the interior, where the 11 x 11 window lies inside the image: Wang et
+                # al.'s 'valid' convention (and skimage's); torchmetrics' own mean also counts the
+                # reflect-padded border.
+                p = SSIM_WINDOW // 2
+                out[part] = full[..., p:-p, p:-p].mean(dim=(1, 2, 3)).double().numpy()
         return out
 
 
@@ -320,19 +330,21 @@ def _at_least(image: np.ndarray, side: int) -> np.ndarray:
 class Features(torch.nn.Module):
     """Precomputed Inception features handed to torchmetrics' FID as its feature network."""
 
-    num_features = 2048
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
 
     def forward(self, x):
         return x
 
 
 def fid(fake: list[np.ndarray], real: list[np.ndarray]) -> float | None:
-    """FID of two sets of 2048-d features (torchmetrics); None below 2 images a side."""
+    """FID of two sets of Inception features (torchmetrics); None below 2 images a side."""
     if len(fake) < 2 or len(real) < 2:
         return None
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    metric = FrechetInceptionDistance(feature=Features())
+    metric = FrechetInceptionDistance(feature=Features(len(fake[0])))
     metric.update(torch.from_numpy(np.stack(real)), real=True)
     metric.update(torch.from_numpy(np.stack(fake)), real=False)
     return float(metric.compute())

@@ -174,9 +174,14 @@ def _torch_load_weights_only():
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
 
 
-def load_inception(spec: str):
-    """torchmetrics' FID Inception (torch-fidelity's FeatureExtractorInceptionV3, 2048-d pool
-    features) from a local checkpoint; torch-fidelity would otherwise download it."""
+FID_FEATURES = (64, 192, 768, 2048)  # torchmetrics' FID feature layers; 2048 is the standard FID
+
+
+def load_inception(spec: str, features: int = 2048):
+    """torchmetrics' FID Inception (torch-fidelity's FeatureExtractorInceptionV3; `features`:
+    which pool layer) from a local checkpoint; torch-fidelity would otherwise download it."""
+    if features not in FID_FEATURES:
+        raise ValueError(f"fid_features must be one of {FID_FEATURES}, got {features}")
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     path = Path(spec).expanduser()
@@ -187,7 +192,7 @@ def load_inception(spec: str):
         raise MissingWeights(f"metric net 'inception': {path} does not exist; download the FID Inception "
                              f"weights once from {URL_INCEPTION_V3} and set models.inception to that file")
     with _torch_load_weights_only():
-        return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+        return NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(features)],
                                   feature_extractor_weights_path=str(path))
 
 
@@ -232,7 +237,7 @@ def load_musiq(spec: str, filename: str, revision: str | None = None):
     return _load("musiq", net, read_state(path), path)
 
 
-def load_net(name: str, cfg: MetricModelsConfig):
+def load_net(name: str, cfg: MetricModelsConfig, fid_features: int = 2048):
     """One metric network (or (model, processor) pair) by name."""
     if name == "clip":
         return load_clip(cfg.clip, cfg.revision)
@@ -241,7 +246,7 @@ def load_net(name: str, cfg: MetricModelsConfig):
     if name == "depth":
         return load_depth(cfg.depth, cfg.revision)
     if name == "inception":
-        return load_inception(cfg.inception)
+        return load_inception(cfg.inception, fid_features)
     if name == "maniqa":
         return load_maniqa(cfg.iqa, cfg.maniqa_file, cfg.revision)
     if name == "musiq":

@@ -105,7 +105,7 @@ def score_items(cfg: EvalConfig, evalset, items: list[Item], folder: Path, faile
     from annotators.models import resolve_device
 
     scorer = Scorer(cfg.models, tuple(cfg.metrics), cfg.batch_size, resolve_device("evaluate", cfg.metric_device),
-                    torch.float32)
+                    torch.float32, cfg.fid_features)
     records = []
     todo = [it for it in items if it.id not in failed]
     step = max(cfg.batch_size, 1) * 4  # items read per scoring pass: every net sees full batches
