@@ -344,7 +344,8 @@ def fid(fake: list[np.ndarray], real: list[np.ndarray]) -> float | None:
         return None
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    metric = FrechetInceptionDistance(feature=Features(len(fake[0])))
+    # The features are already gathered to this process: no cross-process sync in compute().
+    metric = FrechetInceptionDistance(feature=Features(len(fake[0])), sync_on_compute=False)
     metric.update(torch.from_numpy(np.stack(real)), real=True)
     metric.update(torch.from_numpy(np.stack(fake)), real=False)
     return float(metric.compute())

@@ -71,7 +71,7 @@ def write_png(path: Path, image: np.ndarray) -> None:
 def read_png(path: Path) -> np.ndarray:
     from PIL import Image
 
-    return np.asarray(Image.open(path).convert("RGB"))
+    return np.array(Image.open(path).convert("RGB"))  # writable: torch.from_numpy warns on read-only
 
 
 def generate_items(cfg: EvalConfig, evalset, items: list[Item], folder: Path, reuse: bool, say=print) -> dict:
