@@ -13,10 +13,13 @@ DEMO_DATA = data.shards=$(DEMO)/shards/graph200k data.manifest=$(DEMO)/shards/gr
 
 .PHONY: install demo test test-all test-weights bench ingest annotate publish clean
 
-# Reinstalled whenever pyproject.toml changes (pins live there).
-$(STAMP): pyproject.toml
+# Reinstalled whenever pyproject.toml changes (pins live there). pyiqa goes in without its
+# dependencies (pyproject.toml, extra `eval`, says why).
+PYIQA  := pyiqa==0.1.16
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[annotate,train,dev]'
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[annotate,train,eval,dev]'
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps $(PYIQA)
 	touch $(STAMP)
 
 install: $(STAMP)

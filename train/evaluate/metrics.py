@@ -155,6 +155,7 @@ class Scorer:
     # FID's Inception layer: 2048 (the standard FID, the papers'); 64 makes the 2048^2 matrix
     # square root of each group's FID (seconds on a CPU) cheap for tiny smoke runs.
     fid_features: int = 2048
+    nets: dict | None = None  # prebuilt networks by name (benchmarks); None: load them
 
     def __post_init__(self):
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -162,9 +163,9 @@ class Scorer:
             raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(METRICS)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        self.nets = {}
+        given, self.nets = self.nets or {}, {}
         for name in sorted({METRICS[m].net for m in self.metrics if METRICS[m].net}):
-            net = load_net(name, self.models, self.fid_features)
+            net = given[name] if name in given else load_net(name, self.models, self.fid_features)
             if isinstance(net, tuple):
                 net = (net[0].to(self.device, self.dtype), net[1])
             else:
