@@ -12,7 +12,7 @@
   "images": {"canny": "canny/000000000139.png", "target": "images/000000000139.png"},
   "subject": "dog"}``. `task` is a variant name (condition slots `->` target node), `images`
   maps slot names to paths relative to the JSONL (the target's is the ground truth, optional:
-  DreamBench has none). In-context rows for the Fill recipe are other lines of the same
+  DreamBench has none); an id is unique within its task. In-context rows for the Fill recipe are other lines of the same
   task that hold every image, chosen with the run's seed.
 
 Every item has a stable id (file-safe), its table row (`task`), column (`group`), task kind
@@ -254,11 +254,11 @@ class FolderSet:
                 unknown = [s for s in line.get("images", {}) if s not in SLOTS]
                 if unknown:
                     raise ValueError(f"unknown slot name(s) {unknown}")
-                if str(line["id"]) in seen:
-                    raise ValueError(f"id {line['id']!r} appears twice")
+                if (line["task"], str(line["id"])) in seen:
+                    raise ValueError(f"id {line['id']!r} appears twice for task {line['task']!r}")
             except (KeyError, ValueError, json.JSONDecodeError) as e:
                 raise ValueError(f"{self.path}:{n}: {type(e).__name__}: {e}") from None
-            seen.add(str(line["id"]))
+            seen.add((line["task"], str(line["id"])))
             if tasks and line["task"] not in tasks:
                 continue
             self.lines.append({**line, "id": str(line["id"]), "nodes": nodes, "slots": slots})
