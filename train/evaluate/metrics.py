@@ -291,7 +291,7 @@ class Scorer:
         if idx := having("rmse"):
             gens = [resize_to(rgb(inputs[i].generated), inputs[i].condition) for i in idx]
             for i, depth in zip(idx, self.depth_maps(gens)):
-                cond = rgb(inputs[i].condition)[..., 0].astype(np.float64)
+                cond = normalised_depth(rgb(inputs[i].condition)[..., 0])
                 results[i]["rmse"] = float(np.sqrt(np.mean((normalised_depth(depth) - cond) ** 2)))
         return results
 

@@ -204,13 +204,15 @@ class HeldOutSet:
         return task, images
 
     def inputs(self, item: Item) -> Inputs:
-        task, images = self._task_images(item)
         if self.recipe == "cogvideox":
             from graph200k.reader import pair_task_name
+            from graph200k.tasks import Task
 
+            task = Task.from_json(item.source["task"])
             name = pair_task_name(task.family, task.nodes, len(self.config.families[task.family]))
             pair = self.reader.pair(task, self.pair_res, name)
             return Inputs(condition=pair.condition, pair_prompt=pair.prompt, subject=pair.subject, pair_task=pair.task)
+        task, images = self._task_images(item)
         k = item.source["context"]
         rows = [list(r) for r in images[len(images) - 1 - k:]]
         rows[-1][-1] = None  # the query's target: what the model generates
