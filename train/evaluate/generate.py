@@ -54,14 +54,19 @@ class FillGenerator:
         return target
 
 
-def adapter_mask_variant(lora: str) -> str:
+def adapter_config(lora: str) -> dict:
+    """A train.cogvideox adapter's config: its FCD `mask_variant` and UCE `tasks`."""
     from train.realgeneral.model import ADAPTER_CONFIG
 
     path = Path(lora) / ADAPTER_CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"model.loras: {path} missing; each entry must be an adapter folder written by "
                                 "train.cogvideox (<out_dir>/lora)")
-    return json.loads(path.read_text())["mask_variant"]
+    return json.loads(path.read_text())
+
+
+def adapter_mask_variant(lora: str) -> str:
+    return adapter_config(lora)["mask_variant"]
 
 
 class CogVideoXGenerator:

@@ -107,7 +107,10 @@ def resize_to(image: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 
 def rgb(image: np.ndarray) -> np.ndarray:
-    return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    # torch.from_numpy (inside the image processors) warns on read-only arrays (decoded PNGs)
+    return image if image.flags.writeable else image.copy()
 
 
 def chunks(indices: list[int], size: int):

@@ -39,13 +39,22 @@ def plan(cfg: EvalConfig, evalset) -> list[Item]:
     its group the adapter's mask variant."""
     items = evalset.items()
     if cfg.model.recipe == "cogvideox":
-        from train.evaluate.generate import adapter_mask_variant
+        from train.evaluate.generate import adapter_config
 
-        labels = [adapter_mask_variant(p) for p in cfg.model.loras]
+        configs = [adapter_config(p) for p in cfg.model.loras]
+        labels = [c["mask_variant"] for c in configs]
         labels = [lab if labels.count(lab) == 1 else f"{lab}:{Path(p).parent.name}" for lab, p in
                   zip(labels, cfg.model.loras)]
-        items = [Item(f"{it.id}_{lab.replace(':', '-')}", it.task, it.family, it.kind, lab, it.seed, it.prompt,
-                      {**it.source, "lora": j}) for j, lab in enumerate(labels) for it in items]
+        kept = []
+        for j, (lab, conf) in enumerate(zip(labels, configs)):
+            for it in items:
+                name = evalset.pair_task(it)
+                if name not in conf["tasks"]:  # UCE has no task bias for it: the adapter never learned it
+                    evalset.skipped[f"{it.task} ({lab})"] = f"pair task {name!r} is not among the adapter's UCE tasks"
+                    continue
+                kept.append(Item(f"{it.id}_{lab.replace(':', '-')}", it.task, it.family, it.kind, lab, it.seed,
+                                 it.prompt, {**it.source, "lora": j}))
+        items = kept
     return items[: cfg.limit] if cfg.limit else items
 
 

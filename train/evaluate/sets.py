@@ -203,13 +203,19 @@ class HeldOutSet:
                   for r, row in enumerate(task.rows)]
         return task, images
 
+    def pair_task(self, item: Item) -> str:
+        """RealGeneral's task name of a pair item (what UCE was trained with)."""
+        from graph200k.reader import pair_task_name
+
+        t = item.source["task"]
+        return pair_task_name(t["family"], t["nodes"], len(self.config.families[t["family"]]))
+
     def inputs(self, item: Item) -> Inputs:
         if self.recipe == "cogvideox":
-            from graph200k.reader import pair_task_name
             from graph200k.tasks import Task
 
             task = Task.from_json(item.source["task"])
-            name = pair_task_name(task.family, task.nodes, len(self.config.families[task.family]))
+            name = self.pair_task(item)
             pair = self.reader.pair(task, self.pair_res, name)
             return Inputs(condition=pair.condition, pair_prompt=pair.prompt, subject=pair.subject, pair_task=pair.task)
         task, images = self._task_images(item)
@@ -294,6 +300,12 @@ class FolderSet:
                                   {"line": line["id"], "context": k}))
         return items
 
+    def pair_task(self, item: Item) -> str:
+        from graph200k.reader import pair_task_name
+
+        line = self._line(item)
+        return line.get("pair_task") or pair_task_name("", line["nodes"], 0)
+
     def _line(self, item: Item) -> dict:
         return next(x for x in self._by_task[item.task] if x["id"] == item.source["line"])
 
@@ -320,10 +332,8 @@ class FolderSet:
             if len(line["slots"]) != 2:
                 raise ValueError(f"item {item.id}: a two-frame pair needs a 1-condition task, not {item.task}")
             condition = to_rgb(resize(centre_square(self._image(line, line["slots"][0])), train_cell_size(self.pair_res)))
-            from graph200k.reader import pair_task_name
-
             return Inputs(condition=condition, pair_prompt=line.get("prompt", ""), subject=line.get("subject", ""),
-                          pair_task=line.get("pair_task") or pair_task_name("", line["nodes"], 0))
+                          pair_task=self.pair_task(item))
         k = item.source["context"]
         rows = [self._row(x) for x in self._examples(line, k)] + [self._row(line)]
         rows[-1][-1] = None
