@@ -114,8 +114,13 @@ def test_two_processes_write_the_figures_of_one(fill_run, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     # torchrun: what `accelerate launch --multi_gpu` runs; accelerate's own CPU multi-process
     # path needs MPI. accelerate's PartialState picks the gloo group up from its variables.
+    import socket
+
+    with socket.socket() as sock:  # a free port: other test runs may share this machine
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29517", "-m", "train.evaluate", "--config", str(tmp_path / "cfg.yaml")],
+                           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "train.evaluate", "--config", str(tmp_path / "cfg.yaml")],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     merged = json.loads((tmp_path / "two" / "metrics.json").read_text())
