@@ -15,10 +15,13 @@ DEMO_DATA = data.shards=$(DEMO)/shards/graph200k data.manifest=$(DEMO)/shards/gr
 
 .PHONY: install demo test test-all test-weights bench ingest annotate publish verify report clean
 
-# Reinstalled whenever pyproject.toml changes (pins live there).
-$(STAMP): pyproject.toml
+# Reinstalled whenever pyproject.toml changes (pins live there). pyiqa goes in without its
+# dependencies (pyproject.toml, extra `eval`, says why).
+PYIQA  := pyiqa==0.1.16
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[annotate,train,dev]'
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[annotate,train,eval,dev]'
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps $(PYIQA)
 	@# sam2 is an sdist whose build imports torch: built against the torch just installed
 	@# (no isolated build env, no CUDA extension). Pins: the `sam2` extra in pyproject.toml.
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install --disable-pip-version-check -q --no-build-isolation \

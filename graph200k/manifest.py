@@ -1,11 +1,13 @@
 """The columnar manifest: one row per sample — key, shard, node availability bitmask,
 item, description, quality scores, and how many variants of each generated node
-(`variants_instantstyle`, ...) the sample holds.
+(`variants_instantstyle`, ...) the sample holds, and its split (`train` / `test`,
+graph200k.splits).
 
 It is what the task sampler reads instead of one giant networkx graph: 200K samples
 cost a few tens of MB here (benchmarks/bench_sampler.py).
 
-    python -m graph200k.manifest --shards shards/graph200k --out shards/graph200k/manifest.parquet
+    python -m graph200k.manifest --shards shards/graph200k --out shards/graph200k/manifest.parquet \
+        [--test-fraction 0.01]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from graph200k.dataset import ShardSet, is_annotation_member, part_fingerprint
 from graph200k.nodes import (DEGRADATIONS, NODE_BIT, NODE_NAMES, VARIANT_NODES, available_nodes,
                              mask_of, variant_count)
 from graph200k.shards import ShardError, iter_members, shard_index
+from graph200k.splits import DEFAULT_TEST_FRACTION, SPLITS, split_column
 
 QUALITY_FIELDS = ("compositeStructure", "objectConsistency", "imageQuality")
 VARIANT_FIELDS = tuple(f"variants_{n}" for n in VARIANT_NODES)
@@ -44,7 +47,8 @@ class Manifest:
     """Columns as numpy / Arrow arrays; row i is one sample."""
 
     def __init__(self, keys, shards, masks, items, descriptions, quality, variants=None,
-                 root: str | None = None, parts: dict | None = None):
+                 root: str | None = None, parts: dict | None = None, splits=None,
+                 test_fraction: float = DEFAULT_TEST_FRACTION):
         self.keys = pa.array(keys, pa.string()) if not isinstance(keys, pa.Array) else keys
         self.shards = np.asarray(shards, dtype=np.int32)
         self.masks = np.asarray(masks, dtype=np.uint64)
@@ -57,8 +61,14 @@ class Manifest:
             variants = np.stack([(self.masks >> np.uint64(NODE_BIT[v])) & np.uint64(1)
                                  for v in VARIANT_NODES], axis=1) if n else np.zeros((0, 0))
         self.variants = np.asarray(variants, dtype=np.uint8).reshape(n, len(VARIANT_NODES))
+        # A manifest written before splits existed gets them from its keys: the same labels.
+        self.splits = (split_column(self.keys.to_pylist(), test_fraction) if splits is None
+                       else np.asarray(splits, dtype=object))
+        unknown = set(self.splits.tolist()) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"manifest split values {sorted(unknown)}; known: {SPLITS}")
         if not (len(self.keys) == len(self.masks) == len(self.items) == len(self.descriptions)
-                == len(self.quality) == n):
+                == len(self.quality) == len(self.splits) == n):
             raise ValueError("manifest columns differ in length")
         self._key_index: dict[str, int] | None = None
         # Which dataset and which bytes the manifest was built from: shard -> part
@@ -71,7 +81,8 @@ class Manifest:
 
     # ---- building -------------------------------------------------------------------
     @classmethod
-    def from_records(cls, records: Iterable[dict]) -> "Manifest":
+    def from_records(cls, records: Iterable[dict],
+                     test_fraction: float = DEFAULT_TEST_FRACTION) -> "Manifest":
         """Records: {"key", "shard", "nodes": [...], "item", "description", "quality": {...},
         "variants": {node: count}} (variants: default 1 for each generated node present)."""
         keys, shards, masks, items, descs, qual, var = [], [], [], [], [], [], []
@@ -92,10 +103,11 @@ class Manifest:
             var.append([min(255, int(v.get(n, n in nodes))) if n in nodes else 0
                         for n in VARIANT_NODES])
         return cls(keys, shards, masks, items, descs, np.array(qual, dtype=np.int8).reshape(-1, 3),
-                   np.array(var, dtype=np.uint8).reshape(-1, len(VARIANT_NODES)))
+                   np.array(var, dtype=np.uint8).reshape(-1, len(VARIANT_NODES)),
+                   test_fraction=test_fraction)
 
     @classmethod
-    def from_shards(cls, shards) -> "Manifest":
+    def from_shards(cls, shards, test_fraction: float = DEFAULT_TEST_FRACTION) -> "Manifest":
         """Scan every shard of a dataset (a folder, URL or ShardSet): member names give
         availability, the source meta.json gives item / description / quality. Only indexes
         (or tar headers) and meta.json members are read."""
@@ -105,7 +117,7 @@ class Manifest:
             recs, fingerprints = scan_parts(shard_set, n)
             records += recs
             parts[n] = fingerprints
-        m = cls.from_records(records)
+        m = cls.from_records(records, test_fraction)
         m.root, m.parts = shard_set.root, parts
         return m
 
@@ -116,6 +128,7 @@ class Manifest:
             "item": self.items, "description": self.descriptions,
             **{f: self.quality[:, i] for i, f in enumerate(QUALITY_FIELDS)},
             **{f: self.variants[:, i] for i, f in enumerate(VARIANT_FIELDS)},
+            "split": pa.array(self.splits.tolist(), pa.string()).dictionary_encode(),
         })
 
     def save(self, path):
@@ -145,7 +158,9 @@ class Manifest:
         return cls(t["key"].combine_chunks(), t["shard"].to_numpy(), masks,
                    t["item"].combine_chunks(), t["description"].combine_chunks(),
                    np.stack([t[f].to_numpy() for f in QUALITY_FIELDS], axis=1), variants,
-                   root=meta.get("root"), parts=meta.get("parts"))
+                   root=meta.get("root"), parts=meta.get("parts"),
+                   splits=(t["split"].cast(pa.string()).to_numpy(zero_copy_only=False)
+                           if "split" in t.column_names else None))
 
     # ---- does it still describe the shards? -----------------------------------------
     def check(self, shards=None) -> list[str]:
@@ -197,10 +212,14 @@ class Manifest:
         except KeyError:
             raise KeyError(f"sample key {key!r} is not in the manifest") from None
 
-    def having(self, required_mask: int) -> np.ndarray:
-        """Indices of the samples that have every node type of `required_mask`."""
+    def having(self, required_mask: int, split: str | None = None) -> np.ndarray:
+        """Indices of the samples that have every node type of `required_mask` (and are
+        in `split`, when given)."""
         m = np.uint64(required_mask)
-        return np.flatnonzero((self.masks & m) == m)
+        ok = (self.masks & m) == m
+        if split is not None:
+            ok &= self.splits == split
+        return np.flatnonzero(ok)
 
     def node_counts(self) -> dict[str, int]:
         return {n: int(((self.masks >> np.uint64(b)) & np.uint64(1)).sum())
@@ -285,6 +304,12 @@ def main(argv=None) -> int:
                                  description="Build the columnar manifest of a shard folder.")
     ap.add_argument("--shards", required=True, help="folder of NNNNNN.tar shards")
     ap.add_argument("--out", help="parquet path (default: <shards>/manifest.parquet)")
+    ap.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
+                    help="share of keys held out as split `test` (by a hash of the key; "
+                         f"default {DEFAULT_TEST_FRACTION})")
+    ap.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
+                    help="share of keys held out as split `test` (by a hash of the key; "
+                         f"default {DEFAULT_TEST_FRACTION})")
     args = ap.parse_args(argv)
     out = args.out or storage.join(args.shards, "manifest.parquet")
     shard_set = ShardSet(args.shards)
@@ -292,13 +317,14 @@ def main(argv=None) -> int:
         print(f"error: no shards (NNNNNN.tar) in {shard_set.source}", file=sys.stderr)
         return 1
     try:
-        m = Manifest.from_shards(shard_set)
-    except ShardError as e:
+        m = Manifest.from_shards(shard_set, args.test_fraction)
+    except (ShardError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     m.save(out)
     counts = m.node_counts()
-    print(f"manifest: {len(m)} samples from {len(m.parts)} shards -> {out}")
+    print(f"manifest: {len(m)} samples from {len(m.parts)} shards -> {out} "
+          f"({int((m.splits == 'test').sum())} in split test)")
     print("node types with samples: " + ", ".join(f"{n}={c}" for n, c in counts.items()
                                                    if c and n not in DEGRADATIONS)
           + f" (+{len(DEGRADATIONS)} online degradations)")

@@ -46,8 +46,10 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=str(DEFAULT_TASKS_CONFIG), help="task families YAML")
     ap.add_argument("--paths", action="store_true",
                     help="also sample every simple type-graph path of 2-4 images (family graph_paths)")
-    ap.add_argument("--split", choices=("train", "unseen"), default="train",
-                    help="train never yields the config's unseen variants; unseen yields only them")
+    ap.add_argument("--split", choices=("train", "test", "unseen"), default="train",
+                    help="train: the config's seen variants on the manifest's train samples; "
+                         "test: the same variants on its held-out test samples; unseen: only "
+                         "the unseen variants")
     ap.add_argument("--out", help="JSONL file ('-' for stdout); omit to only print --stats")
     ap.add_argument("--stats", action="store_true", help="print a family/variant histogram")
     ap.add_argument("--on-stale", choices=CHECKS, default="error",

@@ -209,9 +209,15 @@ class Task:
                    d["rows"], d["mask"]["row"], d["mask"]["col"], d["prompt"], int(d["seed"]))
 
 
+# Which samples (the manifest's key split) each task split draws from. Unseen variants were
+# never trained on, so any sample may serve them.
+SAMPLE_SPLIT = {"train": "train", "test": "test", "unseen": None}
+
+
 class TaskSampler:
-    """Seeded sampler over a manifest. `split="train"` never yields unseen variants;
-    `split="unseen"` yields only them (evaluation)."""
+    """Seeded sampler over a manifest. `split="train"` never yields unseen variants nor
+    samples of the manifest's `test` split; `split="test"` draws the training variants from
+    the `test` samples only; `split="unseen"` yields only the unseen variants (evaluation)."""
 
     def __init__(self, manifest: Manifest, config: TaskConfig | None = None, seed: int = 0,
                  families=None, split: str = "train"):
@@ -226,8 +232,9 @@ class TaskSampler:
                 raise TaskError(f"unknown task famil{'y' if len(missing) == 1 else 'ies'} "
                                 f"{missing}; known: {sorted(self.config.families)}")
         wanted = list(families) if families else list(self.config.families)
-        if split not in ("train", "unseen"):
-            raise ValueError(f"split must be 'train' or 'unseen', not {split!r}")
+        if split not in SAMPLE_SPLIT:
+            raise ValueError(f"split must be one of {sorted(SAMPLE_SPLIT)}, not {split!r}")
+        self._sample_split = SAMPLE_SPLIT[split]
         self._eligible: dict[int, list[int]] = {}
         self.unsatisfiable: list[Variant] = []
         fams, weights = [], []
@@ -241,6 +248,10 @@ class TaskSampler:
                 fams.append((fam, ok))
                 weights.append(self.config.weights[fam])
         if not fams:
+            if self._sample_split and not (manifest.splits == self._sample_split).any():
+                raise TaskError(f"the manifest has no sample in split {self._sample_split!r} "
+                                f"({len(manifest)} samples); rebuild it with a larger "
+                                "--test-fraction (python -m graph200k.manifest)")
             counts = manifest.node_counts()
             missing = sorted({n for v in self.unsatisfiable for n in v.nodes if not counts[n]})
             raise TaskError(
@@ -255,7 +266,7 @@ class TaskSampler:
         m = v.required_mask
         e = self._eligible.get(m)
         if e is None:
-            e = self._eligible[m] = self.manifest.having(m).tolist()
+            e = self._eligible[m] = self.manifest.having(m, self._sample_split).tolist()
         return e
 
     def sample(self) -> Task:

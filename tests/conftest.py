@@ -73,3 +73,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def eval_models(tmp_path_factory):
+    """Tiny random metric networks (train.evaluate.tiny_models), built once: their config."""
+    from train.evaluate.tiny_models import build, tiny_models_config
+
+    out = tmp_path_factory.mktemp("eval-models")
+    build(out, log=lambda *_: None)
+    return tiny_models_config(out)

@@ -1,0 +1,69 @@
+import json
+
+import pytest
+
+from graph200k import sample_tasks
+from graph200k.manifest import Manifest
+from graph200k.splits import TEST, TRAIN, split_column, split_of
+from graph200k.tasks import TaskError, TaskSampler
+
+
+def records(n):
+    return [{"key": f"{i:07d}", "shard": i // 10, "nodes": ["target", "reference", "canny"],
+             "item": "cup", "description": f"a cup {i}"} for i in range(n)]
+
+
+def test_split_is_a_stable_function_of_the_key_near_the_fraction():
+    keys = [f"{i:07d}" for i in range(20000)]
+    col = split_column(keys, 0.01)
+    share = (col == TEST).mean()
+    assert 0.008 < share < 0.012
+    # the same key lands in the same split whatever else exists, in any order
+    assert [split_of(k, 0.01) for k in keys[::-1][:500]] == list(col[::-1][:500])
+    # a larger fraction only moves keys from train to test, never back
+    wider = split_column(keys, 0.05)
+    assert all(w == TEST for c, w in zip(col, wider) if c == TEST)
+    with pytest.raises(ValueError, match="test fraction"):
+        split_of("0000001", 1.5)
+
+
+def test_manifest_saves_and_loads_the_split(tmp_path):
+    m = Manifest.from_records(records(200), test_fraction=0.1)
+    assert set(m.splits) == {TRAIN, TEST}
+    back = Manifest.load(m.save(tmp_path / "m.parquet"))
+    assert list(back.splits) == list(m.splits)
+    # an older manifest without the column gets the same labels from its keys (default 1%)
+    t = m.to_table().drop(["split"])
+    import pyarrow.parquet as pq
+
+    pq.write_table(t, tmp_path / "old.parquet")
+    old = Manifest.load(tmp_path / "old.parquet")
+    assert list(old.splits) == list(split_column(old.keys.to_pylist()))
+
+
+def test_sampler_train_excludes_test_samples_and_test_draws_only_them():
+    m = Manifest.from_records(records(60), test_fraction=0.2)
+    test_keys = {m.key(i) for i in range(len(m)) if m.splits[i] == TEST}
+    assert 3 <= len(test_keys) < 30
+    keys = lambda tasks: {c["key"] for t in tasks for row in t.rows for c in row}
+    train = TaskSampler(m, seed=0, families=["conditional_generation"]).take(300)
+    test = TaskSampler(m, seed=0, families=["conditional_generation"], split="test").take(100)
+    assert not keys(train) & test_keys
+    assert keys(test) <= test_keys
+
+
+def test_no_test_samples_is_a_clear_error():
+    m = Manifest.from_records(records(5), test_fraction=0.0)
+    with pytest.raises(TaskError, match="no sample in split 'test'.*--test-fraction"):
+        TaskSampler(m, seed=0, split="test")
+
+
+def test_sample_tasks_cli_split_test(tmp_path):
+    m = Manifest.from_records(records(60), test_fraction=0.2)
+    path = m.save(tmp_path / "m.parquet")
+    out = tmp_path / "t.jsonl"
+    assert sample_tasks.main(["--manifest", str(path), "--num", "20", "--split", "test",
+                              "--families", "conditional_generation", "--out", str(out)]) == 0
+    test_keys = {m.key(i) for i in range(len(m)) if m.splits[i] == TEST}
+    for line in out.read_text().splitlines():
+        assert {c["key"] for row in json.loads(line)["rows"] for c in row} <= test_keys
