@@ -4,9 +4,13 @@ A sample is a webdataset dict: `{"__key__": "0000042", "target.jpg": b"...", "me
 Field values are raw bytes here; decoding is the caller's business.
 
 Why our own writer rather than Ray's `write_webdataset`: that one writes one tar per
-block and invents uuid keys; we need one source shard -> one annotated shard with the
-same keys, byte-identical on rerun (DESIGN.md). Reproducibility comes from webdataset's
-`TarWriter` with a fixed mtime and fields written in sorted order.
+block and invents uuid keys; we need one tar per shard with the source's keys in the
+source's order, byte-identical on rerun. Members are standard tar members (GNU headers,
+fixed mtime, owner and mode, fields in sorted order) that any tar reader and webdataset
+read; a header does not depend on where the member lands, so members serialised by
+different workers and concatenated are the very tar one writer would have written. The
+writer records every member's offset, size and digest (the shard's index) and the
+file's sha256, for readers that seek and for `verify`.
 """
 
 from __future__ import annotations
@@ -381,7 +385,8 @@ def read_json(path) -> dict | None:
     """A JSON file, or None when it is absent or unreadable (it then marks nothing done)."""
     try:
         return json.loads(storage.read_bytes(path))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, json.JSONDecodeError,
+            UnicodeDecodeError):
         return None
 
 
