@@ -73,3 +73,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """`tiny_models("hed")` -> the folder of that tiny annotator model (production layout,
+    `python -m annotators.tiny_models`), built on first use, once per session."""
+    from annotators.tiny_models import build
+
+    out = tmp_path_factory.mktemp("tiny-models")
+
+    def folder(name: str):
+        return build(out, only=[name], log=lambda *_: None)[name]
+
+    return folder
