@@ -367,3 +367,39 @@ def test_tiny_models_are_reproducible_and_narrow(tmp_path):
     for name, file in (("hed", "ControlNetHED.pth"), ("openpose", "body_pose_model.pth")):
         assert (a[name] / file).read_bytes() == (b[name] / file).read_bytes()
         assert (a[name] / file).stat().st_size < 8 * 2 ** 20  # the real ones: 29 / 200 MB
+
+
+def test_preview_sheet_shows_the_dense_members(batched, photos, tmp_path):
+    """A shard holding what the six stages wrote reads back through the training reader
+    (16-bit depth as 8 bit, the palette PNG as colours) and the preview's contact sheet."""
+    from PIL import Image
+
+    from annotate_helpers import make_samples
+    from graph200k import preview
+    from graph200k.manifest import Manifest
+    from graph200k.reader import SampleReader
+    from graph200k.shards import shard_path, write_shard
+
+    source = next(make_samples(0, 1, size=SIZE))
+    assert source["target.jpg"] == photos[0].members["target.jpg"]
+    nodes = ["hed", "mlsd", "openpose", "normal", "depth", "uniformer"]
+    sample = dict(source)
+    for node in nodes:
+        sample.update(batched(node)[0].members)
+    folder = tmp_path / "shards"
+    write_shard(shard_path(folder, 0), [sample])
+    Manifest.from_shards(folder).save(folder / "manifest.parquet")
+    reader = SampleReader(folder)
+    for node in nodes:
+        img = reader.fetch(source["__key__"], node)
+        assert img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8 and img.std() > 0
+    depth16 = raw(sample["depth.png"])
+    np.testing.assert_array_equal(reader.fetch(source["__key__"], "depth")[..., 0],
+                                  (depth16 >> 8).astype(np.uint8))
+    out = tmp_path / "sheet.png"
+    assert preview.main(["--key", source["__key__"], "--shards", str(folder),
+                         "--no-degradations", "--out", str(out)]) == 0
+    tiles = np.asarray(Image.open(out).convert("RGB"))
+    broken = (tiles == (255, 225, 225)).all(axis=2)  # the sheet's tile for a node it cannot read
+    assert not broken.any()
+    assert tiles.shape[1] == 8 * (144 + preview.PAD) + preview.PAD  # target, reference + 6
