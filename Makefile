@@ -7,6 +7,8 @@ DEMO   ?= build/demo
 SHARD  ?= all
 STAGES ?=
 CONFIG ?= configs/annotate.yaml
+# make demo annotates with every stage on tiny random models (CPU)
+DEMO_CONFIG ?= configs/annotate-tiny.yaml
 SRC    ?= shards/source
 OUT    ?= shards/graph200k
 DEMO_DATA = data.shards=$(DEMO)/shards/graph200k data.manifest=$(DEMO)/shards/graph200k/manifest.parquet
@@ -24,7 +26,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m graph200k.fixtures --out $(DEMO)/subjects200k-mini.parquet --rows 20 --bad
 	$(PY) -m pipelines.ingest --source $(DEMO)/subjects200k-mini.parquet --out $(DEMO)/shards/source --shard-size 8
-	$(PY) -m pipelines.annotate --shards all --stages canny --config $(CONFIG) --src $(DEMO)/shards/source --out $(DEMO)/shards/graph200k --num-cpus 2
+	$(PY) -m annotators.tiny_models --out build/tiny-models
+	$(PY) -m pipelines.annotate --shards all --config $(DEMO_CONFIG) --src $(DEMO)/shards/source --out $(DEMO)/shards/graph200k --num-cpus 2
 	$(PY) -m graph200k.manifest --shards $(DEMO)/shards/graph200k
 	$(PY) -m graph200k.sample_tasks --manifest $(DEMO)/shards/graph200k/manifest.parquet --num 500 --seed 0 --out $(DEMO)/tasks.jsonl --stats
 	$(PY) -m graph200k.preview --tasks $(DEMO)/tasks.jsonl --task 7 --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --out $(DEMO)/grid.png
@@ -54,6 +57,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_degradations.py
 	$(PY) benchmarks/bench_stream.py
 	$(PY) benchmarks/bench_annotate.py
+	$(PY) benchmarks/bench_models.py
 	$(PY) benchmarks/bench_fill.py
 	$(PY) benchmarks/bench_cogvideox.py
 
