@@ -42,39 +42,24 @@ def rebuild_conv(conv, in_channels: int, out_channels: int):
     """`conv` with other channel counts, every other setting kept."""
     import torch
 
-    if conv.groups != 1:
-        raise ValueError("grouped convolutions keep their widths")
-    kind = type(conv) if isinstance(conv, (torch.nn.Conv1d, torch.nn.Conv2d)) else None
-    if kind is None:
-        raise TypeError(f"cannot rebuild a {type(conv).__name__}")
-    return kind(in_channels, out_channels, conv.kernel_size, conv.stride, conv.padding,
-                conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    if not isinstance(conv, (torch.nn.Conv1d, torch.nn.Conv2d)) or conv.groups != 1:
+        raise TypeError(f"cannot rebuild a {type(conv).__name__} with groups={conv.groups}")
+    return type(conv)(in_channels, out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
 
 
 def conform_widths(net, state: dict):
-    """Give each convolution and linear layer of `net` the widths its weight in `state`
-    has (a no-op for the real checkpoint of the class)."""
+    """Give each convolution of `net` the channel counts its weight in `state` has (a no-op
+    for the real checkpoint of the class; HED and OpenPose have no other sized layers)."""
     import torch
 
     for name, module in list(net.named_modules()):
         weight = state.get(f"{name}.weight")
-        if weight is None:
+        if weight is None or not isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d)):
             continue
-        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d)):
-            out_c, in_c = weight.shape[:2]
-            if (out_c, in_c) != (module.out_channels, module.in_channels // module.groups):
-                net.set_submodule(name, rebuild_conv(module, in_c, out_c))
-        elif isinstance(module, torch.nn.Linear):
-            if tuple(weight.shape) != (module.out_features, module.in_features):
-                net.set_submodule(name, torch.nn.Linear(weight.shape[1], weight.shape[0],
-                                                        bias=module.bias is not None))
-        elif isinstance(module, torch.nn.BatchNorm2d):
-            if weight.shape[0] != module.num_features:
-                net.set_submodule(name, torch.nn.BatchNorm2d(weight.shape[0], module.eps,
-                                                             module.momentum))
-        elif isinstance(module, torch.nn.LayerNorm):
-            if tuple(weight.shape) != tuple(module.normalized_shape):
-                net.set_submodule(name, torch.nn.LayerNorm(weight.shape, module.eps))
+        out_c, in_c = weight.shape[:2]
+        if (out_c, in_c) != (module.out_channels, module.in_channels // module.groups):
+            net.set_submodule(name, rebuild_conv(module, in_c, out_c))
     return net
 
 

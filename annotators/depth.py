@@ -11,7 +11,7 @@ import numpy as np
 from annotators.base import Prepared, Result, Sample
 from annotators.imaging import check_model_size
 from annotators.model_stage import (BadOutput, ImageInput, ModelStage, ProcessorSettings,
-                                    require_finite)
+                                    finite_rows, require_finite)
 from annotators.models import ModelOptions, model_dir
 from graph200k.shards import encode_image
 
@@ -73,13 +73,13 @@ class Depth(ModelStage):
         depth = F.interpolate(depth[:, None], size=out_size, mode="bicubic",
                               align_corners=False)[:, 0]
         flat = depth.flatten(1)
-        finite = torch.isfinite(flat).all(dim=1)
+        finite = finite_rows(depth)
         lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
         span = (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)
         levels = ((depth - lo[:, None, None]) / span[:, None, None] * LEVELS).round()
         levels = levels.clamp(0, LEVELS).to(torch.int32).cpu().numpy().astype(np.uint16)
         return [(lv, float(a), float(b), bool(f))
-                for lv, a, b, f in zip(levels, lo.tolist(), hi.tolist(), finite.tolist())]
+                for lv, a, b, f in zip(levels, lo.tolist(), hi.tolist(), finite)]
 
     def encode(self, sample: Sample, context, output) -> Result:
         levels, lo, hi, finite = output

@@ -17,7 +17,8 @@ import numpy as np
 from annotators.base import ConfigError, Prepared, Result, Sample
 from annotators.controlnet_nets import cn_util
 from annotators.imaging import check_model_size, indexed_png
-from annotators.model_stage import ImageInput, ModelStage, ProcessorSettings, require_finite
+from annotators.model_stage import (ImageInput, ModelStage, ProcessorSettings, finite_rows,
+                                    require_finite)
 from annotators.models import ModelOptions, model_dir
 
 _FRACTION_DIGITS = 4
@@ -96,10 +97,10 @@ class Uniformer(ModelStage):
         import torch
         import torch.nn.functional as F
 
-        logits = self.model(pixel_values=self.settings.normalise(x)).logits
-        logits = F.interpolate(logits.float(), size=out_size, mode="bilinear",
-                               align_corners=False)
-        finite = torch.isfinite(logits.flatten(1)).all(dim=1).tolist()
+        logits = self.model(pixel_values=self.settings.normalise(x)).logits.float()
+        if tuple(logits.shape[-2:]) != tuple(out_size):  # UperNet already returns input size
+            logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        finite = finite_rows(logits)
         ids = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
         return list(zip(ids, finite))
 
