@@ -10,16 +10,16 @@ import numpy as np
 
 from annotators.base import Prepared, Result, Sample
 from annotators.imaging import check_model_size
-from annotators.model_stage import (BadOutput, ImageInput, ModelStage, ProcessorSettings,
-                                    finite_rows, require_finite)
-from annotators.models import ModelOptions, model_dir
+from annotators.model_stage import (BadOutput, ImageInput, ModelStage, ModelStageOptions,
+                                    ProcessorSettings, finite_rows, require_finite)
+from annotators.models import model_dir
 from graph200k.shards import encode_image
 
 LEVELS = 65535  # 16-bit PNG
 
 
 @dataclass
-class DepthOptions(ModelOptions):
+class DepthOptions(ModelStageOptions):
     model: str = "depth-anything/Depth-Anything-V2-Large-hf"
     resolution: int | None = None  # model input side; default: the image processor's (518)
 

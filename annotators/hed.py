@@ -8,13 +8,13 @@ from typing import ClassVar
 from annotators.base import Prepared, Result, Sample
 from annotators.controlnet_nets import checkpoint, hed_net
 from annotators.imaging import back_to, detect_image
-from annotators.model_stage import ImageInput, ModelStage, finite_rows, require_finite, uint8_rows
-from annotators.models import ModelOptions
+from annotators.model_stage import (ImageInput, ModelStage, ModelStageOptions, finite_rows,
+                                    require_finite, uint8_rows)
 from graph200k.shards import encode_image
 
 
 @dataclass
-class HEDOptions(ModelOptions):
+class HEDOptions(ModelStageOptions):
     model: str = "lllyasviel/Annotators"
     filename: str = "ControlNetHED.pth"
     detect_resolution: int = 512  # controlnet_aux's default: the short side the net sees

@@ -37,7 +37,8 @@ def back_to(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> 
     h, w = size
     if array.shape[:2] == (h, w):
         return array
-    return cv2.resize(array, (w, h), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
+    mode = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.resize(array, (w, h), interpolation=mode)
 
 
 def indexed_png(ids: np.ndarray, palette: np.ndarray) -> bytes:

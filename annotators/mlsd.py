@@ -11,15 +11,15 @@ import numpy as np
 from annotators.base import ConfigError, NotApplicable, Prepared, Result, Sample
 from annotators.controlnet_nets import checkpoint, mlsd_net, quiet_import
 from annotators.imaging import back_to, detect_image
-from annotators.model_stage import ImageInput, ModelStage, finite_rows, require_finite
-from annotators.models import ModelOptions
+from annotators.model_stage import (ImageInput, ModelStage, ModelStageOptions, finite_rows,
+                                    require_finite)
 from graph200k.shards import encode_image
 
 TOP_K = 200  # line-centre candidates per image, as M-LSD's decoder takes
 
 
 @dataclass
-class MLSDOptions(ModelOptions):
+class MLSDOptions(ModelStageOptions):
     model: str = "lllyasviel/Annotators"
     filename: str = "mlsd_large_512_fp32.pth"
     detect_resolution: int = 512
@@ -31,10 +31,11 @@ class MLSD(ModelStage):
     """`mlsd.png`: M-LSD's line segments drawn 1 px white on black, one channel.
 
     As controlnet_aux's MLSDdetector: the image at the detect resolution plus a channel of
-    ones, all scaled by x / 127.5 - 1; the centre map's top 200 local maxima (its own decoder, run on
-    the device per image) with their endpoint displacements come back; segments whose
-    score and length pass the thresholds are drawn at the detect size, then resized to the
-    sample's. An image with no segment is skipped (nothing to condition on), not failed.
+    ones, all scaled by x / 127.5 - 1; the centre map's top 200 local maxima (M-LSD's own
+    decoder, run on the device per image) with their endpoint displacements come back;
+    segments whose score and length pass the thresholds are drawn at the detect size, then
+    resized to the sample's. An image with no segment is skipped (nothing to condition
+    on), not failed.
     """
 
     name: ClassVar[str] = "mlsd"

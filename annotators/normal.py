@@ -24,14 +24,13 @@ import numpy as np
 from annotators.base import ConfigError, Prepared, Result, Sample
 from annotators.controlnet_nets import checkpoint, dpt_hybrid_net, normalbae_net
 from annotators.imaging import back_to, detect_image
-from annotators.model_stage import (BadOutput, ImageInput, ModelStage, finite_rows,
-                                    require_finite, uint8_rows)
-from annotators.models import ModelOptions
+from annotators.model_stage import (BadOutput, ImageInput, ModelStage, ModelStageOptions,
+                                    finite_rows, require_finite, uint8_rows)
 from graph200k.shards import encode_image
 
 
 @dataclass
-class MidasNormalOptions(ModelOptions):
+class MidasNormalOptions(ModelStageOptions):
     model: str = "lllyasviel/Annotators"
     filename: str = "dpt_hybrid-midas-501f0c75.pt"
     detect_resolution: int = 512
@@ -93,7 +92,7 @@ class MidasNormal(ModelStage):
 
 
 @dataclass
-class NormalBaeOptions(ModelOptions):
+class NormalBaeOptions(ModelStageOptions):
     model: str = "lllyasviel/Annotators"
     filename: str = "scannet.pt"
     detect_resolution: int = 512

@@ -10,8 +10,8 @@ import numpy as np
 from annotators.base import NotApplicable, Prepared, Result, Sample
 from annotators.controlnet_nets import body_net, checkpoint, quiet_import
 from annotators.imaging import back_to, detect_image
-from annotators.model_stage import ImageInput, ModelStage, finite_rows, require_finite
-from annotators.models import ModelOptions
+from annotators.model_stage import (ImageInput, ModelStage, ModelStageOptions, finite_rows,
+                                    require_finite)
 from graph200k.shards import encode_image
 
 # OpenPose's BODY_18 order (COCO keypoints plus the neck), the order of `keypoints` in meta
@@ -22,7 +22,7 @@ _DIGITS = 4  # keypoint coordinates in meta: 1e-4 of the image side is well belo
 
 
 @dataclass
-class OpenPoseOptions(ModelOptions):
+class OpenPoseOptions(ModelStageOptions):
     model: str = "lllyasviel/Annotators"
     filename: str = "body_pose_model.pth"
     detect_resolution: int = 512

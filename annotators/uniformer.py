@@ -17,16 +17,16 @@ import numpy as np
 from annotators.base import ConfigError, Prepared, Result, Sample
 from annotators.controlnet_nets import cn_util
 from annotators.imaging import check_model_size, indexed_png
-from annotators.model_stage import (ImageInput, ModelStage, ProcessorSettings, finite_rows,
-                                    require_finite)
-from annotators.models import ModelOptions, model_dir
+from annotators.model_stage import (ImageInput, ModelStage, ModelStageOptions,
+                                    ProcessorSettings, finite_rows, require_finite)
+from annotators.models import model_dir
 
 _FRACTION_DIGITS = 4
 MIN_FRACTION = 1e-4  # classes covering less of the image are left out of meta
 
 
 @dataclass
-class UniformerOptions(ModelOptions):
+class UniformerOptions(ModelStageOptions):
     model: str = "openmmlab/upernet-convnext-small"
     resolution: int | None = None  # model input side; default: the image processor's (512)
 

@@ -153,6 +153,17 @@ def test_same_input_gives_the_same_bytes(test_id, batched, tiny_models, photos):
     assert [o.meta for o in a] == [o.meta for o in b]
 
 
+def test_the_cpu_default_of_one_image_per_pass_gives_the_same_maps(tiny_models, batched,
+                                                                   photos):
+    for test_id in ("hed", "depth"):
+        default = make_stage(test_id, tiny_models, micro_batch=None)
+        for a, b in zip(run_inline(default, photos, batch_size=3), batched(test_id)):
+            x, y = raw(a.members[MEMBER[test_id]]), raw(b.members[MEMBER[test_id]])
+            assert np.abs(x.astype(int) - y).max() <= BATCH_TOLERANCE.get(test_id, 1)
+    with pytest.raises(ConfigError, match="micro_batch must be >= 1"):
+        make_stage("hed", tiny_models, micro_batch=0)
+
+
 def test_mixed_sizes_in_one_batch_match_one_by_one(loaded):
     small, big = stage_samples(2, size=SIZE), stage_samples(2, size=2 * SIZE, shard=1)
     mixed = [small[0], big[0], small[1], big[1]]
