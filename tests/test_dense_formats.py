@@ -91,3 +91,17 @@ def test_tiny_blocks_run_every_stage_from_build_tiny_models_on_the_cpu():
     from annotators.tiny_models import discover
 
     assert set(DENSE) <= set(discover())
+
+
+def test_the_gpu_benchmark_on_a_machine_without_one_says_so(monkeypatch):
+    import argparse
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import models_dense
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = argparse.Namespace(gpu=True, images=8, batch_size=32, stages=[], rounds=1)
+    assert models_dense.run(args) == [("dense.gpu", "skipped (no CUDA device)")]
