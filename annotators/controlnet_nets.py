@@ -111,6 +111,8 @@ def dpt_hybrid_net(state: dict | None = None, width: int | None = None,
     blocks, so only the width (64 per attention head) and the fusion features shrink.
     """
     dpt = quiet_import("controlnet_aux.midas.midas.dpt_depth")
+    if state is not None and isinstance(state.get("model"), dict):  # a training checkpoint
+        state = state["model"]
     if state is not None:
         width = int(state["pretrained.model.cls_token"].shape[-1])
         features = int(state["scratch.layer1_rn.weight"].shape[0])

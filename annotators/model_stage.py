@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -55,6 +55,8 @@ class ImageInput(NamedTuple):
 
 class ModelStage(Annotator):
     """An Annotator whose model is one torch module; see the module docstring."""
+
+    extra: ClassVar[str] = "annotate,train"  # torch and transformers are pinned in `train`
 
     def __init__(self, config: dict | None = None):
         super().__init__(config)
