@@ -70,6 +70,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_degradations.py
 	$(PY) benchmarks/bench_stream.py
 	$(PY) benchmarks/bench_annotate.py
+	$(PY) benchmarks/bench_models.py
 	$(PY) benchmarks/bench_fill.py
 	$(PY) benchmarks/bench_cogvideox.py
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_generative.py

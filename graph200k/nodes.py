@@ -99,7 +99,7 @@ _CONDITIONS = [
     ]),
     _node("mlsd", CONDITION, "mlsd.png", [
         "straight line segments found by M-LSD",
-        "a map of the straight Hough lines in the scene",
+        "a map of the straight lines in the scene",
         "a wireframe of the image's straight edges",
         "line segments outlining the geometry",
         "an MLSD straight-line drawing",
@@ -107,7 +107,7 @@ _CONDITIONS = [
     _node("depth", CONDITION, "depth.png", [
         "a depth map, near parts bright and far parts dark",
         "a grayscale estimate of scene depth",
-        "the distance of every pixel from the camera",
+        "how near every pixel is to the camera, nearer brighter",
         "a monocular depth prediction",
         "a relative depth image of the scene",
     ]),
@@ -116,7 +116,7 @@ _CONDITIONS = [
         "the orientation of every surface, colour-coded",
         "a normal-map rendering of the scene's geometry",
         "estimated surface normals",
-        "a purple-blue normal image of the shapes",
+        "a colour-coded normal image of the shapes",
     ]),
     _node("openpose", CONDITION, "openpose.png", [
         "an OpenPose skeleton of the people",
@@ -128,7 +128,7 @@ _CONDITIONS = [
     _node("uniformer", CONDITION, "uniformer.png", [
         "a semantic segmentation map",
         "regions coloured by their semantic class",
-        "a per-pixel class map from UniFormer",
+        "a per-pixel ADE20K class map",
         "flat colour patches labelling each region",
         "the scene parsed into semantic segments",
     ]),

@@ -83,3 +83,17 @@ def eval_models(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval-models")
     build(out, log=lambda *_: None)
     return tiny_models_config(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """`tiny_models("hed")` -> the folder of that tiny annotator model (production layout,
+    `python -m annotators.tiny_models`), built on first use, once per session."""
+    from annotators.tiny_models import build
+
+    out = tmp_path_factory.mktemp("tiny-models")
+
+    def folder(name: str):
+        return build(out, only=[name], log=lambda *_: None)[name]
+
+    return folder
