@@ -307,9 +307,6 @@ def main(argv=None) -> int:
     ap.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
                     help="share of keys held out as split `test` (by a hash of the key; "
                          f"default {DEFAULT_TEST_FRACTION})")
-    ap.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
-                    help="share of keys held out as split `test` (by a hash of the key; "
-                         f"default {DEFAULT_TEST_FRACTION})")
     args = ap.parse_args(argv)
     out = args.out or storage.join(args.shards, "manifest.parquet")
     shard_set = ShardSet(args.shards)
