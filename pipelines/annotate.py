@@ -224,6 +224,10 @@ def build_wave(jobs: list[dict], stages: list[Stage], root: str, seed: int, side
         ds = ds.map_batches(_named(annotate_io.read_shards, "read"), batch_size=1,
                             batch_format="numpy", num_cpus=ray_options.read_num_cpus,
                             fn_kwargs={"wave": wave, "rows_per_block": ray_options.rows_per_block})
+        # Ray coalesces a UDF's yielded batches into blocks of up to 128 MB: without this a
+        # whole shard would be one block, one stage task, one busy CPU. Cut into blocks of
+        # rows_per_block rows (fused into the read task: no extra step, no extra copy).
+        ds = ds.repartition(target_num_rows_per_block=ray_options.rows_per_block)
         for k, s in enumerate(stages):
             args = {"cls": s.cls, "config": s.config, "seed": seed,
                     "side": {n: side[n] for n in instances[s.name].side_inputs}}
@@ -320,8 +324,11 @@ class WaveCoordinator:
     only plans, waits and reports — its CPU and memory do not grow with the samples.
     `done()` says how many samples each stage has finished, for the driver's progress."""
 
-    def __init__(self):
+    def __init__(self, progress_bars: bool = False):
+        from ray.data import DataContext
+
         self._done: Counter = Counter()
+        DataContext.get_current().enable_progress_bars = progress_bars
 
     def done(self) -> dict:
         return dict(self._done)
@@ -378,8 +385,9 @@ def run_wave(ray, stages, jobs, shard_set, counts, seed, side, opts, report, log
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    progress_bars = tty if opts.ray.progress is None else opts.ray.progress
     actor = ray.remote(num_cpus=0, max_restarts=0)(WaveCoordinator).options(
-        scheduling_strategy=here, runtime_env=_data_context_env(opts, tty)).remote()
+        scheduling_strategy=here).remote(progress_bars)
     progress = Progress({s.name: sum(counts.get(j["shard"], 0) for j in jobs
                                      if s.name in j["stages"]) for s in stages}, tty)
     try:
@@ -398,12 +406,6 @@ def run_wave(ray, stages, jobs, shard_set, counts, seed, side, opts, report, log
         log(f"shard {key if isinstance(key, int) else key[1]:06d}: ERROR {message}", error=True)
     report.written.update(result["written"])
     report.coordinator_cpu += result["cpu_seconds"]
-
-
-def _data_context_env(opts, tty: bool) -> dict:
-    """The coordinator is its own process: Ray Data's settings travel as its env."""
-    progress = tty if opts.ray.progress is None else opts.ray.progress
-    return {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "0" if progress else "1"}}
 
 
 def summary_line(stats: dict) -> str:
@@ -476,7 +478,9 @@ def run(shards: str, stage_names: list[str] | None = None, config_path: str = DE
                    tty if opts.ray.progress is None else opts.ray.progress)
     capacity = {k: float(v) for k, v in ray.cluster_resources().items()}
     by_name = {s.name: s for s in stages}
-    waves = plan_waves(stages, capacity, task_cpus=opts.ray.read_num_cpus)
+    # CPU left beside the actor pools: enough for one task of any stage (and the reads)
+    waves = plan_waves(stages, capacity,
+                       task_cpus=max([opts.ray.read_num_cpus] + [s.num_cpus for s in stages]))
     if len(waves) > 1:
         say("waves: " + " -> ".join("+".join(s.name for s in w) for w in waves))
     producer = producers(all_stages)

@@ -25,8 +25,10 @@ TOP_KEYS = ("src", "out", "seed", "ray", "side_inputs", "stages", "lease_seconds
 @dataclass
 class RayOptions:
     num_cpus: int | None = 2  # a local Ray only (no RAY_ADDRESS); a cluster brings its own
-    read_num_cpus: float = 1.0  # per shard-reading task
-    rows_per_block: int = 32  # samples per Ray block
+    # per shard-reading task: a small share, since a read task lives while its blocks are
+    # consumed (streamed, backpressured): a whole CPU would idle one of the stage workers
+    read_num_cpus: float = 0.0
+    rows_per_block: int = 128  # samples per Ray block (a stage task each)
     reserve_per_operator: bool = False  # Ray Data's per-operator CPU reservation
     join_num_cpus: float = 0.25  # per join task (mostly I/O)
     progress: bool | None = None  # Ray's progress bars; default: only on a terminal
