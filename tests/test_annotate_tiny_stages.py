@@ -1,0 +1,59 @@
+"""The real model stages through the Ray pipeline, on tiny models (configs/annotate-tiny.yaml):
+dense, matte and generative stages in dependency waves, each stage's sidecar complete, the
+joined samples holding every new node, a rerun skipping everything."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from annotate_helpers import (  # noqa: F401  (ray_local is a fixture)
+    REPO,
+    annotate_args,
+    joined,
+    make_source_shard,
+    ray_local,
+    stage_stats,
+)
+from graph200k.manifest import Manifest
+from pipelines import annotate
+
+STAGES = ("hed", "depth", "rmbg", "instantstyle", "depthedit")
+TINY = {"hed": "hed", "depth": "depth", "rmbg": "rmbg", "instantstyle": "sdxl",
+        "depthedit": "flux-depth"}
+
+
+def test_tiny_model_stages_run_through_the_pipeline_in_waves(ray_local, tiny_models, tmp_path,
+                                                           capsys):
+    src, out = tmp_path / "source", tmp_path / "out"
+    make_source_shard(src, 0, 3, size=64)
+    tiny = yaml.safe_load((REPO / "configs" / "annotate-tiny.yaml").read_text())
+    models = {name: tiny_models(name) for name in
+              ("hed", "depth", "rmbg", "sdxl", "sdxl-controlnet", "ip-adapter-sdxl",
+               "flux-depth")}
+    root = str(models["hed"].parent)
+    stages = {}
+    for name in STAGES:  # the demo's blocks, pointed at this session's tiny models
+        block = {k: (v.replace("build/tiny-models", root) if isinstance(v, str) else v)
+                 for k, v in tiny["stages"][name].items()}
+        stages[name] = {**block, "batch_size": 2}
+    config = tmp_path / "annotate.yaml"
+    config.write_text(yaml.safe_dump({
+        "ray": {"rows_per_block": 2}, "stages": stages,
+        "side_inputs": {"style_pool": {"kind": "shards", "path": str(src),
+                                       "member": "reference.jpg"}}}))
+
+    assert annotate.main(annotate_args(src, out, str(config), "0")) == 0
+    log = capsys.readouterr().out
+    assert "waves: depth+hed+rmbg -> depthedit+instantstyle" in log
+    for name in STAGES:
+        assert stage_stats(out, name, 0)["ok"] == 3, (name, stage_stats(out, name, 0))
+    for s in joined(out, 0):
+        nodes = json.loads(s["meta.json"])["nodes"]
+        assert {"hed", "depth", "foreground", "background", "instantstyle", "depthedit"} <= set(nodes)
+        assert "instantstyle_ref.0.jpg" in s and "depthedit.0.jpg" in s
+    counts = Manifest.from_shards(out).node_counts()
+    assert all(counts[n] == 3 for n in ("hed", "depth", "foreground", "instantstyle", "depthedit"))
+    assert sorted(annotate.run("0", None, str(config), str(src), str(out)).skipped) == \
+        sorted((name, 0) for name in STAGES)
