@@ -15,10 +15,10 @@ from typing import ClassVar
 
 from annotators.base import Annotator, ConfigError, NotApplicable, Prepared, Result, Sample
 from annotators.diffusion import (GenerationOptions, Job, actor_device,
-                                  check_generation_options, collect, depth_control, generators,
-                                  jpeg, load_pipeline, outcome_images, pil, place, run_jobs,
-                                  to_uint8, torch_dtype)
-from annotators.rewrite import (DEFAULT_SCENES, SCENE, VLMOptions, VLMRewriter, rewrite_batch,
+                                  check_generation_options, depth_control, generators, jpeg,
+                                  load_pipeline, outcome_images, pil, place, to_uint8,
+                                  torch_dtype)
+from annotators.rewrite import (DEFAULT_SCENES, SCENE, VLMOptions, VLMRewriter, predict_edits,
                                 rewrite_prompt, scene_captions)
 
 REWRITES = ("vlm", "scenes")
@@ -88,13 +88,7 @@ class DepthEdit(Annotator):
         return Prepared(x, {"size": (h, w)})
 
     def predict(self, inputs: list) -> list:
-        if self.rewriter is not None:
-            rewrite_batch(self.rewriter, inputs, self.options.variants, keep_subject=True)
-        jobs = [Job(i, v, x["seeds"][v], e) for i, x in enumerate(inputs) if not x.get("skip")
-                for v, e in enumerate(x["edits"])]
-        done = run_jobs(jobs, self.options.images_per_call, lambda c: self._generate(inputs, c))
-        counts = [0 if x.get("skip") else len(x["edits"]) for x in inputs]
-        return collect(inputs, done, counts, [{"edits": x.get("edits")} for x in inputs])
+        return predict_edits(self, inputs, keep_subject=True)
 
     def _generate(self, inputs: list, chunk: list[Job]) -> list:
         o = self.options

@@ -21,10 +21,10 @@ import numpy as np
 from annotators.base import (ANNOTATIONS, Annotator, ConfigError, NotApplicable, Prepared,
                              Result, Sample)
 from annotators.diffusion import (GenerationOptions, Job, actor_device,
-                                  check_generation_options, collect, fit, generators, jpeg,
-                                  load_pipeline, outcome_images, pil, place, run_jobs, to_uint8,
+                                  check_generation_options, fit, generators, jpeg,
+                                  load_pipeline, outcome_images, pil, place, to_uint8,
                                   torch_dtype)
-from annotators.rewrite import FILL, VLMOptions, VLMRewriter, rewrite_batch, rewrite_prompt
+from annotators.rewrite import FILL, VLMOptions, VLMRewriter, predict_edits, rewrite_prompt
 
 SUBJECT_POOL = "subject_pool"
 REWRITES = ("vlm", "same_category")
@@ -186,13 +186,7 @@ class FillEdit(Annotator):
         return Prepared(x, {"size": (h, w), "grown": grown, "mask": source, "area": area})
 
     def predict(self, inputs: list) -> list:
-        if self.rewriter is not None:
-            rewrite_batch(self.rewriter, inputs, self.options.variants, keep_subject=False)
-        jobs = [Job(i, v, x["seeds"][v], e) for i, x in enumerate(inputs) if not x.get("skip")
-                for v, e in enumerate(x["edits"])]
-        done = run_jobs(jobs, self.options.images_per_call, lambda c: self._generate(inputs, c))
-        counts = [0 if x.get("skip") else len(x["edits"]) for x in inputs]
-        return collect(inputs, done, counts, [{"edits": x.get("edits")} for x in inputs])
+        return predict_edits(self, inputs, keep_subject=False)
 
     def _generate(self, inputs: list, chunk: list[Job]) -> list:
         o = self.options

@@ -117,6 +117,21 @@ def rewrite_batch(rewriter: "VLMRewriter", inputs: list, n: int, keep_subject: b
             x["skip"] = str(e)
 
 
+def predict_edits(stage, inputs: list, keep_subject: bool) -> list:
+    """The edit stages' `predict`: captions rewritten by the VLM when the stage has one,
+    then every (sample, variant) edit generated `images_per_call` at a time through
+    `stage._generate(inputs, jobs)`."""
+    from annotators.diffusion import Job, collect, run_jobs
+
+    if stage.rewriter is not None:
+        rewrite_batch(stage.rewriter, inputs, stage.options.variants, keep_subject=keep_subject)
+    jobs = [Job(i, v, x["seeds"][v], e) for i, x in enumerate(inputs) if not x.get("skip")
+            for v, e in enumerate(x["edits"])]
+    done = run_jobs(jobs, stage.options.images_per_call, lambda c: stage._generate(inputs, c))
+    counts = [0 if x.get("skip") else len(x["edits"]) for x in inputs]
+    return collect(inputs, done, counts, [{"edits": x.get("edits")} for x in inputs])
+
+
 class VLMRewriter:
     """Qwen2-VL (or any chat model `AutoModelForImageTextToText` loads) rewriting captions;
     built once per actor. Greedy decoding, left padding, one `generate` per batch."""
