@@ -13,7 +13,7 @@ SRC    ?= shards/source
 OUT    ?= shards/graph200k
 DEMO_DATA = data.shards=$(DEMO)/shards/graph200k data.manifest=$(DEMO)/shards/graph200k/manifest.parquet
 
-.PHONY: install demo test test-all test-weights bench ingest annotate publish verify report clean
+.PHONY: install demo test test-weights bench ingest annotate publish verify report clean
 
 # Reinstalled whenever pyproject.toml changes (pins live there). pyiqa goes in without its
 # dependencies (pyproject.toml, extra `eval`, says why).
@@ -56,9 +56,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
-
-test-all: $(STAMP)
-	$(PY) -m pytest -q -m 'not weights'
 
 # Real-weights smoke tests: skipped unless the weights are in the local HF cache (README).
 test-weights: $(STAMP)

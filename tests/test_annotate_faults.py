@@ -277,3 +277,29 @@ def test_member_names_are_never_used_as_paths(ray_local, tmp_path, name, capsys)
     assert sorted(p for p in tmp_path.rglob("*") if "out" not in p.parts) == before
     assert not any(p.name.startswith("0000009") for p in tmp_path.parent.rglob("0000009*"))
     assert not (tmp_path.parent.parent / "0000009.target.jpg").exists()
+
+
+def test_bad_configs_and_outputs_are_clear_errors(tmp_path, capsys):
+    src = tmp_path / "source"
+    make_source_shard(src, 0, 2)
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("stages:\n  canny: {class: annotators.canny.Canny\n")
+    assert annotate.main(annotate_args(src, tmp_path / "o1", str(bad_yaml), "0")) == 2
+    assert "not valid YAML at line" in capsys.readouterr().err
+
+    typo = write_config(tmp_path, {"canny": CANNY}, name="typo.yaml")
+    text = open(typo).read().replace("rows_per_block", "rows_per_blok")
+    open(typo, "w").write(text)
+    assert annotate.main(annotate_args(src, tmp_path / "o2", typo, "0")) == 2
+    assert "unknown config key 'ray.rows_per_blok'; did you mean 'rows_per_block'" in \
+        capsys.readouterr().err
+
+    top = write_config(tmp_path, {"canny": CANNY}, name="top.yaml", sead=3)
+    assert annotate.main(annotate_args(src, tmp_path / "o3", top, "0")) == 2
+    assert "did you mean 'seed'" in capsys.readouterr().err
+
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("x")  # --out names a file: nothing can be written under it
+    config = write_config(tmp_path, {"canny": CANNY}, name="ok.yaml")
+    assert annotate.main(annotate_args(src, blocked / "out", config, "0")) == 2
+    assert "cannot write to --out" in capsys.readouterr().err

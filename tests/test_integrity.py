@@ -179,6 +179,8 @@ def test_bad_inputs_of_sample_tasks(data, tmp_path, capsys):
     assert "--num must be at least 1" in capsys.readouterr().err
     assert sample_tasks.main(["--manifest", str(tmp_path / "none.parquet")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert sample_tasks.main(["--shards", str(d / "out"), "--config", str(tmp_path / "no.yaml")]) == 2
+    assert "task config" in capsys.readouterr().err
     (tmp_path / "t.yaml").write_text("families: [unclosed")
     assert sample_tasks.main(["--shards", str(d / "out"), "--config", str(tmp_path / "t.yaml")]) == 2
     assert "not valid YAML" in capsys.readouterr().err
