@@ -49,10 +49,11 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m train.infer_fill --model $(DEMO)/models/tiny-flux-fill --lora $(DEMO)/runs/fill-tiny/lora --task $(DEMO)/tasks.jsonl --line 7 --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --res 32 --steps 4 --dtype float32 --max-sequence-length 32 --out $(DEMO)/infer_fill
 	OMP_NUM_THREADS=1 $(PY) -m train.cogvideox --config configs/train/cogvideox-tiny.yaml $(DEMO_DATA) model.pretrained=$(DEMO)/models/tiny-cogvideox train.out_dir=$(DEMO)/runs/cogvideox-tiny
 	OMP_NUM_THREADS=1 $(PY) -m train.infer_cogvideox --model $(DEMO)/models/tiny-cogvideox --lora $(DEMO)/runs/cogvideox-tiny/lora --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --key 0000004 --node canny --resolution 32 --steps 4 --out $(DEMO)/infer_cogvideox/target.png
-	@# The papers' metric tables for the tiny Fill LoRA, on held-out tasks, tiny metric networks.
+	@# The papers' metric tables for both tiny LoRAs, on held-out tasks, tiny metric networks.
 	OMP_NUM_THREADS=1 $(PY) -m train.evaluate.tiny_models --out $(DEMO)/eval-models
 	OMP_NUM_THREADS=1 $(PY) -m train.evaluate --config configs/eval/fill-tiny.yaml
-	@echo "demo: shards, manifest, tasks, previews (grid.png, sheet.png), runs, inference outputs and eval/metrics.md are in $(DEMO)/"
+	OMP_NUM_THREADS=1 $(PY) -m train.evaluate --config configs/eval/cogvideox-tiny.yaml
+	@echo "demo: shards, manifest, tasks, previews (grid.png, sheet.png), runs, inference outputs and eval*/metrics.md are in $(DEMO)/"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
