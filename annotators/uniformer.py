@@ -98,9 +98,11 @@ class Uniformer(ModelStage):
         import torch.nn.functional as F
 
         logits = self.model(pixel_values=self.settings.normalise(x)).logits.float()
+        # checked at the model's resolution: bilinear upsampling carries any NaN/inf along,
+        # and this is 4-16x fewer values than at the image's (150 classes a pixel)
+        finite = finite_rows(logits)
         if tuple(logits.shape[-2:]) != tuple(out_size):  # UperNet already returns input size
             logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
-        finite = finite_rows(logits)
         ids = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
         return list(zip(ids, finite))
 

@@ -17,7 +17,7 @@ from graph200k.config import ConfigError, build, check_keys, unknown_key_message
 
 # Keys of a stage block the pipeline reads; the rest is the annotator's own Options.
 RESOURCE_KEYS = ("class", "num_cpus", "num_gpus", "batch_size", "concurrency", "max_retries",
-                 "resources", "accelerator_type")
+                 "resources", "accelerator_type", "task_num_cpus")
 TOP_KEYS = ("src", "out", "seed", "ray", "side_inputs", "stages", "lease_seconds",
             "max_failed_fraction")
 
@@ -32,9 +32,11 @@ class RayOptions:
     reserve_per_operator: bool = False  # Ray Data's per-operator CPU reservation
     join_num_cpus: float = 0.25  # per join task (mostly I/O)
     progress: bool | None = None  # Ray's progress bars; default: only on a terminal
-    # An actor pool waits this long for its minimum actors (their weights loaded) before
-    # work starts; then a pool the cluster cannot place fails clearly instead of hanging.
-    actor_start_timeout_s: float = 1800.0
+    # 0: every actor pool of a wave starts at once and loads its weights in parallel (a
+    # pool no node can host is refused before the run starts). A positive value makes
+    # each pool wait this long for its minimum actors before the next pool starts (Ray
+    # Data's gate: one pool after the other) and fail with a timeout after that.
+    actor_start_timeout_s: float = 0.0
 
 
 @dataclass
@@ -59,6 +61,15 @@ class Stage:
     max_retries: int = 3
     resources: dict = field(default_factory=dict)
     accelerator_type: str | None = None  # e.g. "H100", "A100": the GPU kind an actor needs
+    # A model stage's CPU tasks (prepare, encode, write), apart from its actors' num_cpus:
+    # decoding and resizing take a core; a small share would let Ray start a worker process
+    # per concurrent task, each importing the model libraries.
+    task_num_cpus: float = 1.0
+
+    @property
+    def task_cpus(self) -> float:
+        """CPUs per task of this stage: a CPU stage's tasks are its `num_cpus`."""
+        return self.task_num_cpus if self.uses_actors else self.num_cpus
 
     @property
     def uses_actors(self) -> bool:
@@ -77,6 +88,17 @@ class Stage:
         for k, v in self.resources.items():
             need[k] = float(v) * n
         return need
+
+    def actor_resources(self) -> dict[str, float]:
+        """What one actor of the stage asks a node for (Ray's names: an accelerator type is
+        the node resource `accelerator_type:<kind>`)."""
+        need = {"CPU": self.num_cpus}
+        if self.num_gpus:
+            need["GPU"] = self.num_gpus
+        if self.accelerator_type:
+            need[f"accelerator_type:{self.accelerator_type}"] = 0.001
+        need.update({k: float(v) for k, v in self.resources.items()})
+        return {k: v for k, v in need.items() if v}
 
 
 def load_config(path: str | Path) -> dict:
@@ -172,6 +194,8 @@ def build_stage(name: str, block: dict) -> Stage:
                                   allow_zero=True)),
         resources={k: _positive(name, f"resources.{k}", v) for k, v in resources.items()},
         accelerator_type=block.get("accelerator_type"),
+        task_num_cpus=_positive(name, "task_num_cpus", block.get("task_num_cpus", 1),
+                                allow_zero=True),
     )
 
 
@@ -216,12 +240,14 @@ def dependency_levels(stages: list[Stage]) -> list[list[Stage]]:
 
 
 def plan_waves(stages: list[Stage], capacity: dict[str, float],
-               task_cpus: float = 1.0) -> list[list[Stage]]:
+               task_cpus: float = 1.0, nodes: list[dict] | None = None) -> list[list[Stage]]:
     """Stages -> waves run one after the other. A stage runs in a wave after every stage it
     reads from (its inputs come from their sidecars), and the actor pools of one wave hold
     at most the cluster's resources at their smallest, leaving `task_cpus` for the read and
     CPU tasks; so a cluster with fewer GPUs than all pools together still finishes, wave by
-    wave. A stage that cannot fit even alone is an error naming what it lacks."""
+    wave. A stage that cannot fit even alone is an error naming what it lacks, and so is
+    one whose single actor no node of `nodes` (each node's total resources) can host: the
+    pools start without a blocking wait, so this is what keeps a misfit from hanging."""
     room = dict(capacity)
     room["CPU"] = capacity.get("CPU", 0) - task_cpus
     waves: list[list[Stage]] = []
@@ -246,7 +272,26 @@ def plan_waves(stages: list[Stage], capacity: dict[str, float],
                 used[k] = used.get(k, 0) + v
         if current:
             waves.append(current)
+    if nodes is not None:
+        check_placeable(stages, nodes)
     return waves
+
+
+def check_placeable(stages: list[Stage], nodes: list[dict]) -> None:
+    for s in stages:
+        if not s.uses_actors:
+            continue
+        need = s.actor_resources()
+        if any(all(node.get(k, 0) + 1e-9 >= v for k, v in need.items()) for node in nodes):
+            continue
+        offered = sorted({k for node in nodes for k in node if not k.startswith("node:")
+                          and not k.endswith("memory")})
+        raise ConfigError(
+            f"stage {s.name!r}: no node of the cluster can host one of its actors, which "
+            f"needs {need}; the {len(nodes)} node(s) offer at most "
+            f"{ {k: max(node.get(k, 0) for node in nodes) for k in need} } (resources seen: "
+            f"{', '.join(offered)}): lower num_gpus/num_cpus, drop or fix accelerator_type/"
+            "resources, or add a node that has them")
 
 
 def select_stages(config: dict, names: list[str] | None) -> list[Stage]:
