@@ -164,3 +164,39 @@ def test_a_side_input_is_read_by_every_worker(ray_local, src, tmp_path):
                            name="nopool.yaml")
     with pytest.raises(annotate.ConfigError, match="declare it under `side_inputs:`"):
         annotate.run("0", None, missing, str(src), str(tmp_path / "x"))
+
+
+def test_one_coordinator_answers_progress_mid_wave_and_serves_the_next_run(ray_local, src,
+                                                                            tmp_path):
+    import threading
+    import time
+
+    import ray
+
+    # blocks of 2 rows, a task each: parts come back one by one
+    slow = write_config(tmp_path, {"canny": {"class": "annotate_helpers.SlowCanny",
+                                             "seconds": 0.5, "batch_size": 2}},
+                        rows_per_block=2, name="slow.yaml")
+    rc = {}
+    run = threading.Thread(target=lambda: rc.setdefault(
+        "first", annotate.main(annotate_args(src, tmp_path / "a", slow, "0-1"))))
+    run.start()
+    seen, deadline = [], time.monotonic() + 180
+    while run.is_alive() and time.monotonic() < deadline:
+        for actor in list(annotate._COORDINATOR.values()):
+            # a one-thread actor would queue this behind the wave: a timeout here
+            seen.append(ray.get(actor.done.remote(), timeout=5).get("canny", 0))
+        time.sleep(0.2)
+    run.join()
+    assert rc["first"] == 0
+    assert any(0 < n < 2 * SAMPLES for n in seen), (len(seen), sorted(set(seen)))  # mid-wave
+    first = list(annotate._COORDINATOR.values())
+    assert ray.get(first[0].done.remote())["canny"] == 2 * SAMPLES
+
+    assert annotate.main(annotate_args(src, tmp_path / "b", slow, "0")) == 0
+    assert list(annotate._COORDINATOR.values()) == first  # the same actor, already warm
+    ray.kill(first[0])  # lost (its node gone): the next run starts another
+    assert annotate.main(annotate_args(src, tmp_path / "c", slow, "0")) == 0
+    assert list(annotate._COORDINATOR.values()) != first
+    assert sidecar(tmp_path / "c", "canny", 0).read_bytes() == \
+        sidecar(tmp_path / "a", "canny", 0).read_bytes()
