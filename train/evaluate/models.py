@@ -161,8 +161,8 @@ def load_depth(spec: str, revision: str | None = None):
 
 @contextlib.contextmanager
 def _torch_load_weights_only():
-    """torch-fidelity reads its checkpoint with torch.load(weights_only=False); this makes
-    that read tensors-only (torch's own switch), so no checkpoint is ever fully unpickled."""
+    """torch-fidelity reads its checkpoint with weights_only switched off; this makes that
+    read tensors-only (torch's own switch), so no checkpoint is ever fully unpickled."""
     old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     try:
