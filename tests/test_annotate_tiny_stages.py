@@ -19,9 +19,7 @@ from annotate_helpers import (  # noqa: F401  (ray_local is a fixture)
 from graph200k.manifest import Manifest
 from pipelines import annotate
 
-STAGES = ("hed", "depth", "rmbg", "instantstyle", "depthedit")
-TINY = {"hed": "hed", "depth": "depth", "rmbg": "rmbg", "instantstyle": "sdxl",
-        "depthedit": "flux-depth"}
+STAGES = ("hed", "depth", "rmbg", "mask", "instantstyle", "depthedit")
 
 
 def test_tiny_model_stages_run_through_the_pipeline_in_waves(ray_local, tiny_models, tmp_path,
@@ -31,7 +29,7 @@ def test_tiny_model_stages_run_through_the_pipeline_in_waves(ray_local, tiny_mod
     tiny = yaml.safe_load((REPO / "configs" / "annotate-tiny.yaml").read_text())
     models = {name: tiny_models(name) for name in
               ("hed", "depth", "rmbg", "sdxl", "sdxl-controlnet", "ip-adapter-sdxl",
-               "flux-depth")}
+               "flux-depth", "sam2", "qwen2_vl_grounding")}
     root = str(models["hed"].parent)
     stages = {}
     for name in STAGES:  # the demo's blocks, pointed at this session's tiny models
@@ -46,14 +44,19 @@ def test_tiny_model_stages_run_through_the_pipeline_in_waves(ray_local, tiny_mod
 
     assert annotate.main(annotate_args(src, out, str(config), "0")) == 0
     log = capsys.readouterr().out
-    assert "waves: depth+hed+rmbg -> depthedit+instantstyle" in log
+    assert "waves: depth+hed+mask+rmbg -> depthedit+instantstyle" in log
     for name in STAGES:
         assert stage_stats(out, name, 0)["ok"] == 3, (name, stage_stats(out, name, 0))
     for s in joined(out, 0):
         nodes = json.loads(s["meta.json"])["nodes"]
-        assert {"hed", "depth", "foreground", "background", "instantstyle", "depthedit"} <= set(nodes)
+        assert {"hed", "depth", "foreground", "background", "mask", "bbox", "instantstyle",
+                "depthedit"} <= set(nodes)
         assert "instantstyle_ref.0.jpg" in s and "depthedit.0.jpg" in s
+        assert "mask.png" in s and "bbox.png" in s  # the tiny grounding VLM's box, segmented
+        grounded = json.loads(s["meta.json"])["annotations"]["mask"]
+        assert [o["name"] for o in grounded["objects"]] == ["subject"]
     counts = Manifest.from_shards(out).node_counts()
-    assert all(counts[n] == 3 for n in ("hed", "depth", "foreground", "instantstyle", "depthedit"))
+    assert all(counts[n] == 3 for n in ("hed", "depth", "foreground", "mask", "bbox",
+                                        "instantstyle", "depthedit"))
     assert sorted(annotate.run("0", None, str(config), str(src), str(out)).skipped) == \
         sorted((name, 0) for name in STAGES)

@@ -46,8 +46,8 @@ def _one_thread(one_torch_thread):
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-models")
-    return Path(tiny_models.build(out, ["sam2", "rmbg", "qwen2_vl"], seed=0, log=lambda *_: None)
-                ["sam2"]).parent
+    return Path(tiny_models.build(out, ["sam2", "rmbg", "qwen2_vl", "qwen2_vl_grounding"],
+                                  seed=0, log=lambda *_: None)["sam2"]).parent
 
 
 @pytest.fixture(scope="module")
@@ -321,6 +321,45 @@ def test_scripted_grounding_nan_sam2_fails_that_sample_only(scripted, samples):
     assert out[samples[0].key].status == "ok"
 
 
+# -- the tiny grounding VLM (configs/annotate-tiny.yaml) ---------------------------------
+@pytest.fixture(scope="module")
+def grounding_stage(tiny_dir):
+    stage = GroundedMask({"model": str(tiny_dir / "sam2"),
+                          "grounding_model": str(tiny_dir / "qwen2_vl_grounding"),
+                          **TINY["mask"], "max_new_tokens": 24})
+    stage.ensure_loaded()
+    return stage
+
+
+def test_tiny_grounding_vlm_answers_its_box_whatever_the_image_and_question(grounding_stage,
+                                                                             samples):
+    from annotators.tiny_models.masks import GROUNDING_ANSWER
+
+    rng = np.random.default_rng(0)
+    images = [s.image() for s in samples[:4]] + [
+        rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((48, 160), (200, 90))]
+    questions = [grounding_stage.question(s) for s in samples[:4]] + [
+        "Find the cup.", "Detect every object in this photo with its box, please."]
+    answers, _ = grounding_stage.generate(images, questions)  # the model's own generate
+    assert answers == [GROUNDING_ANSWER] * len(images)
+    # and its folder says so, beside the production layout
+    assert json.loads((Path(grounding_stage.options.grounding_model) / "TINY.json")
+                      .read_text())["answer"] == GROUNDING_ANSWER
+
+
+def test_tiny_grounding_vlm_draws_mask_and_bbox_for_every_photo(grounding_stage, samples):
+    photos = samples[:4]
+    out = run_inline(grounding_stage, photos, batch_size=4)
+    assert [o.status for o in out] == ["ok"] * 4
+    for o in out:
+        assert sorted(o.members) == ["bbox.png", "mask.png"]
+        assert [ob["name"] for ob in o.meta["objects"]] == ["subject"]
+        assert o.meta["objects"][0]["box"] == [10, 8, 54, 60]  # (150,120),(850,930) of 64 px
+        assert o.meta["subject"] == 0 and o.meta["subject_match"] == "largest"
+        assert colours_in(o.members["bbox.png"]) == {(0, 0, 0), colour(0)}
+        assert decode_image(o.members["mask.png"], "RGB").any()
+
+
 def test_grounded_question_reads_item_and_description(mask_stage, samples):
     q = mask_stage.question(samples[1])
     assert q.startswith("The image shows: a photo of the chelsea. Find the chelsea")
@@ -355,7 +394,8 @@ def test_tiny_and_production_blocks_parse():
         assert stage.uses_actors and stage.config["model"] == {
             "sam2_mask": "build/tiny-models/sam2", "rmbg": "build/tiny-models/rmbg",
             "mask": "build/tiny-models/sam2"}[name]
-    assert tiny["stages"]["mask"]["grounding_model"] == "build/tiny-models/qwen2_vl"
+    # the demo's VLM answers a box (a random one names nothing: no mask would be drawn)
+    assert tiny["stages"]["mask"]["grounding_model"] == "build/tiny-models/qwen2_vl_grounding"
     for name in ("sam2_mask", "mask"):
         stage = build_stage(name, prod["stages"][name])
         assert stage.num_gpus > 0 and not any(k in stage.config for k in RESOURCE_KEYS)

@@ -8,7 +8,16 @@
   real one. Its code is `_birefnet_standin.py` of this package, copied into the folder.
 - `qwen2_vl`: a two-layer Qwen2-VL with its processor and a byte-level BPE tokenizer
   trained here with the `tokenizers` library (no hub) on a few chat and box strings, so
-  that every special token of the grounding format is a single token.
+  that every special token of the grounding format is a single token. Random weights:
+  it answers garbage, and the stage must end in "no usable box".
+- `qwen2_vl_grounding`: the same architecture, processor and tokenizer, with weights set
+  (not trained) so that greedy generation answers every grounding question with one box,
+  `GROUNDING_ANSWER`: the attention and MLP outputs are zero, so each position's logits
+  depend on its own token only, and the embeddings and LM head chain the answer's tokens
+  from the chat template's last prompt token to `<|im_end|>`. The image and the question
+  pass through the real vision tower and decoder, but cannot change the answer. It is what
+  lets `make annotate` with the tiny config produce `mask` and `bbox` (SAM2, random, then
+  segments that box).
 """
 
 from __future__ import annotations
@@ -97,13 +106,20 @@ def qwen_tokenizer():
                                    pad_token="<|endoftext|>", padding_side="left")
 
 
-@tiny_model("qwen2_vl")
-def build_qwen2_vl(folder: Path, seed: int) -> Path:
+# The one answer of `qwen2_vl_grounding`, in Qwen2-VL's 0-1000 format. Its name and box
+# are tokens of their own (added to that model's tokenizer), so that no token repeats
+# along the answer: each token has one successor.
+GROUNDING_NAME = "subject"
+GROUNDING_BOX = "(150,120),(850,930)"
+GROUNDING_ANSWER = (f"<|object_ref_start|>{GROUNDING_NAME}<|object_ref_end|>"
+                    f"<|box_start|>{GROUNDING_BOX}<|box_end|>")
+
+
+def qwen2_vl_model(tokenizer):
+    """A Qwen2-VL of two small layers, its vocabulary `tokenizer`'s, and its processor."""
     from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration,
                               Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = qwen_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(min_pixels=QWEN_MIN_PIXELS,
@@ -122,8 +138,55 @@ def build_qwen2_vl(folder: Path, seed: int) -> Path:
         vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
-    Qwen2VLForConditionalGeneration(config).save_pretrained(folder)
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=False)
+    return Qwen2VLForConditionalGeneration(config), processor
+
+
+@tiny_model("qwen2_vl")
+def build_qwen2_vl(folder: Path, seed: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model, processor = qwen2_vl_model(qwen_tokenizer())
+    model.save_pretrained(folder)
     processor.save_pretrained(folder)
     (folder / "TINY.json").write_text(json.dumps({"seed": seed, "random": True}) + "\n")
+    return folder
+
+
+def answer_chain(tokenizer) -> list[int]:
+    """The token ids from the generation prompt's last token to `<|im_end|>`: the prompt
+    ends with the chat template's `<|im_start|>assistant\\n`, whatever the question."""
+    prompt = tokenizer("<|im_start|>assistant\n")["input_ids"]
+    answer = tokenizer(GROUNDING_ANSWER + "<|im_end|>")["input_ids"]
+    chain = prompt[-1:] + answer
+    if len(set(chain)) != len(chain):
+        raise AssertionError(f"the grounding answer repeats a token: {chain}")
+    return chain
+
+
+@tiny_model("qwen2_vl_grounding")
+def build_qwen2_vl_grounding(folder: Path, seed: int) -> Path:
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = qwen_tokenizer()
+    tokenizer.add_tokens([GROUNDING_NAME, GROUNDING_BOX])
+    model, processor = qwen2_vl_model(tokenizer)
+    chain = answer_chain(tokenizer)
+    lm = model.model.language_model
+    hidden = lm.config.hidden_size
+    with torch.no_grad():
+        for layer in lm.layers:  # no attention or MLP output: a token's logits are its own
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed, head = lm.embed_tokens.weight, model.lm_head.weight
+        for k, (token, successor) in enumerate(zip(chain, chain[1:])):
+            embed[token] = 0.0
+            embed[token, k % hidden] = 1.0  # one axis per chain token
+            head[successor] = 0.0
+            head[successor, k % hidden] = 10.0  # ~57 after the RMS norm: above any other
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "TINY.json").write_text(json.dumps(
+        {"seed": seed, "random": False, "answer": GROUNDING_ANSWER}) + "\n")
     return folder
