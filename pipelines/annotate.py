@@ -14,8 +14,10 @@ Design — the driver carries no samples:
   retry (`--retry-failed`: only the samples whose last status was failed), takes a lease
   per (stage, shard) so that concurrent runs never do the same work, and groups the stages
   into waves (a stage after those it reads from; actor pools of a wave fit the cluster).
-- Per wave, one Ray Data pipeline: a read task per shard (source tar + the sidecars holding
-  the inputs, digests checked) -> each stage's operators (CPU stage: one task op; model
+- Per wave, one Ray Data pipeline: the driver cuts each shard into slices of
+  `rows_per_block` rows (from the count its source stats record); a read per slice (source
+  tar + the sidecars holding the inputs, by offset, digests checked), fused by Ray into the
+  first stage's task -> each stage's operators (CPU stage: one task op; model
   stage: prepare tasks -> an actor pool that only runs the model -> encode tasks) -> a write
   op per stage that writes each block's results as a *part* -> a collect op. The driver sees
   only part ids; when a shard's parts cover all its rows it starts a join task that writes
@@ -214,27 +216,27 @@ def build_wave(jobs: list[dict], stages: list[Stage], root: str, seed: int, side
             "members": sorted({m for ms in needed for m in ms}), "reads": reads}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_RAY_REMOTE_ARGS_WARNING)
-        ds = ray.data.from_items([{"job": json.dumps(j)} for j in jobs],
-                                 override_num_blocks=max(1, len(jobs)))
-        # Ray fuses consecutive task ops whose remote arguments match. The stage ops share
-        # one max_retries (canny -> write -> collect is one task per block); the read op
-        # keeps Ray's default so that it is *not* fused with them: a shard is read by one
-        # task, and its blocks then spread over every worker.
+        items = [{"job": json.dumps(j)} for j in slices(jobs, ray_options.rows_per_block)]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        # Ray fuses consecutive task ops whose remote arguments match: the read takes the
+        # first stage op's (num_cpus, max_retries), so read -> canny -> write -> collect
+        # runs as one task per slice, its block never copied through the object store. A
+        # slice is a block: no repartition step (measured, bench_annotate on 2 CPUs: a
+        # read task per shard + repartition ran 1.31x the raw loop, slices fused 1.4x+).
         retries = stages[0].max_retries
+        first_cpus = stages[0].task_cpus
         ds = ds.map_batches(_named(annotate_io.read_shards, "read"), batch_size=1,
-                            batch_format="numpy", num_cpus=ray_options.read_num_cpus,
+                            batch_format="numpy", num_cpus=first_cpus, max_retries=retries,
                             fn_kwargs={"wave": wave, "rows_per_block": ray_options.rows_per_block})
-        # Ray coalesces a UDF's yielded batches into blocks of up to 128 MB: without this a
-        # whole shard would be one block, one stage task, one busy CPU. Cut into blocks of
-        # rows_per_block rows. Ray runs this as its own step after the read (the read's
-        # remote args differ); letting the read's own output blocks be small instead
-        # (target_max_block_size 4 MB, no repartition) measured no faster on 2 CPUs.
-        ds = ds.repartition(target_num_rows_per_block=ray_options.rows_per_block)
         for k, s in enumerate(stages):
             args = {"cls": s.cls, "config": s.config, "seed": seed,
                     "side": {n: side[n] for n in instances[s.name].side_inputs}}
             common = dict(batch_format="numpy", batch_size=s.batch_size, num_cpus=s.num_cpus)
-            task = dict(common, num_cpus=s.task_cpus, max_retries=retries, fn_kwargs=args)
+            # Task ops work sample by sample: they take whole blocks (batch_size None). A
+            # batch size on one would make Ray bundle that many rows into each fused task,
+            # i.e. up to batch_size slices (every slice of a small job) into one task.
+            task = dict(common, batch_size=None, num_cpus=s.task_cpus, max_retries=retries,
+                        fn_kwargs=args)
             if s.uses_actors:
                 ds = ds.map_batches(_named(prepare_op, f"{s.name}.prepare"), **task)
                 actor = type(s.name, (PredictActor,), {"__module__": __name__})
@@ -268,6 +270,22 @@ def build_wave(jobs: list[dict], stages: list[Stage], root: str, seed: int, side
     return ds
 
 
+def slices(jobs: list[dict], rows_per_block: int) -> list[dict]:
+    """Each shard job cut into read jobs of `rows_per_block` rows ([start, end) in `rows`),
+    from the sample count the planner read (`count`); a shard whose count is unknown (or
+    0: an empty shard) stays one job, cut into blocks by its read task."""
+    step = max(1, int(rows_per_block))
+    out = []
+    for job in jobs:
+        count = int(job.get("count") or 0)
+        base = {k: v for k, v in job.items() if k != "count"}
+        if count <= 0:
+            out.append(base)
+            continue
+        out += [dict(base, rows=[a, min(a + step, count)]) for a in range(0, count, step)]
+    return out
+
+
 def actor_gate(ray_options) -> float:
     """Ray Data's `wait_for_min_actors_s`: -1 (no wait: all pools load at once) unless the
     config asks for the blocking gate. Measured on the tiny demo (2 CPUs, 14 model stages):
@@ -278,7 +296,9 @@ def actor_gate(ray_options) -> float:
 
 
 # -- running -------------------------------------------------------------------------------
-def init_ray(num_cpus: int | None, progress: bool):
+def init_ray(num_cpus: int | None):
+    """Ray, for the driver: it never touches Ray Data (the coordinator actor runs it and
+    sets its progress bars), so the driver skips Ray Data's context and its imports."""
     import ray
 
     if not ray.is_initialized():
@@ -286,9 +306,6 @@ def init_ray(num_cpus: int | None, progress: bool):
             ray.init()  # the cluster's own resources; num_cpus applies to a local Ray only
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False)
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = progress
     return ray
 
 
@@ -527,15 +544,14 @@ def run(shards: str, stage_names: list[str] | None = None, config_path: str = DE
         report.seconds = time.perf_counter() - start
         return report
 
-    ray = init_ray(num_cpus or opts.ray.num_cpus,
-                   tty if opts.ray.progress is None else opts.ray.progress)
+    ray = init_ray(num_cpus or opts.ray.num_cpus)
     coordinator(ray, tty if opts.ray.progress is None else opts.ray.progress)  # starts now
     capacity = {k: float(v) for k, v in ray.cluster_resources().items()}
     by_name = {s.name: s for s in stages}
     # CPU left beside the actor pools: enough for one task of any stage (and the reads)
     nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
     waves = plan_waves(stages, capacity,
-                       task_cpus=max([opts.ray.read_num_cpus] + [s.task_cpus for s in stages]),
+                       task_cpus=max(s.task_cpus for s in stages),
                        nodes=nodes)
     if len(waves) > 1:
         say("waves: " + " -> ".join("+".join(s.name for s in w) for w in waves))
@@ -566,7 +582,8 @@ def run(shards: str, stage_names: list[str] | None = None, config_path: str = DE
                         continue
                     held["leases"][(s.name, shard)] = lease
                     sweep(shard_set, s.name, shard)
-                    jobs.setdefault(shard, {"shard": shard, "stages": {}})["stages"][s.name] = todo
+                    jobs.setdefault(shard, {"shard": shard, "count": p.count.get(shard, 0),
+                                                "stages": {}})["stages"][s.name] = todo
             if not jobs:
                 continue
             try:

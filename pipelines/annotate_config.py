@@ -25,10 +25,9 @@ TOP_KEYS = ("src", "out", "seed", "ray", "side_inputs", "stages", "lease_seconds
 @dataclass
 class RayOptions:
     num_cpus: int | None = 2  # a local Ray only (no RAY_ADDRESS); a cluster brings its own
-    # per shard-reading task: a small share, since a read task lives while its blocks are
-    # consumed (streamed, backpressured): a whole CPU would idle one of the stage workers
-    read_num_cpus: float = 0.0
-    rows_per_block: int = 128  # samples per Ray block (a stage task each)
+    # samples per Ray block: each shard is read in slices of this many rows, each slice
+    # one task of the first stage (its read fused in)
+    rows_per_block: int = 128
     reserve_per_operator: bool = False  # Ray Data's per-operator CPU reservation
     join_num_cpus: float = 0.25  # per join task (mostly I/O)
     progress: bool | None = None  # Ray's progress bars; default: only on a terminal

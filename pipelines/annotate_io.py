@@ -1,7 +1,8 @@
 """Where annotate's samples come from and where its results go, all inside Ray workers.
 
-    read  (one task per shard)    source tar + the sidecars holding the members the wave's
-                                  stages need -> lean column blocks of `rows_per_block` rows
+    read  (one task per slice     source tar + the sidecars holding the members the wave's
+           of a shard)            stages need -> a lean column block of `rows_per_block` rows,
+                                  fused by Ray into the first stage's task (no copy between)
     stage operators               pipelines.stage_ops
     write (after each stage)      each contiguous run of a shard's rows in a batch -> a *part*:
                                   `{out}/_parts/{stage}/{shard}/{start}-{end}.tar` (the members,
@@ -55,20 +56,44 @@ def _index(part) -> ShardIndex:
 
 
 class _PartReader:
-    """Member bytes of one part: ranged reads locally, the whole object once remotely."""
+    """Member bytes of one part: seeks in a local file; from object storage, one ranged
+    read spanning the members a slice needs (a slice's samples are contiguous in the tar),
+    fetched on the first `get`, never the whole object per slice."""
 
     def __init__(self, part):
         self.part, self.index = part, _index(part)
-        self._data = storage.read_bytes(part.url) if storage.is_url(part.url) else None
-        self._file = None if self._data is not None else open(part.url, "rb")
+        self._remote = storage.is_url(part.url)
+        self._file = None if self._remote else open(part.url, "rb")
+        self._span: tuple[int, bytes] | None = None  # (offset, bytes) of the fetched range
+        self._wanted: tuple[set, set] | None = None
+
+    def want(self, keys, fields) -> None:
+        """The keys and fields the next `get`s ask for: bounds the remote range."""
+        self._wanted = (set(keys), set(fields))
+
+    def _fetch(self) -> tuple[int, bytes]:
+        keys, fields = self._wanted if self._wanted is not None else (None, None)
+        spans = [(loc[0], loc[0] + loc[1])
+                 for key, by_field in self.index.members.items() if keys is None or key in keys
+                 for f, loc in by_field.items() if fields is None or f in fields]
+        if not spans:
+            return 0, b""
+        lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+        return lo, storage.read_range(self.part.url, lo, hi - lo)
 
     def get(self, key: str, field: str) -> bytes | None:
         loc = self.index.members.get(key, {}).get(field)
         if loc is None:
             return None
         offset, size = loc[0], loc[1]
-        if self._data is not None:
-            data = self._data[offset:offset + size]
+        if self._remote:
+            if self._span is None:
+                self._span = self._fetch()
+            lo, span = self._span
+            if lo <= offset and offset + size <= lo + len(span):
+                data = span[offset - lo:offset - lo + size]
+            else:  # outside the announced range (or the object is cut short)
+                data = storage.read_range(self.part.url, offset, size)
         else:
             self._file.seek(offset)
             data = self._file.read(size)
@@ -112,7 +137,10 @@ def _columns(rows: list[dict], members: list[str], stages: list[str]) -> dict:
 def read_shards(batch: dict, wave: dict, rows_per_block: int):
     """Ray `map_batches` UDF: rows describing shard jobs -> the shards' lean rows, in blocks.
 
-    A job (JSON) names the shard and, per stage of the wave, "all" or the keys to retry.
+    A job (JSON) names the shard, per stage of the wave "all" or the keys to retry, and
+    optionally `rows` [start, end): the planned slice of the shard this task reads (the
+    driver cuts each shard into slices of `rows_per_block` from its recorded sample count).
+    Without `rows` the whole shard is read and cut into blocks of `rows_per_block`.
     `wave`: {"root", "stages", "members" (read from storage), "reads" (meta fields),
     "inputs" (the stages whose sidecars hold those members and meta entries)}.
     """
@@ -121,7 +149,7 @@ def read_shards(batch: dict, wave: dict, rows_per_block: int):
         job = json.loads(raw)
         shard = int(job["shard"])
         try:
-            rows = _shard_rows(job, wave)
+            rows = _shard_rows(job, wave, job.get("rows"))
         except (ShardError, OSError, ValueError, EOFError) as e:
             message = (f"shard {shard:06d}: {e}; re-create the source shard with "
                        f"`python -m pipelines.ingest --shards {shard} --force`, then rerun")
@@ -150,7 +178,9 @@ def check_names(key: str, fields, where: str) -> None:
             raise ShardError(f"{where}: sample {key!r} has a member with a bad name {f!r}")
 
 
-def _shard_rows(job: dict, wave: dict) -> list[dict]:
+def _shard_rows(job: dict, wave: dict, rows: list[int] | None = None) -> list[dict]:
+    """The lean rows of a job's shard, or of its [start, end) rows only (`rows`); the whole
+    shard is checked either way (names, size, count)."""
     shard_set = ShardSet(wave["root"])
     shard = int(job["shard"])
     # the source and the sidecars of the stages this wave reads from; never the sidecar of
@@ -177,8 +207,17 @@ def _shard_rows(job: dict, wave: dict) -> list[dict]:
         annotation_reads = [f[len("annotations."):] for f in wave["reads"]
                             if f.startswith("annotations.")]
         by_stage = {r.part.stage: r for r in readers[1:]}
+        first, last = (0, len(keys)) if rows is None else (int(rows[0]), int(rows[1]))
+        if not 0 <= first <= last <= len(keys):
+            raise ShardError(f"{source.part.url} holds {len(keys)} samples, not rows "
+                             f"{first}-{last} as planned: changed during the run?")
+        fields = set(wave["members"]) | {"meta.json"} | {annotation_member(st)
+                                                          for st in annotation_reads}
+        for r in readers:
+            r.want(keys[first:last], fields)
         rows = []
-        for i, key in enumerate(keys):
+        for i in range(first, last):
+            key = keys[i]
             row = {"key": key, "shard": shard, "index": i, "count": len(keys), "members": {},
                    "do": {}, "status": {}}
             problems = []

@@ -73,3 +73,33 @@ def test_annotate_manifest_tasks_stream_and_publish_on_s3(ray_local, bucket, tmp
             (tmp_path / "rel2" / f"{shard:06d}.tar").read_bytes()
     printed = capsys.readouterr()
     assert "testing" not in printed.out + printed.err  # credentials never logged
+
+
+def test_a_slice_read_from_s3_fetches_its_own_byte_range_not_the_shard(bucket, tmp_path,
+                                                                        monkeypatch):
+    from graph200k.dataset import ShardSet
+    from pipelines import annotate_io
+
+    local = tmp_path / "source"
+    make_source_shard(local, 0, 8)
+    for suffix in (".tar", ".index.json", ".stats.json"):
+        storage.put_file(str(local / f"000000{suffix}"), f"{bucket}/source/000000{suffix}")
+    shard_set = ShardSet.create(f"{bucket}/out", f"{bucket}/source")
+    fetched = []
+    real = storage.read_range
+
+    def counting(path, offset, length):
+        fetched.append(length)
+        return real(path, offset, length)
+
+    monkeypatch.setattr(storage, "read_range", counting)
+    wave = {"root": shard_set.root, "stages": ["canny"], "inputs": [], "members": ["target.jpg"],
+            "reads": []}
+    job = {"shard": 0, "stages": {"canny": "all"}}
+    rows = annotate_io._shard_rows(job, wave, [2, 4])
+    assert [r["key"] for r in rows] == ["0000002", "0000003"]
+    assert [r["index"] for r in rows] == [2, 3] and {r["count"] for r in rows} == {8}
+    tar = (local / "000000.tar").read_bytes()
+    assert len(fetched) == 1 and fetched[0] < len(tar) / 3  # one GET, of about 2/8 of it
+    whole = annotate_io._shard_rows(job, wave)  # the same bytes as a read of every row
+    assert [r["members"] for r in rows] == [r["members"] for r in whole[2:4]]
