@@ -149,7 +149,7 @@ def read_shards(batch: dict, wave: dict, rows_per_block: int):
         job = json.loads(raw)
         shard = int(job["shard"])
         try:
-            rows = _shard_rows(job, wave, job.get("rows"))
+            rows = _shard_rows(job, wave)
         except (ShardError, OSError, ValueError, EOFError) as e:
             message = (f"shard {shard:06d}: {e}; re-create the source shard with "
                        f"`python -m pipelines.ingest --shards {shard} --force`, then rerun")
@@ -178,9 +178,9 @@ def check_names(key: str, fields, where: str) -> None:
             raise ShardError(f"{where}: sample {key!r} has a member with a bad name {f!r}")
 
 
-def _shard_rows(job: dict, wave: dict, rows: list[int] | None = None) -> list[dict]:
-    """The lean rows of a job's shard, or of its [start, end) rows only (`rows`); the whole
-    shard is checked either way (names, size, count)."""
+def _shard_rows(job: dict, wave: dict) -> list[dict]:
+    """The lean rows of a job's shard, or of its [start, end) rows only (the job's `rows`);
+    the whole shard is checked either way (names, size, count)."""
     shard_set = ShardSet(wave["root"])
     shard = int(job["shard"])
     # the source and the sidecars of the stages this wave reads from; never the sidecar of
@@ -207,7 +207,8 @@ def _shard_rows(job: dict, wave: dict, rows: list[int] | None = None) -> list[di
         annotation_reads = [f[len("annotations."):] for f in wave["reads"]
                             if f.startswith("annotations.")]
         by_stage = {r.part.stage: r for r in readers[1:]}
-        first, last = (0, len(keys)) if rows is None else (int(rows[0]), int(rows[1]))
+        span = job.get("rows")
+        first, last = (0, len(keys)) if span is None else (int(span[0]), int(span[1]))
         if not 0 <= first <= last <= len(keys):
             raise ShardError(f"{source.part.url} holds {len(keys)} samples, not rows "
                              f"{first}-{last} as planned: changed during the run?")

@@ -96,7 +96,7 @@ def test_a_slice_read_from_s3_fetches_its_own_byte_range_not_the_shard(bucket, t
     wave = {"root": shard_set.root, "stages": ["canny"], "inputs": [], "members": ["target.jpg"],
             "reads": []}
     job = {"shard": 0, "stages": {"canny": "all"}}
-    rows = annotate_io._shard_rows(job, wave, [2, 4])
+    rows = annotate_io._shard_rows(dict(job, rows=[2, 4]), wave)
     assert [r["key"] for r in rows] == ["0000002", "0000003"]
     assert [r["index"] for r in rows] == [2, 3] and {r["count"] for r in rows} == {8}
     tar = (local / "000000.tar").read_bytes()
