@@ -58,14 +58,18 @@ PER_SHARD = 1000
 # own CPU time and peak RSS (ru_maxrss: KiB on Linux). Its connection to Ray is not
 # counted: ray.init, the imports, and the first object Ray serialises (which sets up Ray's
 # serialisers and imports pydantic, ~0.2 s): Ray's cost for any driver, whatever it runs.
+# The imports come first, so that their tail stays out too: importing numpy starts
+# OpenBLAS's thread, which spins ~0.05 s of CPU before it sleeps (measured per thread: with
+# the import just before the window, that spin was half of the 0.09-0.10 s counted at 1000
+# samples; with OPENBLAS_NUM_THREADS=1, or a 1 s pause after the import, 0.04-0.05 s).
 # The process's whole CPU time, all of that included, is reported beside it.
 DRIVER = """
 import json, resource, sys, time
 sys.path[:0] = {paths!r}
+from pipelines import annotate
 import ray
 ray.init(address={address!r}, log_to_driver=False)
 ray.get(ray.put(None))
-from pipelines import annotate
 before = resource.getrusage(resource.RUSAGE_SELF)
 start = time.perf_counter()
 report = annotate.run("all", ["canny"], {config!r}, {src!r}, {out!r}, force=True)
@@ -132,7 +136,10 @@ def in_process(src: Path, out: Path, tmp: Path, num_cpus: int) -> float:
 
 
 def warm(tmp: Path, num_cpus: int) -> None:
-    write_source(tmp / "warm", 64, 64)
+    """Every worker of the job warm (its imports done) before (a) is timed: two slices per
+    CPU, so that each worker gets a task (one 64-sample slice warmed one worker only, and
+    the first timed round paid the other's imports: 1.35x against 1.79x and 1.82x after)."""
+    write_source(tmp / "warm", 2 * num_cpus * ROWS_PER_BLOCK, 64)
     in_process(tmp / "warm", tmp / "warm-out", tmp, num_cpus)
 
 
