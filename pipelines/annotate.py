@@ -547,9 +547,12 @@ def run(shards: str, stage_names: list[str] | None = None, config_path: str = DE
         side[name] = load_side_input(name, side_specs[name])
 
     p = plan(shard_set, stages, selected, force, retry_failed, verify, report, say)
+    held = {"owner": leases.run_owner(), "leases": {}}
     done = Counter(stage for stage, _ in report.skipped)
     for stage, n in sorted(done.items()):
         say(f"{stage}: {n} shard(s) complete, skipped")
+        complete = {shard for name, shard in report.skipped if name == stage}
+        leases.sweep_stale(shard_set.root, stage, complete, held["owner"])
     if not p.todo:
         report.seconds = time.perf_counter() - start
         return report
@@ -566,7 +569,6 @@ def run(shards: str, stage_names: list[str] | None = None, config_path: str = DE
     if len(waves) > 1:
         say("waves: " + " -> ".join("+".join(s.name for s in w) for w in waves))
     producer = producers(all_stages)
-    held = {"owner": leases.run_owner(), "leases": {}}
     try:
         for wave in waves:
             shard_set.refresh()

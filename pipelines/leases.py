@@ -29,14 +29,10 @@ def lease_path(root: str, stage: str, shard: int) -> str:
     return storage.join(root, LEASES_DIR, stage, f"{shard:06d}.json")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _stale(held: dict, owner: dict) -> bool:
+    """Whether a lease no longer counts: expired, or its owner ran on this host and is gone."""
+    return time.time() > float(held.get("expires", 0)) or (
+        held.get("host") == owner["host"] and not storage.pid_alive(int(held.get("pid", -1))))
 
 
 @dataclass
@@ -59,9 +55,7 @@ def acquire(root: str, stage: str, shard: int, owner: dict, seconds: float) -> L
             continue
         if held.get("run") == owner["run"]:
             return Lease(path, owner)
-        stale = time.time() > float(held.get("expires", 0)) or (
-            held.get("host") == owner["host"] and not _alive(int(held.get("pid", -1))))
-        if not stale:
+        if not _stale(held, owner):
             until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(held["expires"])))
             return (f"leased by run {held.get('run')} (pid {held.get('pid')} on "
                     f"{held.get('host')}) until {until}; it is being annotated now: rerun "
@@ -77,3 +71,26 @@ def release(lease: Lease) -> None:
         return
     if held.get("run") == lease.owner["run"]:
         storage.remove(lease.path)
+
+
+def sweep_stale(root: str, stage: str, complete: set[int], owner: dict) -> list[int]:
+    """Remove the stale leases (`_stale`) on shards whose `stage` sidecar is complete: a run
+    killed after a sidecar was joined, before it released the lease, leaves one that no
+    later run would take (complete shards are skipped before any lease is asked for).
+    One listing of the stage's lease folder. Returns the shards whose lease was removed."""
+    removed = []
+    folder = storage.join(root, LEASES_DIR, stage)
+    for name in storage.listdir(folder):
+        if not (name.endswith(".json") and name[:6].isdigit() and int(name[:6]) in complete):
+            continue
+        path = storage.join(folder, name)
+        try:
+            held = json.loads(storage.read_bytes(path))
+        except FileNotFoundError:
+            continue
+        except ValueError:
+            held = {}  # half-written by a killed run: stale
+        if _stale(held, owner):
+            storage.remove(path)
+            removed.append(int(name[:6]))
+    return removed
