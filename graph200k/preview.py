@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from graph200k import storage
 from graph200k.grid import INFER, TRAIN, Grid
 from graph200k.nodes import NODE_TYPES, names_of
 from graph200k.prompts import image_tag
@@ -211,8 +212,12 @@ def load_task(spec: str, tasks_file: str | None) -> Task:
     if not tasks_file:
         raise SystemExit("preview: --task N needs --tasks FILE (a JSONL written by "
                          "python -m graph200k.sample_tasks)")
-    with open(tasks_file) as f:
-        lines = [line for line in f if line.strip()]
+    try:
+        text = storage.read_bytes(storage.normalize(tasks_file)).decode()
+    except FileNotFoundError:
+        raise SystemExit(f"preview: --tasks {tasks_file} does not exist (write it with "
+                         "python -m graph200k.sample_tasks --out)") from None
+    lines = [line for line in text.splitlines() if line.strip()]
     if not 0 <= index < len(lines):
         raise SystemExit(f"preview: {tasks_file} holds {len(lines)} tasks; there is no "
                          f"line {index}")
@@ -225,8 +230,8 @@ def main(argv=None) -> int:
     what = ap.add_mutually_exclusive_group(required=True)
     what.add_argument("--task", help="line index into --tasks, or a task as JSON")
     what.add_argument("--key", help="sample key: draw its node contact sheet and type graph")
-    ap.add_argument("--tasks", help="task JSONL (python -m graph200k.sample_tasks --out)")
-    ap.add_argument("--shards", required=True, help="folder of NNNNNN.tar shards")
+    ap.add_argument("--tasks", help="task JSONL, a file or URL (python -m graph200k.sample_tasks --out)")
+    ap.add_argument("--shards", required=True, help="folder or URL (s3://...) of NNNNNN.tar shards")
     ap.add_argument("--manifest", help="manifest parquet (default: scan the shards)")
     ap.add_argument("--res", type=int, default=384, help="cell side (training) or area^0.5")
     ap.add_argument("--sizing", choices=(TRAIN, INFER), default=TRAIN,

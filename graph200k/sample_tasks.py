@@ -15,8 +15,8 @@ import argparse
 import collections
 import json
 import sys
-from pathlib import Path
 
+from graph200k import storage
 from graph200k.reader import CHECKS, load_manifest
 from graph200k.shards import ShardError
 from graph200k.tasks import DEFAULT_TASKS_CONFIG, TaskConfig, TaskError, TaskSampler
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
                     help="train: the config's seen variants on the manifest's train samples; "
                          "test: the same variants on its held-out test samples; unseen: only "
                          "the unseen variants")
-    ap.add_argument("--out", help="JSONL file ('-' for stdout); omit to only print --stats")
+    ap.add_argument("--out", help="JSONL file or URL ('-' for stdout); omit to only print --stats")
     ap.add_argument("--stats", action="store_true", help="print a family/variant histogram")
     ap.add_argument("--on-stale", choices=CHECKS, default="error",
                     help="a manifest that no longer matches its shards: refuse (error), warn, "
@@ -84,12 +84,9 @@ def main(argv=None) -> int:
         lines = "".join(json.dumps(t.to_json(), sort_keys=True) + "\n" for t in tasks)
         if args.out == "-":
             sys.stdout.write(lines)
-        else:
-            out = Path(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.tmp")
-            tmp.write_text(lines)
-            tmp.replace(out)
+        else:  # a local file or an fsspec URL (s3://...), written atomically either way
+            out = storage.normalize(args.out)
+            storage.atomic_write(out, lines.encode())
             print(f"sample_tasks: {len(tasks)} tasks from {len(manifest)} samples -> {out}")
     if args.stats:
         print(histogram(tasks))

@@ -3,6 +3,7 @@ reached by s3fs through the usual AWS_ENDPOINT_URL), no mocking of our code."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import fsspec
@@ -103,3 +104,68 @@ def test_a_slice_read_from_s3_fetches_its_own_byte_range_not_the_shard(bucket, t
     assert len(fetched) == 1 and fetched[0] < len(tar) / 3  # one GET, of about 2/8 of it
     whole = annotate_io._shard_rows(job, wave)  # the same bytes as a read of every row
     assert [r["members"] for r in rows] == [r["members"] for r in whole[2:4]]
+
+
+def _upload_folder(local, url):
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        storage.put_file(str(path), f"{url}/{path.relative_to(local).as_posix()}")
+
+
+def test_ingest_writes_and_preview_reads_s3_as_they_do_a_local_folder(bucket, mini_parquet,
+                                                                     tmp_path, capsys):
+    from graph200k import preview
+    from pipelines import ingest
+
+    args = ["--source", str(mini_parquet), "--shard-size", "5", "--quality", "visualcloze"]
+    assert ingest.main([*args, "--out", f"{bucket}/source"]) == 0
+    assert ingest.main([*args, "--out", str(tmp_path / "source")]) == 0
+    local = sorted(p.name for p in (tmp_path / "source").iterdir() if p.is_file())
+    assert local and storage.listdir(f"{bucket}/source") == local
+    for name in local:  # shards and indexes: the same bytes; stats but for the timing
+        remote, here = storage.read_bytes(f"{bucket}/source/{name}"), \
+            (tmp_path / "source" / name).read_bytes()
+        if name.endswith(".stats.json"):
+            remote, here = (dict(json.loads(b), seconds=0) for b in (remote, here))
+        assert remote == here, name
+    assert ingest.main([*args, "--out", f"{bucket}/source"]) == 0  # resume: all complete
+    assert "0 to write" in capsys.readouterr().out
+
+    outputs = {}
+    for where, shards in (("s3", f"{bucket}/source"), ("local", str(tmp_path / "source"))):
+        manifest, tasks = f"{shards}/manifest.parquet", f"{shards}/tasks.jsonl"
+        assert manifest_cli.main(["--shards", shards]) == 0
+        assert sample_tasks.main(["--manifest", manifest, "--num", "3", "--seed", "1",
+                                  "--out", tasks]) == 0
+        png = tmp_path / f"{where}.png"
+        assert preview.main(["--task", "2", "--tasks", tasks, "--shards", shards,
+                             "--manifest", manifest, "--res", "32", "--out", str(png)]) == 0
+        outputs[where] = (storage.read_bytes(tasks), png.read_bytes())
+    assert outputs["s3"] == outputs["local"]
+    assert "testing" not in "".join(capsys.readouterr())  # credentials never logged
+
+
+def test_both_trainers_read_their_shards_from_s3_as_from_a_local_folder(
+        bucket, annotated_shards, tiny_fill_dir, tiny_cogvideox_dir, one_torch_thread, tmp_path):
+    import train.realgeneral.recipe as cogvideox
+    import train.visualcloze.recipe as fill
+    from train.common.config import load_config
+
+    folder, _ = annotated_shards
+    remote = f"{bucket}/graph200k"
+    _upload_folder(folder, remote)
+    assert manifest_cli.main(["--shards", remote]) == 0
+    common = ["train.tensorboard=false", "train.max_steps=2", "train.checkpoint_every=0",
+              "validation.every=0"]
+    losses = {}
+    for where, shards, manifest in (("s3", remote, f"{remote}/manifest.parquet"),
+                                    ("local", folder, folder / "manifest.parquet")):
+        data = [f"data.shards={shards}", f"data.manifest={manifest}"]
+        cfg = load_config(fill.FillConfig, "configs/train/fill-tiny.yaml", [
+            f"model.pretrained={tiny_fill_dir}", f"train.out_dir={tmp_path / where / 'fill'}",
+            *data, *common])
+        video = load_config(cogvideox.CogVideoXConfig, "configs/train/cogvideox-tiny.yaml", [
+            f"model.pretrained={tiny_cogvideox_dir}", "model.build_tiny=false",
+            f"train.out_dir={tmp_path / where / 'cogvideox'}", *data, *common])
+        losses[where] = (fill.train(cfg)["losses"], cogvideox.train(video)["losses"])
+    assert len(losses["s3"][0]) == 2 and len(losses["s3"][1]) == 2
+    assert losses["s3"] == losses["local"]  # the same grids and pairs, the same steps

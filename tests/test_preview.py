@@ -64,6 +64,14 @@ def test_bad_task_index_says_how_many(shards, tmp_path):
                       "--out", str(tmp_path / "x.png")])
 
 
+def test_a_missing_tasks_file_is_a_clear_error(shards, tmp_path):
+    folder, _, _ = shards
+    with pytest.raises(SystemExit, match="nowhere.jsonl does not exist.*sample_tasks --out"):
+        preview.main(["--task", "0", "--tasks", str(tmp_path / "nowhere.jsonl"), "--shards",
+                      str(folder), "--out", str(tmp_path / "x.png")])
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_contact_sheet_shows_nodes_and_type_graph(shards, tmp_path):
     folder, _, _ = shards
     out = tmp_path / "sheet.png"
