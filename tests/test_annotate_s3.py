@@ -116,9 +116,12 @@ def test_ingest_writes_and_preview_reads_s3_as_they_do_a_local_folder(bucket, mi
     from graph200k import preview
     from pipelines import ingest
 
-    args = ["--source", str(mini_parquet), "--shard-size", "5", "--quality", "visualcloze"]
-    assert ingest.main([*args, "--out", f"{bucket}/source"]) == 0
-    assert ingest.main([*args, "--out", str(tmp_path / "source")]) == 0
+    storage.put_file(str(mini_parquet), f"{bucket}/subjects200k/mini.parquet")
+    args = ["--shard-size", "5", "--quality", "visualcloze"]
+    from_s3 = ["--source", f"{bucket}/subjects200k/mini.parquet", *args]  # S3 -> S3
+    assert ingest.main([*from_s3, "--out", f"{bucket}/source"]) == 0
+    assert ingest.main(["--source", str(mini_parquet), *args,
+                        "--out", str(tmp_path / "source")]) == 0
     local = sorted(p.name for p in (tmp_path / "source").iterdir() if p.is_file())
     assert local and storage.listdir(f"{bucket}/source") == local
     for name in local:  # shards and indexes: the same bytes; stats but for the timing
@@ -127,7 +130,7 @@ def test_ingest_writes_and_preview_reads_s3_as_they_do_a_local_folder(bucket, mi
         if name.endswith(".stats.json"):
             remote, here = (dict(json.loads(b), seconds=0) for b in (remote, here))
         assert remote == here, name
-    assert ingest.main([*args, "--out", f"{bucket}/source"]) == 0  # resume: all complete
+    assert ingest.main([*from_s3, "--out", f"{bucket}/source"]) == 0  # resume: all complete
     assert "0 to write" in capsys.readouterr().out
 
     outputs = {}
