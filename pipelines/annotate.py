@@ -310,29 +310,41 @@ def init_ray(num_cpus: int | None):
 
 
 class Progress:
-    """Samples done per stage: a tqdm bar on a terminal, a line every 30 s in a log file."""
+    """Samples done per stage: on a terminal a tqdm bar per stage (count/total, rate, ETA);
+    in a log file a plain line every `interval` seconds and one at the end, no bar redraws."""
 
-    def __init__(self, totals: dict[str, int], tty: bool):
+    def __init__(self, totals: dict[str, int], tty: bool, interval: float = 30.0,
+                 file=None, clock=time.perf_counter):
         self.totals, self.done = totals, Counter()
-        self.start = self.last = time.perf_counter()
-        self.bar = None
+        self.interval, self.clock, self.file = interval, clock, file
+        self.start = self.last = clock()
+        self.unprinted = False
+        self.bars = {}
         if tty:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=sum(totals.values()), unit="sample", desc="annotate",
-                            file=sys.stderr)
+            width = max(map(len, totals), default=0)
+            self.bars = {stage: tqdm(total=total, unit="sample", desc=stage.ljust(width),
+                                     position=i, file=file or sys.stderr)
+                         for i, (stage, total) in enumerate(totals.items())}
 
     def update(self, done: dict[str, int]) -> None:
-        new = sum(done.values()) - sum(self.done.values())
+        if dict(done) == dict(self.done):
+            return
+        for stage, bar in self.bars.items():
+            bar.update(done.get(stage, 0) - self.done[stage])
         self.done = Counter(done)
-        if self.bar is not None:
-            self.bar.update(new)
-        elif time.perf_counter() - self.last > 30:
-            self.last = time.perf_counter()
-            print(self.line(), flush=True)
+        self.unprinted = True
+        if not self.bars and self.clock() - self.last >= self.interval:
+            self._print()
+
+    def _print(self) -> None:
+        self.last = self.clock()
+        self.unprinted = False
+        print(self.line(), file=self.file or sys.stdout, flush=True)
 
     def line(self) -> str:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        elapsed = max(self.clock() - self.start, 1e-9)
         parts = []
         for stage, total in self.totals.items():
             done = self.done[stage]
@@ -342,8 +354,10 @@ class Progress:
         return "progress: " + ", ".join(parts)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        for bar in self.bars.values():
+            bar.close()
+        if not self.bars and self.unprinted:
+            self._print()
 
 
 class WaveCoordinator:
