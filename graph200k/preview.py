@@ -213,7 +213,7 @@ def load_task(spec: str, tasks_file: str | None) -> Task:
         raise SystemExit("preview: --task N needs --tasks FILE (a JSONL written by "
                          "python -m graph200k.sample_tasks)")
     try:
-        text = storage.read_bytes(storage.normalize(tasks_file)).decode()
+        text = storage.read_bytes(tasks_file).decode()
     except FileNotFoundError:
         raise SystemExit(f"preview: --tasks {tasks_file} does not exist (write it with "
                          "python -m graph200k.sample_tasks --out)") from None

@@ -85,9 +85,8 @@ def main(argv=None) -> int:
         if args.out == "-":
             sys.stdout.write(lines)
         else:  # a local file or an fsspec URL (s3://...), written atomically either way
-            out = storage.normalize(args.out)
-            storage.atomic_write(out, lines.encode())
-            print(f"sample_tasks: {len(tasks)} tasks from {len(manifest)} samples -> {out}")
+            storage.atomic_write(args.out, lines.encode())
+            print(f"sample_tasks: {len(tasks)} tasks from {len(manifest)} samples -> {args.out}")
     if args.stats:
         print(histogram(tasks))
     return 0

@@ -562,11 +562,12 @@ def run(shards: str, stage_names: list[str] | None = None, config_path: str = DE
 
     p = plan(shard_set, stages, selected, force, retry_failed, verify, report, say)
     held = {"owner": leases.run_owner(), "leases": {}}
-    done = Counter(stage for stage, _ in report.skipped)
-    for stage, n in sorted(done.items()):
-        say(f"{stage}: {n} shard(s) complete, skipped")
-        complete = {shard for name, shard in report.skipped if name == stage}
-        leases.sweep_stale(shard_set.root, stage, complete, held["owner"])
+    complete: dict[str, set[int]] = defaultdict(set)
+    for stage, shard in report.skipped:
+        complete[stage].add(shard)
+    for stage, shards in sorted(complete.items()):
+        say(f"{stage}: {len(shards)} shard(s) complete, skipped")
+        leases.sweep_stale(shard_set.root, stage, shards, held["owner"])
     if not p.todo:
         report.seconds = time.perf_counter() - start
         return report

@@ -79,11 +79,13 @@ def sweep_stale(root: str, stage: str, complete: set[int], owner: dict) -> list[
     later run would take (complete shards are skipped before any lease is asked for).
     One listing of the stage's lease folder. Returns the shards whose lease was removed."""
     removed = []
+    wanted = {lease_path(root, stage, shard): shard for shard in complete}
     folder = storage.join(root, LEASES_DIR, stage)
     for name in storage.listdir(folder):
-        if not (name.endswith(".json") and name[:6].isdigit() and int(name[:6]) in complete):
-            continue
         path = storage.join(folder, name)
+        shard = wanted.get(path)
+        if shard is None:
+            continue
         try:
             held = json.loads(storage.read_bytes(path))
         except FileNotFoundError:
@@ -92,5 +94,5 @@ def sweep_stale(root: str, stage: str, complete: set[int], owner: dict) -> list[
             held = {}  # half-written by a killed run: stale
         if _stale(held, owner):
             storage.remove(path)
-            removed.append(int(name[:6]))
+            removed.append(shard)
     return removed

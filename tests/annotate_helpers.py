@@ -279,6 +279,16 @@ class SlowCanny(Canny):
         return super().annotate(sample)
 
 
+def slow_canny_setup(folder: Path, shards: int, samples: int) -> tuple[Path, str]:
+    """(source folder, config) of `shards` source shards annotated by a SlowCanny in
+    2-row blocks: a run long enough to be interrupted mid-way."""
+    src = folder / "source"
+    for shard in range(shards):
+        make_source_shard(src, shard, samples)
+    slow = {**CANNY, "class": "annotate_helpers.SlowCanny", "seconds": 0.15, "batch_size": 2}
+    return src, write_config(folder, {"canny": slow}, rows_per_block=2)
+
+
 class NeedsMissing(Annotator):
     name = "mlsd"
     produces = ("mlsd",)

@@ -7,12 +7,10 @@ import subprocess
 import sys
 
 from annotate_helpers import (  # noqa: F401  (ray_local is a fixture)
-    CANNY,
     TESTS_DIR,
     annotate_args,
-    make_source_shard,
     ray_local,
-    write_config,
+    slow_canny_setup,
 )
 from pipelines import annotate
 
@@ -31,11 +29,7 @@ def _sidecars(out):
 
 
 def test_multi_node_runs_and_a_lost_node_resume_to_the_single_node_bytes(ray_local, tmp_path):
-    src = tmp_path / "source"
-    for shard in range(SHARDS):
-        make_source_shard(src, shard, SAMPLES)
-    slow = {**CANNY, "class": "annotate_helpers.SlowCanny", "seconds": 0.15, "batch_size": 2}
-    config = write_config(tmp_path, {"canny": slow}, rows_per_block=2)
+    src, config = slow_canny_setup(tmp_path, SHARDS, SAMPLES)
 
     one = tmp_path / "one"
     assert annotate.main(annotate_args(src, one, config, "all")) == 0  # this process: one node

@@ -12,12 +12,10 @@ import sys
 import time
 
 from annotate_helpers import (  # noqa: F401  (ray_local is a fixture)
-    CANNY,
     REPO,
     TESTS_DIR,
-    make_source_shard,
     ray_local,
-    write_config,
+    slow_canny_setup,
 )
 from pipelines import annotate
 
@@ -51,11 +49,7 @@ def _kill_when_one_shard_is_done(proc, out, timeout=120.0) -> None:
 
 
 def test_a_killed_driver_resumes_to_the_bytes_of_an_uninterrupted_run(ray_local, tmp_path):
-    src = tmp_path / "source"
-    for shard in range(SHARDS):
-        make_source_shard(src, shard, SAMPLES)
-    slow = {**CANNY, "class": "annotate_helpers.SlowCanny", "seconds": 0.15, "batch_size": 2}
-    config = write_config(tmp_path, {"canny": slow}, rows_per_block=2)
+    src, config = slow_canny_setup(tmp_path, SHARDS, SAMPLES)
     argv = ["--shards", "all", "--config", config, "--src", str(src)]
 
     clean = tmp_path / "clean"
