@@ -277,8 +277,14 @@ class DSINENet(nn.Module):
         self.angle_head = head(width, mid, k * k)  # rotation angle
         self.up_prob_head = head(width, mid, 9 * DOWNSAMPLE * DOWNSAMPLE)
 
-    def refinement_modules(self):
-        return (self.gru, self.prob_head, self.xy_head, self.angle_head, self.up_prob_head)
+    def keep_refinement_float32(self) -> "DSINENet":
+        """After `.to(float16)`: the GRU and refinement heads back to float32, so that the
+        refinement's geometry (1e-8 guards, rotations, renormalising) runs in float32
+        while the encoder and decoder, nearly all of the work, run in half precision."""
+        for module in (self.gru, self.prob_head, self.xy_head, self.angle_head,
+                       self.up_prob_head):
+            module.float()
+        return self
 
     def forward(self, x, camera, iterations: int = 5):
         """x: B x 3 x H x W, ImageNet-normalised, H and W multiples of 32; camera: B x 4

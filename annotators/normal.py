@@ -191,9 +191,7 @@ class DSINE(ModelStage):
 
     def load(self) -> None:
         super().load()
-        # the refinement's geometry (1e-8 guards, rotations) stays float32 under fp16
-        for module in self.model.refinement_modules():
-            module.float()
+        self.model.keep_refinement_float32()
 
     def prepare(self, sample: Sample) -> Prepared:
         rgb = sample.image("target")

@@ -358,6 +358,25 @@ def test_any_size_gives_unit_normals_facing_the_camera_at_that_size(stage):
         assert (np.einsum("hwc,chw->hw", n, ray) >= 0.01 - 1.5 * 2 / 255 * math.sqrt(3)).all()
 
 
+def test_a_half_precision_backbone_with_a_float32_refinement_agrees(stage):
+    """On a GPU the stage runs the encoder and decoder in float16 and the refinement in
+    float32; bfloat16 here (the CPU's half type) runs the same mixed path."""
+    import copy
+
+    import torch
+
+    from annotators.dsine_net import camera_from_fov
+
+    x, camera = torch.randn(2, 3, 64, 96), camera_from_fov(60.0, 64, 96, batch=2)
+    mixed = copy.deepcopy(stage.model).to(torch.bfloat16).keep_refinement_float32()
+    assert mixed.decoder.conv2.weight.dtype == torch.bfloat16
+    assert mixed.prob_head[0].weight.dtype == torch.float32
+    with torch.inference_mode():
+        full, half = stage.model(x, camera), mixed(x.to(torch.bfloat16), camera)
+    assert half.dtype == torch.float32
+    assert (full * half).sum(dim=1).mean() > 0.99
+
+
 def test_iterations_change_the_map_and_options_are_checked(stage, tiny_models):
     from annotators.normal import DSINE
 
