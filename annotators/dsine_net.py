@@ -23,8 +23,12 @@ The network, as the paper describes it:
   5. Convex upsampling x8 (a softmax over the 3x3 neighbourhood per output pixel).
 
 Output: unit normals in DSINE's camera frame, x right, y down, z forward (away from the
-camera); a surface facing the camera has n = (0, 0, 1) (DSINE's README: the normal points
-along the viewing ray, the negative of the outward normal).
+camera); a wall facing the camera is n = (0, 0, 1) (DSINE's README), i.e. the vector
+points along the viewing ray, the negative of the outward normal.
+
+Checked against the public repository's `DSINE_v02` (run once, outside this project, on
+one set of random weights in both): the same 918 state-dict keys and shapes, normals within
+2e-6 after 0, 1 and 5 refinements, 0.001 % of 8-bit values one level apart.
 
 Weights: `model` is a local folder or a hub id holding `dsine.safetensors` or `dsine.pt`
 (the released file: `{"model": state_dict, ...}`, read with `torch.load(weights_only=True)`),
@@ -70,7 +74,8 @@ class DSINEConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{where}: unknown DSINE config keys {unknown}; known: {sorted(known)}")
+            raise ValueError(f"{where}: unknown DSINE config keys {unknown}; "
+                             f"known: {sorted(known)}")
         return cls(**values)
 
 
@@ -288,8 +293,9 @@ class DSINENet(nn.Module):
 
     def forward(self, x, camera, iterations: int = 5):
         """x: B x 3 x H x W, ImageNet-normalised, H and W multiples of 32; camera: B x 4
-        (`Intrinsics`) -> B x 3 x H x W unit normals. The encoder and decoder run in the weights' dtype; the refinement's
-        geometry in the dtype of the refinement modules (float32: `load` keeps them so)."""
+        (`Intrinsics`) -> B x 3 x H x W unit normals, after `iterations` refinements.
+        The encoder and decoder run in the weights' dtype, the refinement's geometry in
+        the refinement modules' (float32 after `keep_refinement_float32`)."""
         _, _, height, width = x.shape
         if height % 32 or width % 32:
             raise ValueError(f"DSINE needs sides that are multiples of 32, got {width}x{height}")

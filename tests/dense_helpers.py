@@ -22,7 +22,7 @@ STAGES = {
     "hed": (HED, "hed", {"detect_resolution": SIZE}),
     "mlsd": (MLSD, "mlsd", {"detect_resolution": SIZE}),
     "openpose": (OpenPose, "openpose", {"detect_resolution": SIZE}),
-    "normal": (DSINE, "dsine", {}),  # at the image's own size, as Graph200K
+    "normal": (DSINE, "normal", {}),  # at the image's own size, as Graph200K
     "midas_normal": (MidasNormal, "midas_normal", {"detect_resolution": SIZE}),
     "normalbae": (NormalBae, "normalbae", {"detect_resolution": SIZE}),
     "depth": (Depth, "depth", {"resolution": 126}),  # a multiple of DINOv2's 14-px patch

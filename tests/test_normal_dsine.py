@@ -325,7 +325,7 @@ def _photo(name: str, h: int, w: int) -> Sample:
 def stage(tiny_models):
     from annotators.normal import DSINE
 
-    s = DSINE({"model": str(tiny_models("dsine")), "micro_batch": 8})
+    s = DSINE({"model": str(tiny_models("normal")), "micro_batch": 8})
     s.ensure_loaded()
     return s
 
@@ -399,7 +399,7 @@ def test_the_configs_make_dsine_the_default_normal():
     from pipelines.annotate_config import build_stage
 
     for path, model in (("configs/annotate.yaml", "camenduru/DSINE"),
-                        ("configs/annotate-tiny.yaml", "build/tiny-models/dsine")):
+                        ("configs/annotate-tiny.yaml", "build/tiny-models/normal")):
         block = yaml.safe_load((REPO / path).read_text())["stages"]["normal"]
         built = build_stage("normal", block)
         assert built.cls.__name__ == "DSINE" and built.config["model"] == model

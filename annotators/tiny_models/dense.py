@@ -1,5 +1,5 @@
-"""Tiny random models of the dense stages (hed, mlsd, openpose, dsine, midas_normal,
-normalbae, depth, uniformer), each in its production layout.
+"""Tiny random models of the dense stages (hed, mlsd, openpose, normal: DSINE, and the
+normal options midas_normal and normalbae, depth, uniformer), each in its production layout.
 
 controlnet_aux checkpoints keep their real file names and key layouts; the big nets are
 reduced-width instances of the same classes (the loaders in `annotators.controlnet_nets`
@@ -143,7 +143,7 @@ TINY_DSINE = dict(channel_multiplier=0.25, depth_multiplier=0.3, decoder_feature
                   feature_dim=8, hidden_dim=8, decoder_head_dim=16, refine_head_dim=16)
 
 
-@tiny_model("dsine")
+@tiny_model("normal")
 def build_dsine(folder: Path, seed: int) -> Path:
     """DSINE's architecture (EfficientNet encoder at B5's block layout, ray encoding,
     rotation refinement over 5x5 neighbours) at narrow widths and one or two blocks per
