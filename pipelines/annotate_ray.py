@@ -17,7 +17,7 @@ import time
 import warnings
 from collections import Counter, defaultdict
 
-from pipelines import annotate_io, leases
+from pipelines import annotate_io, leases, ray_reaper
 from pipelines.annotate_config import Stage
 from pipelines.annotate_progress import Progress, summary_line
 from pipelines.stage_ops import (StageRunner, annot_column, do_column, seconds_column,
@@ -172,6 +172,8 @@ def init_ray(num_cpus: int | None, log_path: str | None = None):
                 # the cluster's own resources; num_cpus applies to a local Ray only
                 ray.init(log_to_driver=False)
             else:
+                # a local Ray started here ends with this process, even a SIGKILLed one
+                ray_reaper.start()
                 ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     return ray
 
