@@ -1,8 +1,8 @@
 """The four file operations a lease needs, each atomic where the storage allows it.
 
-    create(path, data)        the whole file appears, or False if `path` already exists
+    create(path, data)        the whole file appears (its tag), or None if `path` exists
     read(path)                (bytes, tag) or None; the tag changes whenever the file does
-    replace(path, data, tag)  overwrite only the version `tag` names
+    replace(path, data, tag)  overwrite only the version `tag` names (the new tag, or None)
     delete(path, tag)         remove only the version `tag` names
 
 Local disk (and NFS): `create` writes a temporary file and hard-links it to its name, which
@@ -100,19 +100,19 @@ def read(path: str) -> tuple[bytes, str] | None:
         return None
 
 
-def create(path: str, data: bytes) -> bool:
+def create(path: str, data: bytes) -> str | None:
     s3 = _s3(path)
     if s3 is not None:
         fs, bucket, key = s3
         try:
-            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            out = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
         except FileExistsError:
-            return False
+            return None
         finally:
             fs.invalidate_cache(path)
-        return True
+        return out["ETag"]
     if storage.is_url(path):
-        return storage.create_exclusive(path, data)
+        return hashlib.sha256(data).hexdigest() if storage.create_exclusive(path, data) else None
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}{storage.TMP_MARK}{os.getpid()}-"
@@ -125,32 +125,34 @@ def create(path: str, data: bytes) -> bool:
         try:
             os.link(tmp, path)  # fails if the name exists: the first complete file wins
         except FileExistsError:
-            return False
-        return True
+            return None
+        return _local_tag(os.stat(tmp))  # the same inode as `path`
     finally:
         os.unlink(tmp)
 
 
-def replace(path: str, data: bytes, tag: str) -> bool:
+def replace(path: str, data: bytes, tag: str) -> str | None:
     s3 = _s3(path)
     if s3 is not None:
         fs, bucket, key = s3
         try:
-            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=tag)
+            out = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=tag)
         except FileNotFoundError:
-            return False
+            return None
         except OSError as e:
             if _precondition_failed(e):
-                return False
+                return None
             raise
         finally:
             fs.invalidate_cache(path)
-        return True
+        return out["ETag"]
     current = read(path)
     if current is None or current[1] != tag:
-        return False
+        return None
     storage.atomic_write(path, data)
-    return True
+    if storage.is_url(path):
+        return hashlib.sha256(data).hexdigest()
+    return _local_tag(os.stat(path))
 
 
 def delete(path: str, tag: str) -> bool:

@@ -138,17 +138,20 @@ def acquire(root: str, stage: str, shard: int, owner: dict, seconds: float,
             superseded = (older[-1], tag)
         lease = Lease(folder, older[-1] + 1 if older else 0, uuid.uuid4().hex, owner, seconds)
         lease.expires = clock() + seconds
-        if not lease_store.create(lease.path, lease.body(lease.expires)):
+        lease.tag = lease_store.create(lease.path, lease.body(lease.expires))
+        if lease.tag is None:
             continue  # another run created this generation first: look again
-        mine = _read(lease.path)
-        newest = _generations(folder)
-        kept = superseded is None or (
-            (_read(_generation_path(folder, superseded[0])) or ({}, ""))[1] == superseded[1])
-        if mine is None or newest[-1] != lease.generation or not kept:
-            if mine is not None:
-                lease_store.delete(lease.path, mine[1])  # lost the race after all
+        if superseded is None:
+            # generation 0 after an empty listing: a run that listed long ago (before the
+            # generations now there) may have created it; the newest one counts
+            kept = _generations(folder)[-1] == lease.generation
+        else:
+            # nothing newer can exist (ours is fresh); the one replaced must be unchanged
+            now = _read(_generation_path(folder, superseded[0]))
+            kept = now is not None and now[1] == superseded[1]
+        if not kept:
+            lease_store.delete(lease.path, lease.tag)  # lost the race after all
             continue
-        lease.tag = mine[1]
         for generation in older:
             old = _read(_generation_path(folder, generation))
             if old is not None:
@@ -158,21 +161,18 @@ def acquire(root: str, stage: str, shard: int, owner: dict, seconds: float,
 
 
 def renew(lease: Lease, clock=time.time) -> bool:
-    """Push the expiry `lease.seconds` ahead. False when the lease is no longer this run's
-    (taken over, or too close to its expiry to renew safely: then it is let go)."""
-    got = _read(lease.path)
-    if got is None or got[0].get("token") != lease.token:
-        return False
+    """Push the expiry `lease.seconds` ahead: one conditional write of the version this run
+    wrote last. False when the lease is no longer this run's (changed by another, or too
+    close to its expiry to renew safely: then it is let go). While unexpired, nobody may
+    take it over, so no newer generation can exist: no listing needed."""
     now = clock()
-    if now > float(got[0].get("expires", 0)) - RENEW_MARGIN * lease.seconds:
-        return False
-    newest = _generations(lease.folder)
-    if newest and newest[-1] != lease.generation:
+    if now > lease.expires - RENEW_MARGIN * lease.seconds:
         return False
     expires = now + lease.seconds
-    if not lease_store.replace(lease.path, lease.body(expires), got[1]):
+    tag = lease_store.replace(lease.path, lease.body(expires), lease.tag)
+    if tag is None:
         return False
-    lease.expires = expires
+    lease.expires, lease.tag = expires, tag
     return True
 
 
@@ -184,53 +184,71 @@ def release(lease: Lease) -> None:
 
 
 class Heartbeat:
-    """Renews every lease a run holds, every `seconds / 4`, in a daemon thread. A lease that
-    cannot be renewed is dropped from the beat and named in `lost` (the join's fencing check
-    then refuses that shard)."""
+    """Renews every lease a run holds, every `seconds / 4`, in a daemon thread (16 renewals
+    at a time: one conditional write each, thousands of leases on S3 fit in a beat). A
+    lease that cannot be renewed is dropped from the beat and named in `lost` (the join's
+    fencing check then refuses that shard). `pop` waits for a renewal in flight, so a
+    release never races one."""
 
-    def __init__(self, seconds: float, log=None):
+    def __init__(self, seconds: float, log=None, threads: int = 16):
         self.interval = max(0.05, float(seconds) / 4)
         self.leases: dict = {}
         self.lost: dict = {}
         self.log = log
+        self._locks: dict = {}  # key -> held while that lease is renewed
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._threads = threads
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self._thread.start()
 
     def add(self, key, lease: Lease) -> None:
         with self._lock:
-            self.leases[key] = lease
+            self.leases[key], self._locks[key] = lease, threading.Lock()
 
     def pop(self, key) -> Lease | None:
         with self._lock:
-            return self.leases.pop(key, None)
+            lease, busy = self.leases.pop(key, None), self._locks.pop(key, None)
+        if busy is not None:
+            with busy:  # a renewal in flight ends first
+                pass
+        return lease
+
+    def _renew(self, key, lease: Lease, busy: threading.Lock) -> None:
+        with busy:
+            with self._lock:
+                if self.leases.get(key) is not lease:
+                    return  # popped meanwhile: released by the run
+            try:
+                ok = renew(lease)
+            except OSError as e:  # the store is unreachable this time: try next beat
+                if self.log:
+                    self.log(f"lease {lease.path}: renewal failed ({e}); retrying")
+                return
+            if not ok:
+                with self._lock:
+                    self.leases.pop(key, None)
+                    self._locks.pop(key, None)
+                self.lost[key] = lease.path
+                if self.log:
+                    self.log(f"lease {lease.path}: lost (taken over or expired); its shard "
+                             "will not be committed by this run", True)
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
-            with self._lock:
-                held = list(self.leases.items())
-            for key, lease in held:
-                try:
-                    ok = renew(lease)
-                except OSError as e:  # the store is unreachable this time: try next beat
-                    if self.log:
-                        self.log(f"lease {lease.path}: renewal failed ({e}); retrying")
-                    continue
-                if not ok:
-                    with self._lock:
-                        self.leases.pop(key, None)
-                    self.lost[key] = lease.path
-                    if self.log:
-                        self.log(f"lease {lease.path}: lost (taken over or expired); its "
-                                 "shard will not be committed by this run", True)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self._threads, thread_name_prefix="lease-renew") as pool:
+            while not self._stop.wait(self.interval):
+                with self._lock:
+                    held = [(k, lease, self._locks[k]) for k, lease in self.leases.items()]
+                list(pool.map(lambda item: self._renew(*item), held))
 
     def stop(self) -> list[Lease]:
         """End the beat; the leases still held (to release)."""
         self._stop.set()
         self._thread.join()
         with self._lock:
-            held, self.leases = list(self.leases.values()), {}
+            held, self.leases, self._locks = list(self.leases.values()), {}, {}
         return held
 
 
