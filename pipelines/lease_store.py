@@ -57,8 +57,12 @@ def listdir(folder: str) -> list[str]:
     listing); [] if none."""
     s3 = _s3(folder)
     if s3 is None:
-        return storage.listdir(folder) if storage.is_url(folder) else \
-            sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        if storage.is_url(folder):
+            return storage.listdir(folder)
+        try:
+            return sorted(os.listdir(folder))
+        except (FileNotFoundError, NotADirectoryError):  # none yet, or removed as we looked
+            return []
     fs, bucket, key = s3
     prefix, names, token = key.rstrip("/") + "/", [], None
     while True:
@@ -114,11 +118,18 @@ def create(path: str, data: bytes) -> str | None:
     if storage.is_url(path):
         return hashlib.sha256(data).hexdigest() if storage.create_exclusive(path, data) else None
     folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}{storage.TMP_MARK}{os.getpid()}-"
                                f"{uuid.uuid4().hex[:8]}")
+    for attempt in range(3):
+        os.makedirs(folder, exist_ok=True)
+        try:
+            f = open(tmp, "wb")
+            break
+        except FileNotFoundError:  # a release removed the empty folder as it was made
+            if attempt == 2:
+                raise
     try:
-        with open(tmp, "wb") as f:
+        with f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
