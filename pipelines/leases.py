@@ -5,15 +5,16 @@ A lease is a numbered file, `{out}/_leases/{stage}/{shard:06d}/{generation:08d}.
 holding its owner (host, pid, run), a random token and an expiry. The newest generation is
 the lease; the generation number and the token are its fencing token.
 
-- Acquire: with no lease, create generation 0; over a free or stale lease (expired, or its
-  owner was a process of this host that is gone), create the next generation. Creation is
+- Acquire: with no lease, create generation 0; over a stale lease (expired, or its owner
+  was a process of this host that is gone), create the next generation. Creation is
   exclusive and writes the whole file at once (pipelines.lease_store: hard link locally,
   `If-None-Match: *` on S3), so of two runs racing for one generation exactly one wins. The
-  winner then checks that no newer generation exists and that the lease it superseded is
-  still the one it judged stale (not renewed, released or swept meanwhile), else it backs
-  off; only then it deletes the older generations.
-- Renew: the run's `Heartbeat` rewrites its file with a later expiry every `seconds / 4`,
-  only while the lease is its own, the newest, and not within `RENEW_MARGIN` of expiring.
+  winner then checks that the lease it superseded is still the one it judged stale (not
+  renewed, released or swept meanwhile) — for generation 0, that no newer one exists — else
+  it backs off; only then it deletes the older generations.
+- Renew: the run's `Heartbeat` rewrites its file with a later expiry every `seconds / 4`
+  (a write conditional on the version it wrote last), only while it is more than
+  `RENEW_MARGIN` from expiring.
   Others take a lease over only after its expiry, so an owner and a taker never write at
   the same moment, and a live run is never taken over. A killed run stops renewing: its
   shards are free after `lease_seconds` (default 2 min) on any host, at once on its own.
