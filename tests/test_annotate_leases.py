@@ -84,7 +84,6 @@ def test_num_cpus_below_one_is_a_one_line_usage_error(tmp_path, capsys):
     # the config's own value is checked as well
     cfg = tmp_path / "zero.yaml"
     cfg.write_text(open(config).read() + "\nray:\n  num_cpus: 0\n")
-    assert annotate.run is not None
     assert annotate.main(["--shards", "0", "--config", str(cfg), "--src", str(src),
                           "--out", str(out)]) == 2
     assert "ray.num_cpus must be at least 1" in capsys.readouterr().err
