@@ -159,22 +159,21 @@ def actor_gate(ray_options) -> float:
 
 
 # -- running -------------------------------------------------------------------------------
-def init_ray(num_cpus: int | None, log_path: str | None = None):
+def init_ray(num_cpus: int | None):
     """Ray, for the driver: it never touches Ray Data (the coordinator actor runs it and
     sets its progress bars), so the driver skips Ray Data's context and its imports.
     The workers' output is not forwarded to the driver (`log_to_driver=False`): it stays in
-    Ray's session logs; what Ray itself says while it starts goes to `log_path`."""
+    Ray's session logs (the driver's own Ray logging: `ray_logging_to`)."""
     import ray
 
     if not ray.is_initialized():
-        with ray_logging_to(log_path, "ray"):
-            if os.environ.get("RAY_ADDRESS"):
-                # the cluster's own resources; num_cpus applies to a local Ray only
-                ray.init(log_to_driver=False)
-            else:
-                # a local Ray started here ends with this process, even a SIGKILLed one
-                ray_reaper.start()
-                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        if os.environ.get("RAY_ADDRESS"):
+            # the cluster's own resources; num_cpus applies to a local Ray only
+            ray.init(log_to_driver=False)
+        else:
+            # a local Ray started here ends with this process, even a SIGKILLed one
+            ray_reaper.start()
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     return ray
 
 

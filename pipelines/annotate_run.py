@@ -121,8 +121,22 @@ def run(shards: str, stage_names: list[str] | None = None, config_path: str = DE
 
     report.log_path = log_path(out_url)
     say(f"annotate: Ray's own logs -> {report.log_path}")
-    ray = annotate_ray.init_ray(num_cpus if num_cpus is not None else opts.ray.num_cpus,
-                                report.log_path)
+    try:
+        with annotate_ray.ray_logging_to(report.log_path, "ray"):
+            _run_waves(shard_set, stages, all_stages, instances, selected, p, side, opts,
+                       num_cpus, owner, report, say, tty)
+    finally:
+        keep_log(report.log_path, out_url)
+    report.seconds = time.perf_counter() - start
+    report.too_many_failed = _too_many_failed(report, opts.max_failed_fraction)
+    write_report(shard_set, report, stages)
+    return report
+
+
+def _run_waves(shard_set, stages, all_stages, instances, selected, p, side, opts, num_cpus,
+               owner, report, say, tty) -> None:
+    """Ray's part of a run: start it, plan the waves, lease and run each wave, release."""
+    ray = annotate_ray.init_ray(num_cpus if num_cpus is not None else opts.ray.num_cpus)
     annotate_ray.coordinator(ray, bool(opts.ray.progress))  # starts now
     capacity = {k: float(v) for k, v in ray.cluster_resources().items()}
     by_name = {s.name: s for s in stages}
@@ -178,11 +192,6 @@ def run(shards: str, stage_names: list[str] | None = None, config_path: str = DE
     finally:
         for lease in heartbeat.stop():
             leases.release(lease)
-        keep_log(report.log_path, out_url)
-    report.seconds = time.perf_counter() - start
-    report.too_many_failed = _too_many_failed(report, opts.max_failed_fraction)
-    write_report(shard_set, report, stages)
-    return report
 
 
 def _too_many_failed(report: RunReport, fraction: float) -> list[str]:
