@@ -103,3 +103,26 @@ def test_keys_from_panels_both_keep_a_test_target_out_of_training():
         by_row.setdefault(samples[i]["meta"]["row"], set()).add(m.splits[i])
     assert all(len(s) == 1 for s in by_row.values()), by_row
     assert {next(iter(s)) for s in by_row.values()} == {TRAIN, TEST}  # both splits occur
+
+
+def test_unseen_tasks_query_held_out_samples_only():
+    """An unseen variant's nodes were trained on: a query on a training sample would score a
+    target the model has learnt (as the target of other tasks). Every row of an unseen task,
+    the query above all, is a held-out sample; training never draws one of them."""
+    from graph200k.tasks import TaskConfig
+
+    cfg = TaskConfig.load()
+    cfg.unseen = frozenset({"canny->target"})
+    m = Manifest.from_records(records(60), test_fraction=0.2)
+    test_keys = {m.key(i) for i in range(len(m)) if m.splits[i] == TEST}
+    unseen = TaskSampler(m, cfg, seed=0, split="unseen").take(200)
+    assert {t.variant for t in unseen} == {"canny->target"}
+    assert {t.rows[-1][0]["key"] for t in unseen} <= test_keys
+    assert {c["key"] for t in unseen for row in t.rows for c in row} <= test_keys
+    train = TaskSampler(m, cfg, seed=0, families=["image_generation_with_reference",
+                                                  "dense_prediction"]).take(300)
+    assert "target->canny" in {t.variant for t in train}
+    assert not {c["key"] for t in train for row in t.rows for c in row} & test_keys
+    no_test = Manifest.from_records(records(5), test_fraction=0.0)
+    with pytest.raises(TaskError, match="no sample in split 'test'"):
+        TaskSampler(no_test, cfg, seed=0, split="unseen")
