@@ -238,7 +238,7 @@ class FillEdit(Annotator):
         return Prepared(x, {"size": (h, w), "grown": grown, "mask": source, "area": area})
 
     def predict(self, inputs: list) -> list:
-        return predict_edits(self, inputs, keep_subject=False)
+        return predict_edits(self, inputs)
 
     def _generate(self, inputs: list, chunk: list[Job]) -> list:
         o = self.options
