@@ -209,15 +209,18 @@ class Task:
                    d["rows"], d["mask"]["row"], d["mask"]["col"], d["prompt"], int(d["seed"]))
 
 
-# Which samples (the manifest's key split) each task split draws from. Unseen variants were
-# never trained on, so any sample may serve them.
-SAMPLE_SPLIT = {"train": "train", "test": "test", "unseen": None}
+# Which samples (the manifest's key split) each task split draws from. An unseen variant
+# was never trained on, but its nodes were: a training sample's target was the target of
+# other tasks, so a query on it would score an image the model has learnt. Unseen tasks
+# draw from the held-out samples, as `test` does.
+SAMPLE_SPLIT = {"train": "train", "test": "test", "unseen": "test"}
 
 
 class TaskSampler:
     """Seeded sampler over a manifest. `split="train"` never yields unseen variants nor
     samples of the manifest's `test` split; `split="test"` draws the training variants from
-    the `test` samples only; `split="unseen"` yields only the unseen variants (evaluation)."""
+    the `test` samples only; `split="unseen"` yields only the unseen variants (evaluation),
+    also from the `test` samples only."""
 
     def __init__(self, manifest: Manifest, config: TaskConfig | None = None, seed: int = 0,
                  families=None, split: str = "train"):
