@@ -141,7 +141,7 @@ def test_sample_page_shows_every_node(browse_server):
                  "instantstyle_ref", "instantstyle", "filledit"):
         assert f"/thumb/0000000/{slot}" in page, slot
     assert "/thumb/0000000/instantstyle?v=1" in page and "/thumb/0000000/filledit?v=1" in page
-    assert "<rect" in page and "background object" in page  # the grounded boxes
+    assert page.count("<rect") == 2 and "background object</text>" in page  # grounded boxes
     assert "id=graph" in page and page.count("<line") == len(
         [n for n in app.catalog.stored_nodes_of(0) if n != "target"]) + 1  # + degradations
     assert "/thumb/0000000/blur" not in page  # degradations on demand

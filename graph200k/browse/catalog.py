@@ -24,7 +24,7 @@ from graph200k.dataset import ShardSet
 from graph200k.nodes import (DEGRADATION, NODE_BIT, NODE_NAMES, NODE_TYPES, VARIANT_NODES,
                              mask_of, names_of)
 from graph200k.reader import SampleReader
-from graph200k.shards import read_json
+from graph200k.shards import decode_image, jpeg_size, read_json
 from graph200k.splits import SPLITS
 from graph200k.tasks import TaskConfig, TaskSampler, Variant
 
@@ -138,6 +138,15 @@ class Catalog:
     def meta(self, key: str) -> dict:
         with self.lock:
             return json.loads(self.reader.member_bytes(key, "meta.json"))
+
+    def target_size(self, key: str) -> tuple[int, int]:
+        """(width, height) of the sample's target, from its JPEG header (no decode)."""
+        with self.lock:
+            data = self.reader.member_bytes(key, "target.jpg", "target")
+        hw = jpeg_size(data)
+        if hw is None:
+            hw = decode_image(data).shape[:2]
+        return int(hw[1]), int(hw[0])
 
     def items(self) -> list[tuple[str, int]]:
         """Distinct items (Subjects200K's subject names) by how many samples have them."""

@@ -42,6 +42,8 @@ form.filters{background:#fff;border:1px solid #ddd;padding:8px 10px;margin-botto
 form.filters label{margin-right:8px;white-space:nowrap}
 .boxed{position:relative;display:inline-block}.boxed svg{position:absolute;left:0;top:0}
 pre{background:#fff;border:1px solid #ddd;padding:8px;overflow:auto;max-height:360px}
+.top{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}.top>div{max-width:560px}
+#meta td{word-break:break-word}#meta code{font-size:12px}.boxed img{display:block}
 .masked{outline:3px solid #e61e1e}.prompt td:first-child{font-weight:600;white-space:nowrap}
 """
 
@@ -245,7 +247,12 @@ def sample(c: Catalog, key: str, degradations: bool = False, seed: int = 0) -> s
         body.append("<p class=warn>" + "; ".join(
             f"{h(st)} {'failed' if s == FAILED else 'not applicable'}: {h(why)}"
             for s, st, why in issues) + "</p>")
-    body.append("<h2>Target and grounding boxes</h2>" + _boxed_target(key, meta))
+    graph = type_graph_svg([n for n in nodes if NODE_TYPES[n].kind != DEGRADATION]
+                           + (["…degradations"] if any(NODE_TYPES[n].kind == DEGRADATION
+                                                       for n in nodes) else []))
+    body.append("<div class=top><div><h2>Target and grounding boxes</h2>"
+                + _boxed_target(key, meta, c.target_size(key)) + "</div><div><h2>Type graph"
+                f"</h2>{graph}</div><div><h2>meta.json</h2>{_meta_table(meta)}</div></div>")
     body.append("<h2>Images and conditions</h2><div>")
     for n in ["reference", *CONDITIONS]:
         if n in nodes:
@@ -258,10 +265,12 @@ def sample(c: Catalog, key: str, degradations: bool = False, seed: int = 0) -> s
                 continue
             body.append(f"<h2>{h(n)} <span class=muted>({count} variant"
                         f"{'s' if count > 1 else ''})</span></h2><div>")
-            for v in range(count):
-                ref = (node_img(key, f"{n}_ref", f"{n}_ref.{v}", v) if n in STYLES
-                       else node_img(key, "target", "target"))
-                body.append(f"<span class=pair>{ref}{node_img(key, n, f'{n}.{v}', v)}</span>")
+            if n in STYLES:  # each stylized image beside the style reference it came from
+                body += [f"<span class=pair>{node_img(key, f'{n}_ref', f'{n}_ref.{v}', v)}"
+                         f"{node_img(key, n, f'{n}.{v}', v)}</span>" for v in range(count)]
+            else:  # every edit of the target beside the target
+                body.append(f"<span class=pair>{node_img(key, 'target', 'target')}" + "".join(
+                    node_img(key, n, f"{n}.{v}", v) for v in range(count)) + "</span>")
             body.append("</div>")
     online = [n for n in nodes if NODE_TYPES[n].kind == DEGRADATION]
     body.append(f"<h2>Degradations <span class=muted>({len(online)}, computed online from "
@@ -274,46 +283,55 @@ def sample(c: Catalog, key: str, degradations: bool = False, seed: int = 0) -> s
     elif online:
         body.append(f"<p><a id=show-degradations href='{h(url('/sample/' + quote(key), degradations=1))}'>"
                     f"show the {len(online)} degradations</a></p>")
-    body.append("<h2>Type graph</h2>" + type_graph_svg([n for n in nodes
-                                                        if NODE_TYPES[n].kind != DEGRADATION]
-                                                       + (["…degradations"] if online else [])))
-    body.append(f"<h2>meta.json</h2><pre>{h(json.dumps(meta, indent=1, sort_keys=True))}</pre>")
     body.append(f"<p><a href='{h(url('/samples', q=key))}'>in the sample grid</a></p>")
     return layout(f"Sample {key}", "".join(body))
 
 
-def _boxed_target(key: str, meta: dict) -> str:
-    """The target with the grounded objects' boxes (meta `annotations.mask`) drawn over it."""
-    objects = ((meta.get("annotations") or {}).get("mask") or {}).get("objects") or []
-    subject = ((meta.get("annotations") or {}).get("mask") or {}).get("subject")
-    size = meta.get("size") or meta.get("target_size")
+def _meta_table(meta: dict) -> str:
+    """meta.json as rows of compact JSON: annotations one row per stage."""
+    rows = []
+    for k, v in sorted(meta.items()):
+        if k == "annotations" and isinstance(v, dict):
+            rows += [(f"annotations.{stage}", entry) for stage, entry in sorted(v.items())]
+        else:
+            rows.append((k, v))
+    return "<table id=meta>" + "".join(
+        f"<tr><th>{h(k)}<td><code>{h(v if isinstance(v, str) else json.dumps(v))}</code></tr>"
+        for k, v in rows) + "</table>"
+
+
+def _boxed_target(key: str, meta: dict, size: tuple[int, int]) -> str:
+    """The target with the grounded objects' boxes (meta `annotations.mask`, pixels of the
+    stored target) drawn over it in an SVG of the target's own coordinates."""
+    mask = (meta.get("annotations") or {}).get("mask") or {}
+    objects, subject = mask.get("objects") or [], mask.get("subject")
+    w, ht = size
     img = (f"<img id=target alt=target src='{h(img_url(key, 'target', side=THUMB_SIDES[1]))}'"
-           f" style='max-width:320px;max-height:320px;display:block'>")
+           f" width=320 height={round(320 * ht / w)}>")
     if not objects:
         return f"<div class=boxed>{img}</div><p class=muted>no grounded boxes in meta.json</p>"
-    # Box pixels are those of the full target; the SVG's viewBox is the target's size,
-    # read from the boxes' extent when the meta does not record it.
-    w = max([b["box"][2] for b in objects] + [int((size or [0, 0])[0] or 0)])
-    ht = max([b["box"][3] for b in objects] + [int((size or [0, 0])[1] or 0)])
+    per_px = w / 320  # target pixels per displayed pixel: 2.5 px lines, 13 px labels
+    stroke, font = 2.5 * per_px, 13 * per_px
     rects = []
     for j, o in enumerate(objects):
         x1, y1, x2, y2 = o["box"]
         colour = "rgb({},{},{})".format(*(o.get("colour") or (255, 0, 0)))
-        rects.append(f"<rect x={x1} y={y1} width={x2 - x1} height={y2 - y1} fill=none "
-                     f"stroke='{colour}' stroke-width={max(2, w // 150)}/>"
-                     f"<text x={x1 + 3} y={y1 + max(12, w // 30)} fill='{colour}' "
-                     f"font-size={max(12, w // 30)}>{h(o.get('name', ''))}"
+        # quoted values: an unquoted one ending in "/>" swallows the self-closing slash
+        rects.append(f"<rect x='{x1}' y='{y1}' width='{x2 - x1}' height='{y2 - y1}' "
+                     f"fill='none' stroke='{colour}' stroke-width='{stroke:.1f}'/>"
+                     f"<text x='{x1 + stroke:.1f}' y='{y1 + font:.1f}' fill='{colour}' "
+                     f"font-size='{font:.1f}' font-weight='bold'>{h(o.get('name', ''))}"
                      f"{' (subject)' if j == subject else ''}</text>")
     return (f"<div class=boxed id=boxes>{img}<svg width=100% height=100% viewBox='0 0 {w} {ht}'"
-            f" preserveAspectRatio='xMidYMid meet'>{''.join(rects)}</svg></div>"
+            f" preserveAspectRatio=none>{''.join(rects)}</svg></div>"
             f"<p>{len(objects)} grounded object(s): "
             + ", ".join(h(o.get("name", "")) for o in objects) + "</p>")
 
 
-def type_graph_svg(nodes: list[str], side: int = 520) -> str:
+def type_graph_svg(nodes: list[str], side: int = 400) -> str:
     """The sample's type graph: `target` in the middle, an edge each way to every node."""
     ring = [n for n in nodes if n != HUB]
-    c, rad = side / 2, side / 2 - 90
+    c, rad = side / 2, side / 2 - 85
     parts = [f"<svg id=graph width={side} height={side} viewBox='0 0 {side} {side}' "
              f"role=img aria-label='type graph'>"]
     pos = {}
