@@ -5,7 +5,7 @@
 A synthetic 200K-sample manifest (rows cycled from demo-sized real shards: 8 samples of
 512² scikit-image photos per shard, with boxes, style and edit variants and stats) served
 by `python -m graph200k.browse`'s app over HTTP on 127.0.0.1, one client, one request at a
-time. Side by side in one run:
+time on one kept-alive connection. Side by side in one run:
 
 - grid page: the `/samples` HTML (the 200K-row filter) + its 48 target thumbnails, warm
   (thumbnails on disk) vs the 48 `target.jpg` members read with SampleReader.member_bytes
@@ -27,7 +27,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -73,16 +72,16 @@ def synthetic_manifest(real: Manifest, n: int) -> Manifest:
 
 
 def fetch_all(port: int, paths: list[str]) -> int:
-    """GETs each path on a fresh connection (as a browser's first requests); total bytes."""
+    """GETs each path in turn on one kept-alive connection (as a browser does); total bytes."""
     total = 0
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     for p in paths:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("GET", p)
         r = conn.getresponse()
         body = r.read()
-        conn.close()
         assert r.status == 200, (p, r.status, body[:200])
         total += len(body)
+    conn.close()
     return total
 
 
@@ -111,9 +110,6 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv)
 
-    from graph200k.browse.app import BrowseApp, make
-    from graph200k.browse.catalog import Catalog
-
     with tempfile.TemporaryDirectory() as tmp:
         folder, real_path = write_browse_shards(Path(tmp) / "shards", args.real, 8, args.size)
         manifest = synthetic_manifest(Manifest.load(real_path), args.samples)
@@ -129,11 +125,15 @@ def main(argv=None) -> int:
                                  env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
             cold.append(float(out.stdout.strip().splitlines()[-1]))
 
-        catalog = Catalog(folder, mpath)
-        app = BrowseApp(catalog, Path(tmp) / "cache")
-        server = make(app, "127.0.0.1", 0)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        port = server.server_address[1]
+        # the server as users run it: its own process (client and server sharing one GIL
+        # measured the GIL's switch interval, not the server)
+        proc = subprocess.Popen([sys.executable, "-m", "graph200k.browse", "--shards",
+                                 str(folder), "--manifest", str(mpath), "--port", "0",
+                                 "--cache", str(Path(tmp) / "cache")],
+                                stdout=subprocess.PIPE, text=True,
+                                env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+        line = proc.stdout.readline()
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", line).group(1))
 
         grid = page_with_images(port, "/samples")
         assert len(grid) == 49, len(grid)
@@ -185,8 +185,8 @@ def main(argv=None) -> int:
         d_grid_p = best(direct_grid_pixels, args.rounds)
         d_sample_b = best(direct_sample_bytes, args.rounds)
         d_sample_p = best(direct_sample_pixels, args.rounds)
-        server.shutdown()
-        server.server_close()
+        proc.terminate()
+        proc.wait(30)
 
     lines = {
         "samples": args.samples,
