@@ -42,8 +42,8 @@ form.filters{background:#fff;border:1px solid #ddd;padding:8px 10px;margin-botto
 form.filters label{margin-right:8px;white-space:nowrap}
 .boxed{position:relative;display:inline-block}.boxed svg{position:absolute;left:0;top:0}
 pre{background:#fff;border:1px solid #ddd;padding:8px;overflow:auto;max-height:360px}
-.top{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}.top>div{max-width:560px}
-#meta td{word-break:break-word}#meta code{font-size:12px}.boxed img{display:block}
+.top{display:flex;flex-wrap:wrap;gap:32px;align-items:flex-start}.top>div{max-width:460px}
+#meta{max-width:900px}#meta td{word-break:break-word}#meta code{font-size:12px}.boxed img{display:block}
 .masked{outline:3px solid #e61e1e}.prompt td:first-child{font-weight:600;white-space:nowrap}
 """
 
@@ -252,7 +252,7 @@ def sample(c: Catalog, key: str, degradations: bool = False, seed: int = 0) -> s
                                                        for n in nodes) else []))
     body.append("<div class=top><div><h2>Target and grounding boxes</h2>"
                 + _boxed_target(key, meta, c.target_size(key)) + "</div><div><h2>Type graph"
-                f"</h2>{graph}</div><div><h2>meta.json</h2>{_meta_table(meta)}</div></div>")
+                f"</h2>{graph}</div></div>")
     body.append("<h2>Images and conditions</h2><div>")
     for n in ["reference", *CONDITIONS]:
         if n in nodes:
@@ -283,6 +283,7 @@ def sample(c: Catalog, key: str, degradations: bool = False, seed: int = 0) -> s
     elif online:
         body.append(f"<p><a id=show-degradations href='{h(url('/sample/' + quote(key), degradations=1))}'>"
                     f"show the {len(online)} degradations</a></p>")
+    body.append(f"<h2>meta.json</h2>{_meta_table(meta)}")
     body.append(f"<p><a href='{h(url('/samples', q=key))}'>in the sample grid</a></p>")
     return layout(f"Sample {key}", "".join(body))
 
@@ -320,7 +321,8 @@ def _boxed_target(key: str, meta: dict, size: tuple[int, int]) -> str:
         rects.append(f"<rect x='{x1}' y='{y1}' width='{x2 - x1}' height='{y2 - y1}' "
                      f"fill='none' stroke='{colour}' stroke-width='{stroke:.1f}'/>"
                      f"<text x='{x1 + stroke:.1f}' y='{y1 + font:.1f}' fill='{colour}' "
-                     f"font-size='{font:.1f}' font-weight='bold'>{h(o.get('name', ''))}"
+                     f"font-size='{font:.1f}' font-weight='bold' stroke='#fff' "
+                     f"stroke-width='{3 * per_px:.1f}' paint-order='stroke'>{h(o.get('name', ''))}"
                      f"{' (subject)' if j == subject else ''}</text>")
     return (f"<div class=boxed id=boxes>{img}<svg width=100% height=100% viewBox='0 0 {w} {ht}'"
             f" preserveAspectRatio=none>{''.join(rects)}</svg></div>"
@@ -328,18 +330,19 @@ def _boxed_target(key: str, meta: dict, size: tuple[int, int]) -> str:
             + ", ".join(h(o.get("name", "")) for o in objects) + "</p>")
 
 
-def type_graph_svg(nodes: list[str], side: int = 400) -> str:
+def type_graph_svg(nodes: list[str], width: int = 440, height: int = 300) -> str:
     """The sample's type graph: `target` in the middle, an edge each way to every node."""
     ring = [n for n in nodes if n != HUB]
-    c, rad = side / 2, side / 2 - 85
-    parts = [f"<svg id=graph width={side} height={side} viewBox='0 0 {side} {side}' "
+    cx, c = width / 2, height / 2
+    rx, ry = width / 2 - 110, height / 2 - 24  # labels sit left and right of the ring
+    parts = [f"<svg id=graph width={width} height={height} viewBox='0 0 {width} {height}' "
              f"role=img aria-label='type graph'>"]
     pos = {}
     for j, n in enumerate(ring):
         a = 2 * math.pi * j / max(1, len(ring))
-        pos[n] = (c + rad * math.cos(a), c + rad * math.sin(a), a)
+        pos[n] = (cx + rx * math.cos(a), c + ry * math.sin(a), a)
     for n, (x, y, _) in pos.items():
-        parts.append(f"<line x1={c:.0f} y1={c:.0f} x2={x:.0f} y2={y:.0f} stroke='#999'/>")
+        parts.append(f"<line x1={cx:.0f} y1={c:.0f} x2={x:.0f} y2={y:.0f} stroke='#999'/>")
     for n, (x, y, a) in pos.items():
         kind = NODE_TYPES[n].kind if n in NODE_TYPES else DEGRADATION
         anchor = "start" if math.cos(a) >= 0 else "end"
@@ -347,8 +350,8 @@ def type_graph_svg(nodes: list[str], side: int = 400) -> str:
         parts.append(f"<circle cx={x:.0f} cy={y:.0f} r=9 fill='{KIND_COLOURS[kind]}' "
                      f"stroke='#333'/><text x={x + dx:.0f} y={y + 4:.0f} font-size=12 "
                      f"text-anchor={anchor}>{h(n)}</text>")
-    parts.append(f"<circle cx={c:.0f} cy={c:.0f} r=14 fill='{KIND_COLOURS['image']}' "
-                 f"stroke='#333'/><text x={c:.0f} y={c + 30:.0f} font-size=13 "
+    parts.append(f"<circle cx={cx:.0f} cy={c:.0f} r=14 fill='{KIND_COLOURS['image']}' "
+                 f"stroke='#333'/><text x={cx:.0f} y={c + 30:.0f} font-size=13 "
                  f"text-anchor=middle>{HUB}</text></svg>")
     parts.append("<p class=muted>Every edge is target ↔ node in both directions: a task is a "
                  "path through target. Colours: " + ", ".join(
