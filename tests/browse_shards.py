@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 
 from annotated_shards import annotated_sample
-from graph200k.dataset import part_in, write_part
+from graph200k.dataset import ShardSet, part_in, write_part
 from graph200k.manifest import Manifest
-from graph200k.shards import ShardWriter, encode_image
+from graph200k.shards import ShardWriter, encode_image, shard_path, write_shard
 
 NO_CANNY = "0000002"
 # (stage, status, key, reason): what the stats files report
@@ -76,3 +76,27 @@ def write_browse_shards(folder, num_samples: int = 8, per_shard: int = 4, size: 
                                          "written": len(keys), "stages": stages})
     manifest = Manifest.from_shards(folder, test_fraction=0.4)
     return folder, manifest.save(f"{folder}/manifest.parquet")
+
+
+def stages_dataset(tmp_path):
+    """A stages-layout dataset (what `pipelines.annotate` writes), by hand: source shard 0
+    (6 samples) and a filledit sidecar: 2 ok, 3 not applicable, 1 failed. (ShardSet, keys)"""
+    src, out = tmp_path / "source", tmp_path / "graph200k"
+    samples = [{k: v for k, v in annotated_sample(f"{i:07d}", i, 32).items()
+                if k in ("__key__", "target.jpg", "reference.jpg", "meta.json")} for i in range(6)]
+    write_shard(shard_path(src, 0), samples)
+    shard_set = ShardSet.create(out, src)
+    part = shard_set.stage_part("filledit", 0)
+    edit = encode_image(np.full((8, 8, 3), 90, np.uint8), "jpg")
+    with ShardWriter(part.url) as w:
+        for s in samples[:2]:
+            w.write({"__key__": s["__key__"], "filledit.0.jpg": edit})
+    keys = [s["__key__"] for s in samples]
+    stats = {"shard": 0, "stage": "filledit", "samples": 6, "ok": 2, "skipped": 3, "failed": 1,
+             "seconds": 1.25,
+             "skipped_keys": [{"key": keys[2], "reason": "no usable box"},
+                              {"key": keys[3], "reason": "no usable box"},
+                              {"key": keys[4], "reason": "subject | too small"}],
+             "failed_keys": [{"key": keys[5], "reason": "FLUX-Fill gave a blank image"}]}
+    write_part(part, w.record, stats)
+    return ShardSet(out), keys

@@ -209,3 +209,26 @@ def test_binds_localhost_by_default(browse_server):
         assert server.socket.family == socket.AF_INET
     finally:
         server.server_close()
+
+
+def test_a_stages_layout_dataset(tmp_path):
+    """What `pipelines.annotate` writes (source shards + stage sidecars with their own
+    stats): the stage's reasons, the issue filter and the sidecar's members."""
+    from graph200k.browse.app import BrowseApp
+    from graph200k.browse.catalog import Catalog
+    from browse_shards import stages_dataset
+
+    shard_set, keys = stages_dataset(tmp_path)
+    catalog = Catalog(shard_set.root)  # no manifest: read from the shards' indexes
+    t = catalog.stats().stages["filledit"]
+    assert (t.ok, t.skipped, t.failed) == (2, 3, 1)
+    assert t.skipped_reasons == {"no usable box": 2, "subject | too small": 1}
+    assert catalog.select(Filters(issue="skipped:filledit:no usable box")).tolist() == [2, 3]
+    assert catalog.select(Filters(issue="failed:filledit")).tolist() == [5]
+    assert catalog.select(Filters(has=("filledit",))).tolist() == [0, 1]
+    app = BrowseApp(catalog, tmp_path / "cache")
+    out = []
+    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": f"/img/{keys[0]}/filledit"},
+                        lambda status, headers: out.append(status)))
+    assert out == ["200 OK"] and body == catalog.reader.member_bytes(keys[0], "filledit.0.jpg")
+    assert sorted(os.listdir(shard_set.root)) == ["filledit", "graph200k.json"]  # read-only

@@ -5,37 +5,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
-from annotate_helpers import make_samples
+from browse_shards import stages_dataset
 from graph200k.assemble import assemble
-from graph200k.dataset import ShardSet
 from graph200k.dataset_card import render
-from graph200k.shards import ShardWriter, encode_image, shard_path, write_shard
-
-
-def stages_dataset(tmp_path):
-    """Source shard 0 (6 samples) and a filledit sidecar: 2 ok, 3 not applicable, 1 failed."""
-    src, out = tmp_path / "source", tmp_path / "graph200k"
-    samples = list(make_samples(0, 6))
-    write_shard(shard_path(src, 0), samples)
-    shard_set = ShardSet.create(out, src)
-    part = shard_set.stage_part("filledit", 0)
-    edit = encode_image(np.full((8, 8, 3), 90, np.uint8), "jpg")
-    with ShardWriter(part.url) as w:
-        for s in samples[:2]:
-            w.write({"__key__": s["__key__"], "filledit.0.jpg": edit})
-    keys = [s["__key__"] for s in samples]
-    stats = {"shard": 0, "stage": "filledit", "samples": 6, "ok": 2, "skipped": 3, "failed": 1,
-             "seconds": 1.25,
-             "skipped_keys": [{"key": keys[2], "reason": "no usable box"},
-                              {"key": keys[3], "reason": "no usable box"},
-                              {"key": keys[4], "reason": "subject | too small"}],
-             "failed_keys": [{"key": keys[5], "reason": "FLUX-Fill gave a blank image"}]}
-    from graph200k.dataset import write_part
-
-    write_part(part, w.record, stats)
-    return ShardSet(out), keys
 
 
 def test_release_stats_keep_the_keys_and_reasons(tmp_path):
