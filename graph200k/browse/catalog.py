@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,7 @@ from graph200k.tasks import TaskConfig, TaskSampler, Variant
 PER_PAGE = 48
 MAX_PER_PAGE = 200
 FAILED, SKIPPED = "failed", "skipped"
+STATS_THREADS = 16
 
 
 @dataclass
@@ -208,18 +210,26 @@ class Catalog:
 
     def _read_stats(self) -> Stats:
         ss = self.shard_set
+        shards = ss.shards()
+        stage_names = ss.stages if ss.layout == "stages" else []
+        urls = [ss.source_part(n).stats_url for n in shards] + [
+            ss.stage_part(st, n).stats_url for n in shards for st in stage_names]
+        # Thousands of small files (shards x stages): one at a time that is minutes of
+        # round trips on an object store, so they are fetched side by side.
+        with ThreadPoolExecutor(STATS_THREADS) as pool:
+            loaded = dict(zip(urls, pool.map(read_json, urls)))
         stages: dict[str, StageTotals] = {}
         by_key: dict[str, list] = {}
         ingest = {"filtered": Counter(), "failed": Counter(), "shards": 0}
-        for n in ss.shards():
-            source = read_json(ss.source_part(n).stats_url) or {}
+        for n in shards:
+            source = loaded[ss.source_part(n).stats_url] or {}
             if source:
                 ingest["shards"] += 1
             for kind in ("filtered", "failed"):
                 ingest[kind].update(e.get("reason", "?") for e in source.get(kind) or [])
             # stages layout: one stats file per sidecar; a published (plain) shard keeps
             # the stage entries in its own stats file under "stages".
-            entries = ({st: read_json(ss.stage_part(st, n).stats_url) for st in ss.stages}
+            entries = ({st: loaded[ss.stage_part(st, n).stats_url] for st in stage_names}
                        if ss.layout == "stages" else dict(source.get("stages") or {}))
             for stage, s in entries.items():
                 if s is None:
