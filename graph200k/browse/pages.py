@@ -18,6 +18,7 @@ from graph200k.nodes import (CONDITIONS, DEGRADATION, DEGRADATIONS, EDITS, NODE_
 from graph200k.prompts import image_tag
 from graph200k.splits import SPLITS
 
+MAX_ITEMS = 300  # item choices in the filter form (Subjects200K has thousands of items)
 HUB = "target"  # graph200k.graph.HUB, without importing networkx for a constant
 KIND_COLOURS = {"image": "#f2b134", "condition": "#4f9dde", "style": "#b76fd1",
                 "edit": "#5dbb63", "degradation": "#bbbbbb"}
@@ -148,15 +149,25 @@ def overview(c: Catalog) -> str:
     parts.append(f"<h2>Task variants</h2><p><span id=sampleable data-count={len(ok)}>{len(ok)}"
                  f"</span> of {len(table)} variants can be sampled from the train split "
                  f"({sum(1 for r in table if r['test'])} from test).</p>"
-                 "<table id=variants><tr><th>family<th>variant<th>train samples"
-                 "<th>test samples<th></tr>")
+                 "<table id=families><tr><th>family<th>variants<th>sampleable (train)"
+                 "<th>sampleable (test)</tr>")
+    families: dict[str, list[dict]] = {}
+    for r in table:
+        families.setdefault(r["family"], []).append(r)
+    for fam, rows in families.items():
+        parts.append(f"<tr><td>{h(fam)}<td class=n>{len(rows)}"
+                     f"<td class=n>{sum(1 for r in rows if r['train'])}"
+                     f"<td class=n>{sum(1 for r in rows if r['test'])}</tr>")
+    parts.append(f"</table><details><summary>all {len(table)} variants, with how many samples "
+                 "could fill each</summary><table id=variants><tr><th>family<th>variant"
+                 "<th>train samples<th>test samples<th></tr>")
     for r in table:
         draw = (f"<a href='{h(url('/task', family=r['family'], variant=r['variant']))}'>draw</a>"
                 if r["train"] or r["test"] else "<span class=muted>no sample</span>")
         unseen = " <span class=muted>(unseen)</span>" if r["unseen"] else ""
         parts.append(f"<tr><td>{h(r['family'])}<td>{h(r['variant'])}{unseen}"
                      f"<td class=n>{r['train']}<td class=n>{r['test']}<td>{draw}</tr>")
-    parts.append("</table>")
+    parts.append("</table></details>")
     return layout("Overview", "".join(parts))
 
 
@@ -189,8 +200,11 @@ def samples(c: Catalog, f: Filters, error: str = "") -> str:
     form += [f"<label><input type=checkbox name=missing value='{h(n)}'"
              f"{' checked' if n in f.missing else ''}>{h(n)}</label>" for n in stored]
     form.append("</div><div><label>item <select name=item><option value=''>any</option>")
+    items = c.items()[:MAX_ITEMS]  # the most common; a rarer one is still kept when chosen
+    if f.item and f.item not in {i for i, _ in items}:
+        items = [(f.item, "chosen"), *items]
     form += [f"<option value='{h(i)}'{' selected' if i == f.item else ''}>{h(i)} ({k})</option>"
-             for i, k in c.items()[:300]]
+             for i, k in items]
     form.append("</select></label><label>split <select name=split><option value=''>any</option>")
     form += [f"<option{' selected' if s == f.split else ''}>{s}</option>" for s in SPLITS]
     form.append("</select></label><label>failed / not applicable <select name=issue>"
