@@ -232,3 +232,19 @@ def test_a_stages_layout_dataset(tmp_path):
                         lambda status, headers: out.append(status)))
     assert out == ["200 OK"] and body == catalog.reader.member_bytes(keys[0], "filledit.0.jpg")
     assert sorted(os.listdir(shard_set.root)) == ["filledit", "graph200k.json"]  # read-only
+
+
+def test_a_stale_manifest_is_shown_not_refused(tmp_path):
+    """The browser still starts on a manifest older than its shards, and says so."""
+    from browse_shards import write_browse_shards
+    from graph200k.browse.catalog import Catalog
+    from graph200k.browse.pages import overview
+
+    folder, manifest = write_browse_shards(tmp_path / "shards", num_samples=4, per_shard=2)
+    (folder / "000001.stats.json").unlink()  # a shard re-annotated since: its part changed
+    (folder / "000001.tar").write_bytes((folder / "000001.tar").read_bytes() + b"\0" * 1024)
+    catalog = Catalog(folder, manifest)
+    assert catalog.freshness() and "000001" in catalog.freshness()[0]
+    page = overview(catalog)
+    assert "id=freshness>stale</span>" in page
+    assert f"python -m graph200k.manifest --shards {folder}" in page

@@ -16,7 +16,7 @@ from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer,
 
 from graph200k.browse import media, pages
 from graph200k.browse.catalog import Catalog, Filters
-from graph200k.nodes import SLOTS
+from graph200k.nodes import SLOT_NODE, SLOTS
 from graph200k.reader import FetchError
 from graph200k.tasks import TaskError
 
@@ -131,8 +131,6 @@ class BrowseApp:
         return "200 OK", ctype, data, cache
 
     def _variants(self, key: str, slot: str) -> int:
-        from graph200k.nodes import SLOT_NODE
-
         m = self.catalog.manifest
         return m.variant_count(m.index_of(key), SLOT_NODE[slot])
 

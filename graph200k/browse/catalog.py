@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from graph200k import storage
 from graph200k.dataset import ShardSet
-from graph200k.nodes import (DEGRADATION, NODE_BIT, NODE_NAMES, NODE_TYPES, VARIANT_NODES,
+from graph200k.nodes import (DEGRADATION, NODE_BIT, NODE_TYPES, VARIANT_NODES,
                              mask_of, names_of)
 from graph200k.reader import SampleReader
 from graph200k.shards import decode_image, jpeg_size, read_json

@@ -97,7 +97,7 @@ def overview(c: Catalog) -> str:
     where = h(c.manifest_source) if c.manifest_source else "scanned from the shards at start"
     when = f", written {_ago(age)} ago" if age is not None else ""
     if fresh:
-        state = (f"<span class=warn id=freshness>stale</span>: " + "; ".join(
+        state = ("<span class=warn id=freshness>stale</span>: " + "; ".join(
             h(p) for p in fresh[:8]) + (f"; and {len(fresh) - 8} more" if len(fresh) > 8
                                         else "") + ". Rebuild it: <code>python -m "
                  f"graph200k.manifest --shards {h(c.shard_set.root)}</code>")
