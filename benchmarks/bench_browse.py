@@ -7,8 +7,8 @@ A synthetic 200K-sample manifest (rows cycled from demo-sized real shards: 8 sam
 by `python -m graph200k.browse`'s app over HTTP on 127.0.0.1, one client, one request at a
 time on one kept-alive connection. Side by side in one run:
 
-- grid page: the `/samples` HTML (the 200K-row filter) + its 48 target thumbnails, warm
-  (thumbnails on disk) vs the 48 `target.jpg` members read with SampleReader.member_bytes
+- grid page: the `/samples` page (the 200K-row filter) with its 48 target thumbnails, warm
+  (thumbnails on disk, so they come inline in the page) vs the 48 `target.jpg` members read with SampleReader.member_bytes
   (raw bytes) and vs the same members decoded to pixels at thumbnail scale
   (SampleReader.fetch, what looking at them costs without the browser);
 - sample page: `/sample/KEY` + every image on it, warm, vs every member it shows read
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the shard writers shared with the tes
 from browse_shards import write_browse_shards  # noqa: E402
 
 from graph200k.manifest import Manifest  # noqa: E402
-from graph200k.nodes import SLOT_NODE  # noqa: E402
+from graph200k.nodes import SLOT_NODE, variant_member  # noqa: E402
 from graph200k.reader import SampleReader  # noqa: E402
 
 COLD = """
@@ -71,26 +71,23 @@ def synthetic_manifest(real: Manifest, n: int) -> Manifest:
                     splits=real.splits[idx])
 
 
-def fetch_all(port: int, paths: list[str]) -> int:
-    """GETs each path in turn on one kept-alive connection (as a browser does); total bytes."""
-    total = 0
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    for p in paths:
-        conn.request("GET", p)
-        r = conn.getresponse()
-        body = r.read()
-        assert r.status == 200, (p, r.status, body[:200])
-        total += len(body)
-    conn.close()
-    return total
-
-
-def page_with_images(port: int, path: str) -> list[str]:
+def visit(port: int, path: str) -> tuple[int, int]:
+    """A page as a browser loads it, on one kept-alive connection: the HTML, then each image
+    it links (those inlined as data: URIs come with the page). (images, requests)"""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("GET", path)
-    html = conn.getresponse().read().decode()
+    r = conn.getresponse()
+    html = r.read().decode()
+    assert r.status == 200, (path, r.status)
+    srcs = [s.replace("&amp;", "&") for s in re.findall(r"<img[^>]* src='([^']+)'", html)]
+    linked = [s for s in srcs if not s.startswith("data:")]
+    for s in linked:
+        conn.request("GET", s)
+        r = conn.getresponse()
+        body = r.read()
+        assert r.status == 200 and body, (s, r.status)
     conn.close()
-    return [path] + [s.replace("&amp;", "&") for s in re.findall(r"<img[^>]* src='([^']+)'", html)]
+    return len(srcs), 1 + len(linked)
 
 
 def best(fn, rounds: int) -> float:
@@ -135,24 +132,30 @@ def main(argv=None) -> int:
         line = proc.stdout.readline()
         port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", line).group(1))
 
-        grid = page_with_images(port, "/samples")
-        assert len(grid) == 49, len(grid)
         t0 = time.perf_counter()
-        fetch_all(port, grid)  # the first visit: 48 thumbnails made
+        n, requests = visit(port, "/samples")  # the first visit: 48 thumbnails made
         cold_thumbs = time.perf_counter() - t0
-
+        assert n == 48 and requests == 49, (n, requests)
         key = manifest.key(0)
-        sample = page_with_images(port, f"/sample/{key}")
-        fetch_all(port, sample)
+        sample_path = f"/sample/{key}"
+        visit(port, sample_path)
+        n_sample, _ = visit(port, sample_path)
+        assert visit(port, "/samples") == (48, 1)  # warm: every thumbnail inline
 
         reader = SampleReader(folder, mpath, manifest_check="ignore")
         keys = [manifest.key(i) for i in range(48)]
-        # what the sample page shows: (slot, variant) per image link, members read directly
+        # what the sample page shows: (slot, variant) of each image, from its links
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", sample_path)
+        html = conn.getresponse().read().decode()
+        conn.close()
         shown = []
-        for p in sample[1:]:
-            m = re.match(r"/thumb/[^/]+/([^?]+)(?:\?(.*))?", p)
-            q = dict(kv.split("=") for kv in (m.group(2) or "").split("&") if kv)
-            shown.append((m.group(1), int(q.get("v", 0))))
+        for slot, query in re.findall(r"<a class=node href='/img/[^/]+/([^?']+)(?:\?([^']*))?'>",
+                                      html):
+            q = dict(kv.split("=") for kv in query.replace("&amp;", "&").split("&") if kv)
+            shown.append((slot, int(q.get("v", 0))))
+        shown.append(("target", 0))  # the boxed target
+        assert len(shown) == n_sample, (len(shown), n_sample)
 
         def direct_grid_bytes():
             for k in keys:
@@ -169,7 +172,6 @@ def main(argv=None) -> int:
                     reader.member_bytes(key, "rmbg.png")
                     reader.member_bytes(key, "target.jpg")
                 else:
-                    from graph200k.nodes import variant_member
                     reader.member_bytes(key, variant_member(slot, v))
 
         def direct_sample_pixels():
@@ -178,9 +180,8 @@ def main(argv=None) -> int:
             for slot, v in shown:
                 reader.fetch(key, slot, min_side=160, cache=cache, variant=v)
 
-        web_grid = best(lambda: fetch_all(port, grid), args.rounds)
-        web_grid_html = best(lambda: fetch_all(port, grid[:1]), args.rounds)
-        web_sample = best(lambda: fetch_all(port, sample), args.rounds)
+        web_grid = best(lambda: visit(port, "/samples"), args.rounds)
+        web_sample = best(lambda: visit(port, sample_path), args.rounds)
         d_grid_b = best(direct_grid_bytes, args.rounds)
         d_grid_p = best(direct_grid_pixels, args.rounds)
         d_sample_b = best(direct_sample_bytes, args.rounds)
@@ -196,10 +197,9 @@ def main(argv=None) -> int:
         "cold_first_page_target_s": "1.0",
         "cold_grid_thumbnails_ms": f"{cold_thumbs * 1e3:.0f}",
         "grid_page_warm_ms": f"{web_grid * 1e3:.1f}",
-        "grid_page_html_only_ms": f"{web_grid_html * 1e3:.1f}",
         "grid_direct_member_bytes_ms": f"{d_grid_b * 1e3:.1f}",
         "grid_direct_decoded_ms": f"{d_grid_p * 1e3:.1f}",
-        "sample_page_images": len(sample) - 1,
+        "sample_page_images": n_sample,
         "sample_page_warm_ms": f"{web_sample * 1e3:.1f}",
         "sample_direct_member_bytes_ms": f"{d_sample_b * 1e3:.1f}",
         "sample_direct_decoded_ms": f"{d_sample_p * 1e3:.1f}",

@@ -134,20 +134,44 @@ def test_filters_select_what_the_manifest_says(browse_server):
     assert raw_get(base, "/samples?has=cany")[0] == 400
 
 
-def test_sample_page_shows_every_node(browse_server):
+def images(page: str) -> dict[str, str]:
+    """alt -> src of every <img> of a page."""
+    return dict(re.findall(r"<img[^>]* alt='([^']*)' src='([^']*)'", page))
+
+
+def test_sample_page_shows_every_node(browse_server, tmp_path):
+    from graph200k.browse import pages
+
     base, app = browse_server
-    page = get(base, "/sample/0000000")
-    for slot in ("reference", "canny", "depth", "foreground", "background", "bbox",
-                 "instantstyle_ref", "instantstyle", "filledit"):
-        assert f"/thumb/0000000/{slot}" in page, slot
-    assert "/thumb/0000000/instantstyle?v=1" in page and "/thumb/0000000/filledit?v=1" in page
+    c = app.catalog
+    page = pages.sample(c, "0000000")  # every image by URL (nothing cached)
+    shown = images(page)
+    for slot in ("reference", "canny", "depth", "foreground", "background", "bbox"):
+        assert shown[slot] == f"/thumb/0000000/{slot}", slot
+    assert shown["instantstyle_ref.1"] == "/thumb/0000000/instantstyle_ref?v=1"
+    assert shown["instantstyle.1"] == "/thumb/0000000/instantstyle?v=1"
+    assert shown["filledit.1"] == "/thumb/0000000/filledit?v=1"
+    assert re.search(r"<img id=target alt=target src='([^']*)'", page).group(1) == \
+        "/thumb/0000000/target?side=320"
     assert page.count("<rect") == 2 and "background object</text>" in page  # grounded boxes
     assert "id=graph" in page and page.count("<line") == len(
-        [n for n in app.catalog.stored_nodes_of(0) if n != "target"]) + 1  # + degradations
-    assert "/thumb/0000000/blur" not in page  # degradations on demand
-    page = get(base, "/sample/0000000?degradations=1&seed=3")
-    assert "/thumb/0000000/blur?seed=3" in page
+        [n for n in c.stored_nodes_of(0) if n != "target"]) + 1  # + degradations
+    assert "blur" not in shown  # degradations on demand
+    shown = images(pages.sample(c, "0000000", degradations=True, seed=3))
+    assert shown["blur"] == "/thumb/0000000/blur?seed=3" and len(shown) >= 32 + 13
     assert "SAM2 gave an empty mask" in get(base, "/sample/0000005")
+
+
+def test_a_warm_page_inlines_its_thumbnails(browse_server):
+    """A thumbnail on disk travels inside the page (one response); the others by URL."""
+    import base64
+
+    base, app = browse_server
+    cached = urlopen(base + "/thumb/0000006/canny").read()
+    shown = images(get(base, "/sample/0000006"))
+    assert shown["canny"] == "data:image/jpeg;base64," + base64.b64encode(cached).decode()
+    uncached = app.thumbs.cached("0000006", "bbox") is None
+    assert shown["bbox"] == "/thumb/0000006/bbox" if uncached else shown["bbox"].startswith("data:")
 
 
 def test_thumbnails_are_cached_on_disk(browse_server, browse_shards):

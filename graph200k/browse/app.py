@@ -8,6 +8,7 @@ segment, a backslash or a NUL — before or after percent-decoding — is refuse
 
 from __future__ import annotations
 
+import functools
 import logging
 import socketserver
 import time
@@ -47,6 +48,7 @@ class BrowseApp:
     def __init__(self, catalog: Catalog, cache_dir):
         self.catalog = catalog
         self.thumbs = media.Thumbnails(catalog, cache_dir)
+        self.src = functools.partial(pages.thumb_src, self.thumbs)
 
     def __call__(self, environ, start_response):
         t0 = time.perf_counter()
@@ -88,11 +90,11 @@ class BrowseApp:
                 filters = Filters.from_query(query)
             except ValueError as e:
                 return self.html(pages.samples(self.catalog, Filters(), str(e)), "400 Bad Request")
-            return self.html(pages.samples(self.catalog, filters))
+            return self.html(pages.samples(self.catalog, filters, src=self.src))
         if head == "sample" and len(rest) == 1:
             key = self.key(rest[0])
             return self.html(pages.sample(self.catalog, key, bool(_one(query, "degradations")),
-                                          _int(query, "seed", 0)))
+                                          _int(query, "seed", 0), self.src))
         if head in ("img", "thumb") and len(rest) == 2:
             return self.image(head, self.key(rest[0]), self.slot(rest[1]), query)
         if head == "task" and not rest:

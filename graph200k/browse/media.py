@@ -68,17 +68,25 @@ class Thumbnails:
         name = hashlib.sha1(ident.encode()).hexdigest()
         return os.path.join(self.folder, name[:2], name + ".jpg")
 
+    def cached(self, key: str, slot: str, variant: int = 0, seed: int = 0,
+               side: int = THUMB_SIDES[0]) -> bytes | None:
+        """The thumbnail's bytes when it is on disk already, else None."""
+        try:
+            with open(self.path(key, slot, variant, seed, side), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        self.hits += 1
+        return data
+
     def get(self, key: str, slot: str, variant: int = 0, seed: int = 0,
             side: int = THUMB_SIDES[0]) -> bytes:
         if side not in THUMB_SIDES:
             raise ValueError(f"thumbnail side must be one of {THUMB_SIDES}, not {side}")
+        data = self.cached(key, slot, variant, seed, side)
+        if data is not None:
+            return data
         path = self.path(key, slot, variant, seed, side)
-        try:
-            with open(path, "rb") as f:
-                self.hits += 1
-                return f.read()
-        except FileNotFoundError:
-            pass
         self.misses += 1
         with self.catalog.lock:
             # min_side: JPEG members decode at a reduced scale (2x-8x less work)
