@@ -33,6 +33,7 @@ PER_PAGE = 48
 MAX_PER_PAGE = 200
 FAILED, SKIPPED = "failed", "skipped"
 STATS_THREADS = 16
+TARGET_SIZES = 100_000  # (w, h) kept per key: a few MB at most
 
 
 @dataclass
@@ -110,6 +111,7 @@ class Catalog:
         self._variant_table: list[dict] | None = None
         self._items: list[tuple[str, int]] | None = None
         self._freshness: list[str] | None = None
+        self._target_sizes: dict[str, tuple[int, int]] = {}
 
     # ---- samples ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -142,7 +144,16 @@ class Catalog:
             return json.loads(self.reader.member_bytes(key, "meta.json"))
 
     def target_size(self, key: str) -> tuple[int, int]:
-        """(width, height) of the sample's target, from its JPEG header (no decode)."""
+        """(width, height) of the sample's target, from its JPEG header (no decode); kept
+        per key (the source photo never changes under a running browser)."""
+        size = self._target_sizes.get(key)
+        if size is None:
+            size = self._target_sizes[key] = self._read_target_size(key)
+            if len(self._target_sizes) > TARGET_SIZES:
+                self._target_sizes.pop(next(iter(self._target_sizes)))
+        return size
+
+    def _read_target_size(self, key: str) -> tuple[int, int]:
         with self.lock:
             data = self.reader.member_bytes(key, "target.jpg", "target")
         hw = jpeg_size(data)
