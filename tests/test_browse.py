@@ -272,3 +272,19 @@ def test_a_stale_manifest_is_shown_not_refused(tmp_path):
     page = overview(catalog)
     assert "id=freshness>stale</span>" in page
     assert f"python -m graph200k.manifest --shards {folder}" in page
+
+
+def test_command_line_errors_are_one_line(tmp_path, browse_shards, capsys):
+    from graph200k.browse.__main__ import main
+
+    assert main(["--shards", str(tmp_path)]) == 2
+    assert "no shards (NNNNNN.tar) in" in capsys.readouterr().err
+    folder, _ = browse_shards
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["--shards", str(folder), "--port", str(port),
+                     "--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err

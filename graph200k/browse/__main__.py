@@ -51,7 +51,12 @@ def main(argv=None) -> int:
         print(f"browse: error: {e}", file=sys.stderr)
         return 2
     cache = Path(args.cache) if args.cache else default_cache(args.shards)
-    server = make(BrowseApp(catalog, cache), args.host, args.port)
+    try:
+        server = make(BrowseApp(catalog, cache), args.host, args.port)
+    except OSError as e:
+        print(f"browse: error: cannot listen on {args.host}:{args.port} ({e.strerror}); pick "
+              "another --port (0 takes a free one)", file=sys.stderr)
+        return 2
     host, port = server.server_address[:2]
     print(f"browse: {len(catalog)} samples from {catalog.shard_set.root}; open "
           f"http://{host}:{port}/ (Ctrl-C stops; thumbnails cached in {cache})", flush=True)
