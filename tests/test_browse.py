@@ -124,7 +124,8 @@ def test_filters_select_what_the_manifest_says(browse_server):
     assert count(get(base, "/samples?issue=skipped:filledit"), "count") == 3
     page = get(base, "/samples?issue=skipped:filledit:subject+too+small")
     assert count(page, "count") == 1 and "/sample/0000007" in page
-    assert count(get(base, "/samples?issue=failed:mask"), "count") == 1
+    page = get(base, "/samples?issue=failed:mask")
+    assert count(page, "count") == 1 and "<div class=warn>mask failed</div>" in page
     page = get(base, "/samples?per_page=3&page=2")
     assert count(page, "count") == len(m) and "/sample/0000003" in page
     assert "/sample/0000002" not in page

@@ -257,9 +257,11 @@ def samples(c: Catalog, f: Filters, error: str = "", src: Src = thumb_url) -> st
     m = c.manifest
     for i in shown:
         key = m.key(int(i))
+        flags = "".join(f"<div class=warn>{h(st)} {'failed' if s == FAILED else 'n/a'}</div>"
+                        for s, st, _ in c.issues_of(key))
         body.append(f"<a class=tile href='/sample/{h(quote(key))}'><img alt='{h(key)}' "
                     f"src='{attr_src(src(key, 'target'))}' width=160 "
-                    f"height=160><div>{h(key)} · {h(m.item(int(i)))}</div></a>")
+                    f"height=160><div>{h(key)} · {h(m.item(int(i)))}</div>{flags}</a>")
     body.append("</div><p>")
     query = {"has": list(f.has), "missing": list(f.missing), "item": f.item, "split": f.split,
              "issue": f.issue, "q": f.q}
