@@ -21,7 +21,6 @@ from pathlib import Path
 
 import yaml
 
-from graph200k.graph import enumerate_paths
 from graph200k.manifest import Manifest
 from graph200k.nodes import NODE_TYPES, SLOT_NODE, VARIANT_NODES, mask_of, node_type
 from graph200k.prompts import PromptConfig, build_prompt
@@ -139,6 +138,10 @@ class TaskConfig:
 
     def with_paths(self, min_images: int = 2, max_images: int = 4, weight: float = 1.0):
         """Add every simple type-graph path of min..max images as the family `graph_paths`."""
+        # networkx is imported here, not at the top: loading it is half a second of every
+        # tool that only samples the default families (the browser's cold start).
+        from graph200k.graph import enumerate_paths
+
         fam = [Variant(PATHS_FAMILY, p) for p in enumerate_paths(min_images, max_images)]
         return TaskConfig({**self.families, PATHS_FAMILY: fam},
                           {**self.weights, PATHS_FAMILY: weight}, self.row_counts,

@@ -99,3 +99,32 @@ def tiny_models(tmp_path_factory):
         return build(out, only=[name], log=lambda *_: None)[name]
 
     return folder
+
+
+@pytest.fixture(scope="session")
+def browse_shards(tmp_path_factory):
+    """(folder, manifest path) of a published shard set with grounded boxes, style / edit
+    variants and stats that name failed and not-applicable samples (tests/browse_shards.py)."""
+    from browse_shards import write_browse_shards
+
+    return write_browse_shards(tmp_path_factory.mktemp("browse-shards"))
+
+
+@pytest.fixture(scope="session")
+def browse_server(browse_shards, tmp_path_factory):
+    """`python -m graph200k.browse` on `browse_shards`, served from a thread on a free
+    port: (base url, BrowseApp)."""
+    import threading
+
+    from graph200k.browse.app import BrowseApp, make
+    from graph200k.browse.catalog import Catalog
+
+    folder, manifest = browse_shards
+    app = BrowseApp(Catalog(folder, manifest), tmp_path_factory.mktemp("browse-cache"))
+    server = make(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    yield f"http://{host}:{port}", app
+    server.shutdown()
+    server.server_close()
