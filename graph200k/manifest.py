@@ -234,7 +234,8 @@ def scan_parts(shard_set: ShardSet, shard: int) -> tuple[list[dict], list[dict]]
     fields: dict[str, set[str]] = {}
     source = parts[0]
     try:
-        indexes = [ShardIndex.load_or_build(p.url, writer_index=p.index_url) for p in parts]
+        indexes = [ShardIndex.load_or_build(p.url, writer_index=p.index_url,
+                                             stats_url=p.stats_url) for p in parts]
         for i, index in enumerate(indexes):
             for key in index.keys():
                 if i and key not in fields:

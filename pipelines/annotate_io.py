@@ -32,7 +32,7 @@ from graph200k import storage
 from graph200k.dataset import ShardSet, annotation_member, write_part
 from graph200k.shards import (DATA, HEADER, KEY, SIZE, ShardError, ShardWriter, TarMembers,
                               check_key, member_digest, read_json)
-from graph200k.tarindex import ShardIndex
+from graph200k.tarindex import MemberMismatchError, ShardIndex
 from pipelines.stage_ops import (KEEP, KEY as KEY_COL, META, RUN, annot_column, cell_bytes,
                                  cell_str, do_column, object_column, seconds_column,
                                  status_column)
@@ -52,7 +52,8 @@ def parts_folder(root: str, stage: str, shard: int) -> str:
 
 # -- read ---------------------------------------------------------------------------------
 def _index(part) -> ShardIndex:
-    return ShardIndex.load_or_build(part.url, write=False, writer_index=part.index_url)
+    return ShardIndex.load_or_build(part.url, write=False, writer_index=part.index_url,
+                                     stats_url=part.stats_url)
 
 
 class _PartReader:
@@ -73,36 +74,34 @@ class _PartReader:
 
     def _fetch(self) -> tuple[int, bytes]:
         keys, fields = self._wanted if self._wanted is not None else (None, None)
-        spans = [(loc[0], loc[0] + loc[1])
+        spans = [self.index.span(key, f)
                  for key, by_field in self.index.members.items() if keys is None or key in keys
-                 for f, loc in by_field.items() if fields is None or f in fields]
+                 for f in by_field if fields is None or f in fields]
         if not spans:
             return 0, b""
-        lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+        lo, hi = min(a for a, _ in spans), max(a + n for a, n in spans)
         return lo, storage.read_range(self.part.url, lo, hi - lo)
 
     def get(self, key: str, field: str) -> bytes | None:
-        loc = self.index.members.get(key, {}).get(field)
-        if loc is None:
+        span = self.index.span(key, field)
+        if span is None:
             return None
-        offset, size = loc[0], loc[1]
+        offset, size = span
         if self._remote:
             if self._span is None:
                 self._span = self._fetch()
-            lo, span = self._span
-            if lo <= offset and offset + size <= lo + len(span):
-                data = span[offset - lo:offset - lo + size]
+            lo, fetched = self._span
+            if lo <= offset and offset + size <= lo + len(fetched):
+                data = fetched[offset - lo:offset - lo + size]
             else:  # outside the announced range (or the object is cut short)
                 data = storage.read_range(self.part.url, offset, size)
         else:
             self._file.seek(offset)
             data = self._file.read(size)
-        if len(data) != size:
-            raise _CorruptMember(f"{field} of {storage.name(self.part.url)} is cut short")
-        if len(loc) > 2 and loc[2] and member_digest(data) != loc[2]:
-            raise _CorruptMember(f"{field} in {self.part.url} does not match the digest its "
-                                 "writer recorded (corrupt bytes)")
-        return data
+        try:  # the member's own header and digest: a wrong record is refused, not annotated
+            return self.index.checked(storage.name(self.part.url), key, field, data)
+        except MemberMismatchError as e:
+            raise _CorruptMember(str(e)) from None
 
     def close(self):
         if self._file is not None:
@@ -253,6 +252,24 @@ def _shard_rows(job: dict, wave: dict) -> list[dict]:
     finally:
         for r in readers:
             r.close()
+
+
+# -- resume --------------------------------------------------------------------------------
+def verify_sidecar(part, stats: dict) -> tuple[str, dict, str]:
+    """annotate --verify on a complete-looking sidecar: ("done" | "todo", stats, why). The
+    tar must match the sha256 its stats record (else it is recomputed); its index must be
+    the one the writer would have written for that tar, else it is rebuilt from the tar
+    (checked against the stats: size, sha256, member count, index digest)."""
+    from graph200k.verify import file_sha256, rebuild_index
+
+    if file_sha256(part.url) != (stats.get("file") or {}).get("sha256"):
+        return "todo", stats, f"{part.url} does not match its recorded sha256 (corrupt)"
+    try:
+        if rebuild_index(part):
+            print(f"annotate: {part.index_url} was missing or wrong: rebuilt from its tar")
+    except ShardError as e:
+        return "todo", stats, str(e)
+    return "done", stats, "complete"
 
 
 # -- write parts ------------------------------------------------------------------------
