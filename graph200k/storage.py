@@ -58,6 +58,12 @@ def _fs(url: str):
     return fsspec.core.url_to_fs(url)
 
 
+def filesystem(url: str):
+    """The fsspec filesystem of `url`: ValueError for an unknown protocol, ImportError when
+    its backend package is not installed (check a user's URL with it once, at the edge)."""
+    return _fs(url)[0]
+
+
 def exists(path) -> bool:
     if is_url(path):
         fs, p = _fs(path)

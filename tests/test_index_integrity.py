@@ -9,50 +9,20 @@ record, and `annotate --verify` / `verify --rebuild-indexes` rebuild the index f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
 import pytest
 
-from annotate_helpers import (  # noqa: F401  (ray_local is a fixture)
-    CANNY,
-    SAMPLES,
-    annotate_args,
-    make_source_shard,
-    ray_local,
-    sidecar,
-    write_config,
-)
-from graph200k import manifest as manifest_cli
-from graph200k import publish, verify
+from annotate_helpers import annotate_args, ray_local, sidecar  # noqa: F401  (a fixture)
+from graph200k import verify
 from graph200k.dataset import ShardSet
 from graph200k.reader import FetchError, SampleReader
 from graph200k.shards import FIELD, KEY, ShardError
 from graph200k.tarindex import BadIndexError, ShardIndex
+from integrity_data import data, pristine, publish_to  # noqa: F401  (fixtures)
 from pipelines import annotate
-
-
-@pytest.fixture(scope="module")
-def pristine(ray_local, tmp_path_factory):
-    root = tmp_path_factory.mktemp("index")
-    src, out = root / "source", root / "out"
-    for shard in (0, 1):
-        make_source_shard(src, shard, SAMPLES)
-    config = write_config(root, {"canny": CANNY})
-    assert annotate.main(annotate_args(src, out, config, "0-1")) == 0
-    assert manifest_cli.main(["--shards", str(out)]) == 0
-    return root, config
-
-
-@pytest.fixture
-def data(pristine, tmp_path):
-    root, config = pristine
-    d = tmp_path / "d"
-    shutil.copytree(root, d)
-    (d / "out" / "graph200k.json").write_text(json.dumps({"version": 1,
-                                                          "source": str(d / "source")}))
-    assert manifest_cli.main(["--shards", str(d / "out")]) == 0
-    return d, config.replace(str(root), str(d))
 
 
 def _index(folder, shard=0):
@@ -75,11 +45,6 @@ def _swap(members, field="canny.png"):
     members[a][2:], members[b][2:] = members[b][2:], members[a][2:]
 
 
-def _publish(d, *extra):
-    return publish.main(["--src", str(d / "out"), "--to", str(d / "release"), "--config", "",
-                         "--tasks", "", *extra])
-
-
 def _reader(d):
     return SampleReader(d / "out", d / "out" / "manifest.parquet", manifest_check="ignore")
 
@@ -99,7 +64,7 @@ def test_a_deleted_index_and_a_flipped_member_are_both_named_and_repaired(data, 
     out = capsys.readouterr().out
     assert "000000.index.json is missing" in out
     assert "bytes differ from the sha256 its writer recorded" in out
-    assert _publish(d) == 1 and not (d / "release").exists()
+    assert publish_to(d) == 1 and not (d / "release").exists()
     with pytest.raises(FetchError) as e:
         _reader(d).fetch("0000001", "canny")
     assert e.value.reason == "bad_index" and "index.json is missing" in str(e.value)
@@ -118,7 +83,7 @@ def test_swapped_index_records_are_refused_and_rebuilt_by_annotate_verify(data, 
     d, config = data
     canny = d / "out" / "canny"
     good_index = _index(canny).read_bytes()
-    assert _publish(d) == 0
+    assert publish_to(d) == 0
     released = (d / "release" / "000000.tar").read_bytes()
     shutil.rmtree(d / "release")
     reader = _reader(d)
@@ -131,7 +96,7 @@ def test_swapped_index_records_are_refused_and_rebuilt_by_annotate_verify(data, 
     assert any("does not match the digest its stats record" in p.what for p in problems)
     assert "points at member 0000002.canny.png" in whats[("0000001", "canny.png")]
     assert all("--verify" in p.repair for p in problems)  # the tar is intact: re-index it
-    assert _publish(d) == 1 and not (d / "release").exists()
+    assert publish_to(d) == 1 and not (d / "release").exists()
     with pytest.raises(FetchError) as e:
         _reader(d).fetch("0000001", "canny")
     assert e.value.reason == "bad_index"
@@ -141,7 +106,6 @@ def test_swapped_index_records_are_refused_and_rebuilt_by_annotate_verify(data, 
     stats_path = canny / "000000.stats.json"
     good_stats = stats_path.read_text()
     stats = json.loads(good_stats)
-    import hashlib
     stats["file"]["index_sha256"] = hashlib.sha256(_index(canny).read_bytes()).hexdigest()
     stats_path.write_text(json.dumps(stats))
     with pytest.raises(FetchError) as e:
@@ -153,7 +117,7 @@ def test_swapped_index_records_are_refused_and_rebuilt_by_annotate_verify(data, 
     assert "rebuilt from its tar" in capsys.readouterr().out
     assert _index(canny).read_bytes() == good_index
     assert _reader(d).member_bytes("0000001", "canny.png") == want
-    assert _publish(d) == 0
+    assert publish_to(d) == 0
     assert (d / "release" / "000000.tar").read_bytes() == released
 
 
