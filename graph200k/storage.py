@@ -216,6 +216,30 @@ def _protocols(fs) -> set:
     return {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
 
 
+def unwritable(path) -> str | None:
+    """Why a file cannot be written at `path` (None when it can), checked before the work
+    that produces it: its folder is created if needed and must take a file; a URL needs a
+    known fsspec backend. One line, for a CLI's error."""
+    if is_url(path):
+        try:
+            filesystem(path)
+        except (ValueError, ImportError) as e:
+            return f"{path}: no storage backend for this URL ({e})"
+        return None
+    final = normalize(path)
+    if os.path.isdir(final):
+        return f"{path} is a folder: name a file"
+    try:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        probe = tmp_name(final)
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        return f"cannot write {path} ({type(e).__name__}: {e.strerror or e})"
+    return None
+
+
 def atomic_write(path, data: bytes | Iterable[bytes]) -> None:
     """Write `data` (bytes or chunks) so that `path` is absent, old, or complete and new."""
     chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
