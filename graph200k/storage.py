@@ -280,6 +280,17 @@ def atomic_write(path, data: bytes | Iterable[bytes]) -> None:
         raise
 
 
+def rename(src, dest) -> None:
+    """Move a file into its final name: `os.replace` locally (atomic); on an object store a
+    copy then a delete, so a caller that may be interrupted must be able to redo it."""
+    if not is_url(src):
+        os.makedirs(os.path.dirname(normalize(dest)), exist_ok=True)
+        os.replace(normalize(src), normalize(dest))
+        return
+    fs, p = _fs(src)
+    fs.mv(p, _fs(dest)[1])
+
+
 def put_file(local: str, dest) -> None:
     """Copy a local file to `dest` atomically."""
     if not is_url(dest):

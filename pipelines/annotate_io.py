@@ -21,6 +21,7 @@ leased again. The driver only sees part ids: no sample crosses the network to it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import defaultdict
@@ -29,10 +30,10 @@ import numpy as np
 
 from annotators.base import FAILED, OK, SKIPPED
 from graph200k import storage
-from graph200k.dataset import ShardSet, annotation_member, write_part
+from graph200k.dataset import ShardSet, annotation_member, index_bytes, stats_bytes
 from graph200k.shards import (DATA, HEADER, KEY, SIZE, ShardError, ShardWriter, TarMembers,
-                              check_key, member_digest, read_json)
-from graph200k.tarindex import MemberMismatchError, ShardIndex
+                              check_key, read_json)
+from graph200k.tarindex import BadIndexError, MemberMismatchError, ShardIndex, writer_members
 from pipelines.stage_ops import (KEEP, KEY as KEY_COL, META, RUN, annot_column, cell_bytes,
                                  cell_str, do_column, object_column, seconds_column,
                                  status_column)
@@ -366,13 +367,63 @@ def collect(batch: dict, stages: list[str]) -> dict:
 
 
 # -- join -------------------------------------------------------------------------------
+JOINED_TAR, JOINED_INDEX, COMMIT = "joined.tar", "joined.index.json", "commit.json"
+
+
 def join_parts(root: str, stage: str, shard: int, count: int, ranges: list[tuple[int, int]],
                config: dict, run_id: str) -> dict:
-    """Parts of (stage, shard) -> its sidecar, index and stats. Returns the stats."""
+    """Parts of (stage, shard) -> its sidecar, index and stats. Returns the stats.
+
+    Idempotent under retry (Ray reruns a join whose worker died): the new tar and index are
+    written inside the parts folder, then one file, `commit.json` (holding the stats), is
+    the commit point; `apply_commit` moves tar and index into place and writes the stats. A
+    retry that finds `commit.json` finishes that commit; one that finds none starts over
+    from the parts, the old sidecar untouched; one that finds this run's stats is done.
+    """
     start_time = time.perf_counter()
-    shard_set = ShardSet(root)
-    target = shard_set.stage_part(stage, shard)
+    target = ShardSet(root).stage_part(stage, shard)
     folder = parts_folder(root, stage, shard)
+    commit = storage.join(folder, COMMIT)
+    pending = read_json(commit)
+    if pending is None:
+        done = read_json(target.stats_url)
+        if done is not None and done.get("run") == run_id:
+            return done  # committed and cleaned up by an earlier try of this very join
+        stats_text = _join(root, stage, shard, count, ranges, config, run_id, folder, target)
+        # -- the commit point: nothing at the sidecar's names has changed before this line --
+        storage.atomic_write(commit, json.dumps({"stats": stats_text}).encode())
+        pending = {"stats": stats_text}
+    stats = apply_commit(folder, target, pending["stats"])
+    stats["join_seconds"] = round(time.perf_counter() - start_time, 3)
+    return stats
+
+
+def apply_commit(folder: str, target, stats_text: str) -> dict:
+    """Put a committed join in place; every step may be redone after an interruption."""
+    stats = json.loads(stats_text)
+    try:
+        present = storage.read_text(target.stats_url)
+    except FileNotFoundError:
+        present = None
+    if present is not None and present != stats_text:
+        storage.remove(target.stats_url)  # the old sidecar stops counting before it is replaced
+    for name, final in ((JOINED_TAR, target.url), (JOINED_INDEX, target.index_url)):
+        staged = storage.join(folder, name)
+        if storage.exists(staged):
+            storage.rename(staged, final)
+    size = storage.size(target.url) if storage.exists(target.url) else -1
+    if size != stats["file"]["size"]:
+        raise ShardError(f"{target.url}: a committed join finds {size} bytes there, not the "
+                         f"{stats['file']['size']} it wrote; rerun with --force for this shard")
+    if present != stats_text:
+        storage.atomic_write(target.stats_url, stats_text.encode())  # last: marks it complete
+    storage.remove(folder)
+    return stats
+
+
+def _join(root, stage, shard, count, ranges, config, run_id, folder, target) -> str:
+    """Write the joined tar and index into the parts folder; the stats file's text."""
+    shard_set = ShardSet(root)
     parts = []
     covered = 0
     for start, end in sorted(ranges):
@@ -388,13 +439,12 @@ def join_parts(root: str, stage: str, shard: int, count: int, ranges: list[tuple
     if covered != count:
         raise ShardError(f"stage {stage} shard {shard:06d}: parts cover {covered} of {count} rows")
     old_stats = read_json(target.stats_url)
-    old = _OldSidecar(target) if any(r[2] == KEEP for p in parts for r in p["rows"]) else None
-    if old_stats is not None:
-        storage.remove(target.stats_url)  # the old sidecar stops counting before it is replaced
+    old = _OldSidecar(target, old_stats) if any(r[2] == KEEP for p in parts for r in p["rows"]) \
+        else None
     previous_status = _statuses(old_stats)
     counts = {OK: 0, SKIPPED: 0, FAILED: 0}
     failed, skipped, seconds = [], [], 0.0
-    writer = ShardWriter(target.url)
+    writer = ShardWriter(storage.join(folder, JOINED_TAR))
     try:
         for p in parts:
             data = storage.read_bytes(storage.join(folder, f"{p['start']:06d}-{p['end']:06d}.tar"))
@@ -438,10 +488,9 @@ def join_parts(root: str, stage: str, shard: int, count: int, ranges: list[tuple
     }
     if old_stats is not None:
         stats["previous"] = {k: old_stats.get(k) for k in ("ok", "skipped", "failed", "run")}
-    write_part(target, writer.record, stats)
-    storage.remove(folder)
-    stats["join_seconds"] = round(time.perf_counter() - start_time, 3)
-    return stats
+    index = index_bytes(writer.record)
+    storage.atomic_write(storage.join(folder, JOINED_INDEX), index)
+    return stats_bytes(stats, writer.record, index).decode()
 
 
 def _shifted(r: list, shift: int) -> list:
@@ -473,14 +522,25 @@ def _statuses(stats: dict | None) -> dict[str, str]:
 
 
 class _OldSidecar:
-    """The sidecar a --retry-failed run replaces: kept rows are copied from it verbatim."""
+    """The sidecar a --retry-failed run replaces: kept rows are copied from it verbatim,
+    once its tar and index are checked to be what its stats record (never a tar read
+    through another tar's index)."""
 
-    def __init__(self, part):
-        raw = read_json(part.index_url) or {}
+    def __init__(self, part, stats: dict | None):
+        recorded = (stats or {}).get("file") or {}
+        self.data = storage.read_bytes(part.url)
+        if hashlib.sha256(self.data).hexdigest() != recorded.get("sha256"):
+            raise ShardError(f"{part.url} is not the sidecar its stats record, so the rows "
+                             "this run keeps cannot be copied from it; rerun with --force")
+        try:
+            members = writer_members(storage.read_bytes(part.index_url), recorded,
+                                     part.index_url)
+        except (BadIndexError, FileNotFoundError) as e:
+            raise ShardError(f"{part.url}: its index is not the one its stats record ({e}); "
+                             "rerun with --verify (rebuilds it) or --force") from None
         self.by_key: dict[str, list] = defaultdict(list)
-        for r in raw.get("members", []):
+        for r in members:
             self.by_key[r[KEY]].append(r)
-        self.data = storage.read_bytes(part.url) if self.by_key else b""
 
     def copy(self, key: str, writer: ShardWriter) -> None:
         records = sorted(self.by_key.get(key, []), key=lambda r: r[HEADER])
