@@ -9,8 +9,11 @@
                                   serialised as tar members) + `.json` (every row's status)
     collect (last)                the part ids -> a few rows for the driver
     join  (one task per shard     when a shard's parts cover all its rows, they are joined in
-           and stage)             source order into `{out}/{stage}/{shard}.tar` (+ index, stats);
-                                  the parts are then removed
+           and stage)             source order into `joined.tar` + `joined.index.json` in the
+                                  parts folder; `commit.json` there is the one commit point;
+                                  then both move to `{out}/{stage}/{shard}.tar` (+ index), the
+                                  stats are written last and the parts removed (a retry
+                                  finishes a committed join, redoes an uncommitted one)
 
 Tar headers do not depend on where a member lands, so a sidecar joined from parts is byte
 for byte the tar one writer would have written, whatever the block size, the batch sizes,
