@@ -154,8 +154,12 @@ def read_shards(batch: dict, wave: dict, rows_per_block: int):
         try:
             rows = _shard_rows(job, wave)
         except (ShardError, OSError, ValueError, EOFError) as e:
-            message = (f"shard {shard:06d}: {e}; re-create the source shard with "
-                       f"`python -m pipelines.ingest --shards {shard} --force`, then rerun")
+            repair = (f"rebuild the index from the tar with `python -m graph200k.verify "
+                      f"--shards {wave['root']} --rebuild-indexes`"
+                      if isinstance(e, BadIndexError) else  # the tar itself may be intact
+                      f"re-create the source shard with `python -m pipelines.ingest --shards "
+                      f"{shard} --force`")
+            message = f"shard {shard:06d}: {e}; {repair}, then rerun"
             yield _columns([{"key": "", "shard": shard, "index": 0, "count": 1,
                              "error": message}], members, stages)
             continue

@@ -168,3 +168,15 @@ def test_a_tar_whose_bytes_differ_is_not_reindexed(data, capsys):
     assert not _index(canny).exists()
     with pytest.raises(ShardError):
         verify.rebuild_index(ShardSet(d / "out").stage_part("canny", 0))
+
+
+def test_annotate_names_the_index_repair_when_a_source_index_is_gone(data, capsys):
+    d, config = data
+    good = sidecar(d / "out", "canny", 0).read_bytes()
+    _index(d / "source").unlink()
+    assert annotate.main(annotate_args(d / "source", d / "out", config, "0", "--force")) == 1
+    err = capsys.readouterr().err
+    assert "000000.index.json is missing" in err and "--rebuild-indexes" in err
+    assert verify.main(["--shards", str(d / "out"), "--rebuild-indexes"]) == 0
+    assert annotate.main(annotate_args(d / "source", d / "out", config, "0", "--force")) == 0
+    assert sidecar(d / "out", "canny", 0).read_bytes() == good
