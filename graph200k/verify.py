@@ -109,8 +109,9 @@ def writer_index_of(data: bytes, url: str) -> ShardRecord:
 def rebuild_index(part: Part) -> bool:
     """Rebuild a part's index from its tar when the tar is the one its stats record (size,
     sha256, member count, and the index digest where recorded). True if the index file was
-    rewritten, False if it already held those bytes; ShardError if the tar itself is not
-    what its writer wrote (then the part must be recomputed, not re-indexed)."""
+    rewritten, False if it already held those bytes (stats written before indexes had a
+    digest get it recorded); ShardError if the tar itself is not what its writer wrote
+    (then the part must be recomputed, not re-indexed)."""
     stats = read_json(part.stats_url) or {}
     recorded = stats.get("file") or {}
     data = storage.read_bytes(part.url)
@@ -127,15 +128,15 @@ def rebuild_index(part: Part) -> bool:
         raise ShardError(f"{part.url}: the index rebuilt from the tar is not the one its stats "
                          "record: recompute the part")
     try:
-        if storage.read_bytes(part.index_url) == index and want:
-            return False
+        same = storage.read_bytes(part.index_url) == index
     except FileNotFoundError:
-        pass
-    storage.atomic_write(part.index_url, index)
+        same = False
+    if not same:
+        storage.atomic_write(part.index_url, index)
     if not want:  # stats written before indexes had a digest: record it now
         storage.atomic_write(part.stats_url, stats_bytes(
             {k: v for k, v in stats.items() if k != "file"}, record, index))
-    return True
+    return not same
 
 
 def _record_problems(data: bytes, members: list, problem) -> list[Problem]:
