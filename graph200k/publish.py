@@ -11,14 +11,19 @@ default `<src>/_release`; graph200k.assemble): the layout WebDataset users expec
 stage meta entries merged into `meta.json`. A shard whose parts did not change since it was
 assembled is not assembled again. A plain `--src` (one tar per shard) is published as it is.
 
-Nothing corrupt is published: every shard is checked against the sha256 its writer
-recorded before anything is copied; a mismatch stops the publish, naming the shard and
-the command that repairs it. Copies compare hashes, not sizes: a shard already at the
-destination whose recorded sha256 matches is skipped (rerun to resume), one that differs
-(a repaired shard) is copied again. Each file is written atomically (a temporary name and
+Nothing corrupt or incomplete is published: all of `graph200k.verify` runs first (every
+part against the sha256 and index digest its writer recorded, every stage complete for
+every source shard, no orphan sidecars, no key in two shards); a problem stops the publish,
+naming the shard and the command that repairs it (`--allow-partial` accepts stages that
+have not annotated every shard). Copies read what is at the destination: a shard whose
+files are identical is skipped (rerun to resume), one that differs (a repaired shard, or
+a damaged copy there: a flipped byte, a cut tar) is copied again and named. Each file is written atomically (a temporary name and
 a rename, or a single PUT on object stores); per shard the stats file goes last, and the
 card, last of all, so a reader that sees the card sees every shard it counts.
 - Hub: `HfApi.upload_folder` (resumable and multi-commit in huggingface_hub 2.x).
+
+Exit codes: 0 published (or assembled); 1 the data is not publishable or a copy failed;
+2 bad arguments (`--to` with an unknown URL scheme, an existing file, a bad hub id; `--src`).
 """
 
 from __future__ import annotations
