@@ -214,7 +214,8 @@ class FillEdit(Annotator):
         if o.rewrite == "vlm":
             self.rewriter = VLMRewriter(self.name, o.rewrite_model, o.rewrite_revision, device,
                                         dtype, o.rewrite_max_new_tokens,
-                                        offload=o.offload != "none")
+                                        offload=o.offload != "none",
+                                        batching=o.rewrite_batching)
 
     def prepare(self, sample: Sample) -> Prepared:
         o = self.options

@@ -22,6 +22,7 @@ import numpy as np
 
 from annotators import grounding
 from annotators.base import Annotator, ConfigError, NotApplicable, Prepared, Result, Sample
+from annotators.generation import BATCHING, ONE, generate_grouped
 from annotators.models import ModelOptions, model_dir, resolve_device, resolve_dtype
 from annotators.palette import PALETTE, colour, draw_boxes, paint_masks
 from annotators.sam2_mask import autocast
@@ -50,8 +51,14 @@ class GroundedMaskOptions(ModelOptions):
     max_objects: int = len(PALETTE)
     min_box_side: float = 4.0  # pixels; thinner boxes are degenerate
     duplicate_iou: float = 0.9  # a box overlapping a kept one this much is a duplicate
+    # which prompts share a generate call: one (the answer never depends on the batch) |
+    # same_length (no padding; faster, narrower promise): annotators.generation
+    generation_batching: str = ONE
 
     def __post_init__(self):
+        if self.generation_batching not in BATCHING:
+            raise ConfigError(f"stage 'mask': generation_batching {self.generation_batching!r} "
+                              f"is not one of {', '.join(BATCHING)}")
         if self.grounding_format not in (AUTO, *grounding.FORMATS):
             raise ConfigError(f"stage 'mask': grounding_format {self.grounding_format!r} is "
                               f"not one of auto, {', '.join(grounding.FORMATS)}")
@@ -66,9 +73,10 @@ class GroundedMaskOptions(ModelOptions):
 
 
 class GroundedMask(Annotator):
-    """Qwen2-VL grounding -> boxes -> SAM2 box prompts -> masks, one model call each per
-    batch: the VLM generates greedily for the whole batch (left padding), SAM2 encodes the
-    batch's images in one pass and decodes every box of an image at once."""
+    """Qwen2-VL grounding -> boxes -> SAM2 box prompts -> masks: the VLM generates greedily,
+    prompts sharing a call only as `generation_batching` allows (by default one per call,
+    so a sample's boxes never depend on its batch), SAM2 encodes the batch's images in one
+    pass and decodes every box of an image at once."""
 
     name: ClassVar[str] = "mask"
     produces: ClassVar[tuple[str, ...]] = ("mask", "bbox")
@@ -132,14 +140,28 @@ class GroundedMask(Annotator):
 
     # -- the models -------------------------------------------------------------------------
     def generate(self, images, questions) -> tuple[list[str], list[tuple[int, int]]]:
-        """The VLM's answers, and the (width, height) each image was resized to for it."""
-        import torch
-
+        """The VLM's answers, and the (width, height) each image was resized to for it.
+        Prompts share a call only as `generation_batching` allows: a sample's answer does
+        not depend on the batch it lands in (annotators.generation)."""
         messages = [[{"role": "user", "content": [{"type": "image"},
                                                   {"type": "text", "text": q}]}]
                     for q in questions]
         texts = [self.processor.apply_chat_template(m, add_generation_prompt=True,
                                                     tokenize=False) for m in messages]
+
+        def lengths():
+            return [len(self.processor(text=[t], images=[im])["input_ids"][0])
+                    for t, im in zip(texts, images)]
+
+        pairs = generate_grouped(len(texts), lengths, self.options.generation_batching,
+                                 lambda group: self._generate([images[i] for i in group],
+                                                              [texts[i] for i in group]))
+        return [a for a, _ in pairs], [size for _, size in pairs]
+
+    def _generate(self, images, texts) -> list[tuple[str, tuple[int, int]]]:
+        """One generate call: (answer, resized input size) per prompt."""
+        import torch
+
         enc = self.processor(text=texts, images=list(images), padding=True,
                              return_tensors="pt").to(self.device)
         tok = self.processor.tokenizer
@@ -158,7 +180,7 @@ class GroundedMask(Annotator):
             answers.append(tok.decode(row[:end], skip_special_tokens=False))
         patch = int(getattr(self.processor.image_processor, "patch_size", 14))
         sizes = [(w * patch, h * patch) for _, h, w in enc["image_grid_thw"].tolist()]
-        return answers, sizes
+        return list(zip(answers, sizes))
 
     def boxes(self, answer: str, image_hw, input_size):
         o = self.options

@@ -3,7 +3,8 @@ both the same rewrite): Qwen2-VL rewriting the caption (the paper), or without a
 another Subjects200K item of the same category (`annotators.filledit.same_category_edits`).
 
 The VLM is asked for a JSON list of {"subject", "caption"} and decodes greedily, so one
-prompt gives the same rewrite on every rerun. A reply that holds no such list does not
+prompt gives the same rewrite on every rerun, whatever batch it lands in
+(`rewrite_batching`, annotators.generation: one prompt per call by default). A reply that holds no such list does not
 parse: the sample is skipped with that reason (a random tiny VLM always lands there).
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+
+from annotators.generation import BATCHING, ONE, generate_grouped
 
 FILL = "fill"
 
@@ -32,6 +35,14 @@ class VLMOptions:
     rewrite_model: str = "Qwen/Qwen2-VL-7B-Instruct"
     rewrite_revision: str | None = None
     rewrite_max_new_tokens: int = 400
+    rewrite_batching: str = ONE  # one | same_length (annotators.generation)
+
+    def __post_init__(self):
+        if self.rewrite_batching not in BATCHING:
+            from annotators.base import ConfigError
+
+            raise ConfigError(f"rewrite_batching {self.rewrite_batching!r} is not one of "
+                              f"{', '.join(BATCHING)} (annotators.generation)")
 
 
 class RewriteError(ValueError):
@@ -116,15 +127,17 @@ def predict_edits(stage, inputs: list) -> list:
 
 class VLMRewriter:
     """Qwen2-VL (or any chat model `AutoModelForImageTextToText` loads) rewriting captions;
-    built once per actor. Greedy decoding, left padding, one `generate` per batch."""
+    built once per actor. Greedy decoding; prompts share a `generate` call only as
+    `batching` allows (annotators.generation), so no answer depends on its batch."""
 
     def __init__(self, stage: str, model: str, revision, device, dtype, max_new_tokens: int,
-                 offload: bool = False):
+                 offload: bool = False, batching: str = ONE):
         from transformers import AutoModelForImageTextToText, AutoTokenizer
 
         from annotators.models import model_dir
 
         self.stage, self.device, self.max_new_tokens = stage, device, max_new_tokens
+        self.batching = batching
         self.offload = offload  # kept on the CPU between batches, beside an offloaded FLUX
         path = model_dir(stage, model, revision)
         self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
@@ -142,17 +155,24 @@ class VLMRewriter:
         chats = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}],
                                                     tokenize=False, add_generation_prompt=True)
                  for p in prompts]
-        batch = self.tokenizer(chats, return_tensors="pt", padding=True,
-                               add_special_tokens=False).to(self.device)
-        if self.offload:
-            self.model.to(self.device)
-        try:
+
+        def lengths():
+            return [len(ids) for ids in self.tokenizer(chats, add_special_tokens=False)["input_ids"]]
+
+        def run(group: list[int]) -> list[str]:
+            batch = self.tokenizer([chats[i] for i in group], return_tensors="pt", padding=True,
+                                   add_special_tokens=False).to(self.device)
             with torch.no_grad():
                 out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens,
                                           do_sample=False)
+            new = out[:, batch["input_ids"].shape[1]:]
+            return self.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+        if self.offload:
+            self.model.to(self.device)
+        try:
+            return generate_grouped(len(chats), lengths, self.batching, run)
         finally:
             if self.offload:
                 self.model.to("cpu")
                 torch.cuda.empty_cache()
-        new = out[:, batch["input_ids"].shape[1]:]
-        return self.tokenizer.batch_decode(new, skip_special_tokens=True)

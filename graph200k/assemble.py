@@ -18,29 +18,29 @@ from graph200k import storage
 from graph200k.dataset import (ShardSet, is_annotation_member, joined_meta, part_fingerprint,
                                part_in, write_part)
 from graph200k.nodes import META_MEMBER, available_nodes
-from graph200k.shards import ShardError, ShardWriter, member_digest, read_json
-from graph200k.tarindex import ShardIndex
+from graph200k.shards import ShardError, ShardWriter, read_json
+from graph200k.tarindex import MemberMismatchError, ShardIndex
 
 
 def joined_samples(shard_set: ShardSet, shard: int):
     parts = shard_set.parts(shard)
     files = []
     try:
-        indexes = [ShardIndex.load_or_build(p.url, write=False, writer_index=p.index_url)
+        indexes = [ShardIndex.load_or_build(p.url, write=False, writer_index=p.index_url,
+                                             stats_url=p.stats_url)
                    for p in parts]
         files = [storage.open_read(p.url) for p in parts]
         for key in indexes[0].keys():
             sample, annotations = {"__key__": key}, {}
             for part, index, f in zip(parts, indexes, files):
                 for field in index.fields(key):
-                    offset, size = index.locate(key, field)
+                    offset, length = index.span(key, field)
                     f.seek(offset)
-                    data = f.read(size)
-                    digest = index.digest(key, field)
-                    if len(data) != size or (digest is not None and member_digest(data) != digest):
-                        raise ShardError(f"{part.url}: {key}.{field} is cut short or corrupt; "
-                                         f"run `python -m graph200k.verify --shards "
-                                         f"{shard_set.root}` and the repair it prints")
+                    try:
+                        data = index.checked(part.url, key, field, f.read(length))
+                    except MemberMismatchError as e:
+                        raise ShardError(f"{e}; run `python -m graph200k.verify --shards "
+                                         f"{shard_set.root}` and the repair it prints") from None
                     if part.stage is not None and is_annotation_member(field):
                         annotations[part.stage] = data
                     elif field not in sample:

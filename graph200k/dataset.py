@@ -19,6 +19,7 @@ date (`joined_meta`), exactly what `publish` writes into the released shard.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 
@@ -170,10 +171,21 @@ def part_fingerprint(part: Part) -> dict:
 
 def write_part(part: Part, record, stats: dict) -> None:
     """A part's index and stats, after its tar is in place: the stats file, written last,
-    marks the part complete, and records the tar's size and sha256."""
-    storage.atomic_write(part.index_url, json.dumps(record.to_json(), separators=(",", ":"))
-                         .encode())
+    marks the part complete, and records the tar's size and sha256 and the index's own
+    sha256 (an index is never trusted alone: graph200k.tarindex)."""
+    index = index_bytes(record)
+    storage.atomic_write(part.index_url, index)
+    storage.atomic_write(part.stats_url, stats_bytes(stats, record, index))
+
+
+def index_bytes(record) -> bytes:
+    """A writer's index file: the same records always give the same bytes."""
+    return json.dumps(record.to_json(), separators=(",", ":")).encode()
+
+
+def stats_bytes(stats: dict, record, index: bytes) -> bytes:
+    """A part's stats file, its `file` entry describing the tar and its index."""
     stats = dict(stats)
     stats["file"] = {k: v for k, v in record.to_json().items() if k != "members"}
-    storage.atomic_write(part.stats_url, (json.dumps(stats, indent=1, sort_keys=True) + "\n")
-                         .encode())
+    stats["file"]["index_sha256"] = hashlib.sha256(index).hexdigest()
+    return (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode()

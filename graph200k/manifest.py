@@ -236,7 +236,8 @@ def scan_parts(shard_set: ShardSet, shard: int) -> tuple[list[dict], list[dict]]
     fields: dict[str, set[str]] = {}
     source = parts[0]
     try:
-        indexes = [ShardIndex.load_or_build(p.url, writer_index=p.index_url) for p in parts]
+        indexes = [ShardIndex.load_or_build(p.url, writer_index=p.index_url,
+                                             stats_url=p.stats_url) for p in parts]
         for i, index in enumerate(indexes):
             for key in index.keys():
                 if i and key not in fields:
@@ -303,7 +304,10 @@ def scan_shard(path) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m graph200k.manifest",
-                                 description="Build the columnar manifest of a shard folder.")
+                                 description="Build the columnar manifest of a shard folder.",
+                                 epilog="Exit codes: 0 written; 1 no shards, a shard that "
+                                        "cannot be scanned, or the write failed; 2 bad "
+                                        "arguments (an --out that cannot be written).")
     ap.add_argument("--shards", required=True, help="folder of NNNNNN.tar shards")
     ap.add_argument("--out", help="parquet path (default: <shards>/manifest.parquet)")
     ap.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
@@ -311,16 +315,27 @@ def main(argv=None) -> int:
                          f"default {DEFAULT_TEST_FRACTION})")
     args = ap.parse_args(argv)
     out = args.out or storage.join(args.shards, "manifest.parquet")
-    shard_set = ShardSet(args.shards)
+    try:
+        shard_set = ShardSet(args.shards)
+    except ShardError as e:
+        print(f"error: --shards: {e}", file=sys.stderr)
+        return 2
     if not shard_set.shards():
         print(f"error: no shards (NNNNNN.tar) in {shard_set.source}", file=sys.stderr)
         return 1
+    if why := storage.unwritable(out):
+        print(f"error: --out {why}", file=sys.stderr)
+        return 2
     try:
         m = Manifest.from_shards(shard_set, args.test_fraction)
     except (ShardError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    m.save(out)
+    try:
+        m.save(out)
+    except OSError as e:
+        print(f"error: cannot write {out} ({e})", file=sys.stderr)
+        return 1
     counts = m.node_counts()
     print(f"manifest: {len(m)} samples from {len(m.parts)} shards -> {out} "
           f"({int((m.splits == 'test').sum())} in split test)")

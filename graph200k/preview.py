@@ -8,15 +8,19 @@ The grid is built by the same code path as training (graph200k.reader -> graph20
 cells are labelled `[IMAGEk] slot` as in the prompt, the masked cell is outlined in red,
 and the prompt is drawn under the grid. The contact sheet shows every node image a sample
 has (online nodes derived, degradations with seed 0) and its type graph.
+
+Exit codes: 0 written; 1 the PNG could not be written; 2 bad input (a --task that is not a
+task, a missing --tasks file or line, shards that cannot be read, an unknown key, an --out
+that cannot be written).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -26,6 +30,7 @@ from graph200k.grid import INFER, TRAIN, Grid
 from graph200k.nodes import NODE_TYPES, names_of
 from graph200k.prompts import image_tag
 from graph200k.reader import FetchError, SampleReader
+from graph200k.shards import ShardError
 from graph200k.tasks import Task
 
 MASK_COLOUR = (230, 30, 30)
@@ -200,28 +205,41 @@ def render_sheet(reader: SampleReader, key: str, thumb: int = 144, per_row: int 
     return out
 
 
+class TaskSpecError(ValueError):
+    """A --task / --tasks that does not give a task."""
+
+
 def load_task(spec: str, tasks_file: str | None) -> Task:
     """`spec` is a JSON task object, or a 0-based line index into `tasks_file` (JSONL)."""
     spec = spec.strip()
     if spec.startswith("{"):
-        return Task.from_json(json.loads(spec))
+        return _task(spec, "--task")
     try:
         index = int(spec)
     except ValueError:
-        raise SystemExit(f"preview: --task {spec!r} is neither a line index nor a JSON task")
+        raise TaskSpecError(f"--task {spec!r} is neither a line index nor a JSON task") from None
     if not tasks_file:
-        raise SystemExit("preview: --task N needs --tasks FILE (a JSONL written by "
-                         "python -m graph200k.sample_tasks)")
+        raise TaskSpecError("--task N needs --tasks FILE (a JSONL written by "
+                            "python -m graph200k.sample_tasks)")
     try:
         text = storage.read_bytes(tasks_file).decode()
     except FileNotFoundError:
-        raise SystemExit(f"preview: --tasks {tasks_file} does not exist (write it with "
-                         "python -m graph200k.sample_tasks --out)") from None
+        raise TaskSpecError(f"--tasks {tasks_file} does not exist (write it with "
+                            "python -m graph200k.sample_tasks --out)") from None
     lines = [line for line in text.splitlines() if line.strip()]
     if not 0 <= index < len(lines):
-        raise SystemExit(f"preview: {tasks_file} holds {len(lines)} tasks; there is no "
-                         f"line {index}")
-    return Task.from_json(json.loads(lines[index]))
+        raise TaskSpecError(f"{tasks_file} holds {len(lines)} tasks; there is no line {index}")
+    return _task(lines[index], f"line {index} of {tasks_file}")
+
+
+def _task(text: str, where: str) -> Task:
+    try:
+        return Task.from_json(json.loads(text))
+    except json.JSONDecodeError as e:
+        raise TaskSpecError(f"{where} is not valid JSON ({e})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise TaskSpecError(f"{where} is not a task ({type(e).__name__}: {e}); write tasks "
+                            "with python -m graph200k.sample_tasks") from None
 
 
 def main(argv=None) -> int:
@@ -241,8 +259,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="PNG to write")
     args = ap.parse_args(argv)
 
-    reader = SampleReader(args.shards, args.manifest)
+    if why := storage.unwritable(args.out):
+        print(f"preview: error: --out {why}", file=sys.stderr)
+        return 2
     try:
+        reader = SampleReader(args.shards, args.manifest)
         if args.task is not None:
             task = load_task(args.task, args.tasks)
             image = render_grid(reader.grid(task, args.res, args.sizing))
@@ -250,12 +271,17 @@ def main(argv=None) -> int:
         else:
             image = render_sheet(reader, args.key, degradations=not args.no_degradations)
             what = f"contact sheet of sample {args.key}"
-    except (FetchError, KeyError) as e:
+    except (FetchError, KeyError, TaskSpecError, ShardError, OSError) as e:
         print(f"preview: error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
+    out = args.out
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    try:
+        storage.atomic_write(out, buf.getvalue())
+    except OSError as e:
+        print(f"preview: error: cannot write {out} ({e})", file=sys.stderr)
+        return 1
     print(f"preview: {what} -> {out} ({image.width}x{image.height})")
     return 0
 

@@ -11,14 +11,19 @@ default `<src>/_release`; graph200k.assemble): the layout WebDataset users expec
 stage meta entries merged into `meta.json`. A shard whose parts did not change since it was
 assembled is not assembled again. A plain `--src` (one tar per shard) is published as it is.
 
-Nothing corrupt is published: every shard is checked against the sha256 its writer
-recorded before anything is copied; a mismatch stops the publish, naming the shard and
-the command that repairs it. Copies compare hashes, not sizes: a shard already at the
-destination whose recorded sha256 matches is skipped (rerun to resume), one that differs
-(a repaired shard) is copied again. Each file is written atomically (a temporary name and
+Nothing corrupt or incomplete is published: all of `graph200k.verify` runs first (every
+part against the sha256 and index digest its writer recorded, every stage complete for
+every source shard, no orphan sidecars, no key in two shards); a problem stops the publish,
+naming the shard and the command that repairs it (`--allow-partial` accepts stages that
+have not annotated every shard). Copies read what is at the destination: a shard whose
+files are identical is skipped (rerun to resume), one that differs (a repaired shard, or
+a damaged copy there: a flipped byte, a cut tar) is copied again and named. Each file is written atomically (a temporary name and
 a rename, or a single PUT on object stores); per shard the stats file goes last, and the
 card, last of all, so a reader that sees the card sees every shard it counts.
 - Hub: `HfApi.upload_folder` (resumable and multi-commit in huggingface_hub 2.x).
+
+Exit codes: 0 published (or assembled); 1 the data is not publishable or a copy failed;
+2 bad arguments (`--to` with an unknown URL scheme, an existing file, a bad hub id; `--src`).
 """
 
 from __future__ import annotations
@@ -68,13 +73,15 @@ def files_to_publish(folder) -> list[tuple[int, list[str]]]:
     return out
 
 
-def check_shards(folder) -> list[str]:
-    """Every part of every shard against its writer's record (graph200k.verify), as lines."""
+def check_shards(folder, allow_partial: bool = False) -> list[str]:
+    """Every part of every shard against its writer's record, every stage complete (unless
+    `allow_partial`), no orphans or duplicate keys (graph200k.verify), as lines."""
     from graph200k.verify import verify
 
     return [f"shard {p.shard:06d} {p.part}{' ' + p.key if p.key else ''}"
             f"{'.' + p.member if p.member else ''}: {p.what}; repair: {p.repair}"
-            for p in verify(folder)]
+            if p.shard >= 0 else f"{p.part}: {p.what}; repair: {p.repair}"
+            for p in verify(folder, allow_partial=allow_partial)]
 
 
 def write_card(folder, config: dict, tasks: Path | None) -> str:
@@ -84,40 +91,56 @@ def write_card(folder, config: dict, tasks: Path | None) -> str:
     return path
 
 
-def _sha(tar: str, stats_url: str) -> str | None:
-    """The shard's sha256: as its writer recorded it, else read from the file where that is
-    cheap (a local file); None when neither is known."""
+def _differs(src: str, dest: str, sha256: str | None) -> str | None:
+    """Why the file at `dest` is not `src` (None when it is): absent, another size, other
+    bytes. A tar is compared by streaming the destination through sha256 against the one
+    its writer recorded; small files byte for byte."""
     from graph200k.verify import file_sha256
 
-    recorded = ((read_json(stats_url) or {}).get("file") or {}).get("sha256")
-    if recorded:
-        return recorded
-    if storage.exists(tar) and not storage.is_url(tar):
-        return file_sha256(tar)
-    return None
+    if not storage.exists(dest):
+        return "absent"
+    size, want = storage.size(dest), storage.size(src)
+    if size != want:
+        return f"holds {size} bytes, not {want} (cut short or replaced)"
+    if sha256 is not None:
+        return None if file_sha256(dest) == sha256 else "other bytes (sha256 differs)"
+    return None if storage.read_bytes(dest) == storage.read_bytes(src) else "other bytes"
 
 
-def copy_to_fsspec(folder, url: str, force: bool = False, log=print) -> list[str]:
-    """Copy shards (tar, index, stats), then the card, to a folder or fsspec URL; returns
-    the names copied. A shard whose sha256 equals the one at the destination is skipped."""
+def copy_to_fsspec(folder, url: str, force: bool = False, log=print) -> tuple[list[str], int]:
+    """Copy shards (tar, index, stats), then the card, to a folder or fsspec URL; returns the
+    names copied and how many shards already there were repaired. What is at the
+    destination is read and compared with the release (sha256 for tars): a shard whose
+    files are all identical is skipped; a damaged one (flipped bytes, cut short) is
+    copied again and said so."""
     dest_root = storage.normalize(url)
     storage.makedirs(dest_root)
-    copied = []
+    copied, repaired = [], 0
     for shard, files in files_to_publish(folder):
         local = part_in(str(folder), shard)
         dest = part_in(dest_root, shard)
-        if not force and storage.exists(dest.url) and \
-                _sha(local.url, local.stats_url) == _sha(dest.url, dest.stats_url) is not None:
+        recorded = ((read_json(local.stats_url) or {}).get("file") or {}).get("sha256")
+        why = {path: "forced" if force else _differs(
+            path, storage.join(dest_root, storage.name(path)),
+            recorded if path == local.url else None) for path in files}
+        if not any(why.values()):
             continue
+        damaged = {storage.name(p): w for p, w in why.items() if w and w != "absent"}
+        if damaged and not force:
+            repaired += 1
+            log("publish: shard {:06d} at the destination differs from the release ({}): "
+                "copied again".format(shard, "; ".join(f"{n}: {w}" for n, w in damaged.items())))
         if storage.exists(dest.stats_url):
             storage.remove(dest.stats_url)  # the old shard stops counting before it is replaced
-        for path in files:
-            storage.copy_file(path, storage.join(dest_root, storage.name(path)))
-            copied.append(storage.name(path))
-            log(f"publish: {storage.name(path)} -> {dest_root}")
+        for path in files:  # the stats file last: it marks the shard complete
+            target = storage.join(dest_root, storage.name(path))
+            if why[path] or path == local.stats_url:
+                storage.copy_file(path, target)
+                copied.append(storage.name(path))
+                log(f"publish: {storage.name(path)} -> {dest_root}")
     storage.copy_file(storage.join(folder, CARD), storage.join(dest_root, CARD))
     copied.append(CARD)
-    return copied
+    return copied, repaired
 
 
 def hub_upload(folder, repo_id: str, private: bool = False, api=None, revision=None):
@@ -145,7 +168,26 @@ def load_config(path: str | None) -> dict:
         raise SystemExit(f"error: publish config {path} not found") from None
 
 
+def check_destination(to: str) -> str | None:
+    """Why `--to` cannot receive a release (None when it can): checked before any work."""
+    if to.startswith(HUB_PREFIX):
+        return None if to[len(HUB_PREFIX):].strip("/").count("/") == 1 else \
+            f"--to {to}: a hub dataset is hf://datasets/ORG/NAME"
+    if storage.is_url(to):
+        try:
+            storage.filesystem(to)
+        except (ValueError, ImportError) as e:
+            return f"--to {to}: no storage backend for this URL ({e})"
+        return None
+    path = storage.normalize(to)
+    if storage.exists(path) and not storage.isdir(path):
+        return f"--to {to} is a file, not a folder: name a folder (it is created) or a URL"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 published (or assembled), 1 the data is not publishable (damaged or
+    incomplete shards) or a copy failed, 2 bad arguments (`--to`, `--src`, `--config`)."""
     p = argparse.ArgumentParser(prog="python -m graph200k.publish", description=__doc__.split("\n")[0])
     p.add_argument("--src", default="shards/graph200k", help="dataset folder or URL")
     p.add_argument("--to", default=None,
@@ -158,18 +200,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--private", action="store_true", help="hub: create the repo private")
     p.add_argument("--revision", default=None, help="hub: branch to upload to")
     p.add_argument("--force", action="store_true", help="copy shards already there too")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="publish although a stage has not annotated every shard (the card "
+                        "counts what is there)")
     args = p.parse_args(argv)
 
-    shard_set = ShardSet(args.src)
+    if args.to is not None and (why := check_destination(args.to)):
+        print(f"error: {why}", file=sys.stderr)
+        return 2
+    try:
+        shard_set = ShardSet(args.src)
+    except ShardError as e:
+        print(f"error: --src: {e}", file=sys.stderr)
+        return 2
     if not shard_set.shards():
         print(f"error: no shards (NNNNNN.tar) in {shard_set.source}; run `make annotate` first",
               file=sys.stderr)
         return 1
     config = load_config(args.config)
-    problems = check_shards(shard_set.root) if shard_set.layout != "plain" else []
+    problems = check_shards(shard_set.root, args.allow_partial) \
+        if shard_set.layout != "plain" else []
     if problems:
         for line in problems:
             print(f"error: {line}", file=sys.stderr)
+        if not args.allow_partial and any("incomplete:" in line for line in problems):
+            print("publish: stages are incomplete; annotate the shards named above, or pass "
+                  "--allow-partial to publish what is there", file=sys.stderr)
         print("publish: nothing was published", file=sys.stderr)
         return 1
     try:
@@ -178,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot assemble the release: {e}\npublish: nothing was published",
               file=sys.stderr)
         return 1
-    problems = check_shards(folder)
+    problems = check_shards(folder, args.allow_partial)
     if problems:
         for line in problems:
             print(f"error: {line}", file=sys.stderr)
@@ -188,13 +244,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"publish: wrote {card}")
     if args.to is None:
         return 0
-    if args.to.startswith(HUB_PREFIX):
-        repo_id = args.to[len(HUB_PREFIX):].strip("/")
-        hub_upload(folder, repo_id, args.private, revision=args.revision)
-        print(f"publish: uploaded {folder} to https://huggingface.co/datasets/{repo_id}")
-    else:
-        copied = copy_to_fsspec(folder, args.to, args.force)
-        print(f"publish: {len(copied)} file(s) copied to {args.to}")
+    try:
+        if args.to.startswith(HUB_PREFIX):
+            repo_id = args.to[len(HUB_PREFIX):].strip("/")
+            hub_upload(folder, repo_id, args.private, revision=args.revision)
+            print(f"publish: uploaded {folder} to https://huggingface.co/datasets/{repo_id}")
+        else:
+            copied, repaired = copy_to_fsspec(folder, args.to, args.force)
+            print(f"publish: {len(copied)} file(s) copied to {args.to}"
+                  + (f"; {repaired} damaged shard(s) there repaired" if repaired else ""))
+    except OSError as e:
+        print(f"error: copying to {args.to} failed ({type(e).__name__}: {e}); rerun to resume",
+              file=sys.stderr)
+        return 1
     return 0
 
 

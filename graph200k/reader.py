@@ -10,8 +10,9 @@ Each key is looked up in the manifest (key -> shard), then in the member indexes
 shard's parts (its source tar and stage sidecars, graph200k.dataset) and read with one
 `pread` (local) or one ranged GET (object stores). Open shard files are kept in a small LRU
 per process. Every failure is a FetchError naming the shard, the key and the node, with a
-`reason` the training stream counts: unknown_key, shard_unreadable, stale_index,
-missing_member, undecodable.
+`reason` the training stream counts: unknown_key, shard_unreadable, bad_index,
+stale_index, missing_member, corrupt (bytes or a record that are not what the writer
+wrote: digest, or the member's own tar header names another key), undecodable.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from graph200k.manifest import Manifest
 from graph200k.nodes import (DEGRADATION, META_MEMBER, NODE_TYPES, SLOT_NODE, SLOTS,
                              variant_member)
 from graph200k.pair import TwoFramePair
-from graph200k.shards import (GREY, NATIVE, RGB, ShardError, decode_image, member_digest,
+from graph200k.shards import (GREY, NATIVE, RGB, ShardError, decode_image,
                               shard_index, shard_path)
 
-REASONS = ("unknown_key", "shard_unreadable", "stale_index", "missing_member", "corrupt",
-           "undecodable")
+REASONS = ("unknown_key", "shard_unreadable", "bad_index", "stale_index", "missing_member",
+           "corrupt", "undecodable")
 MATTE_MEMBER = "rmbg.png"
 # foreground / background keep the pixels on their side of the RMBG matte at 0.5.
 MATTE_THRESHOLD = 128
@@ -173,7 +174,12 @@ class SampleReader:
             try:
                 for part in self.shard_set.parts(shard):
                     view.append((part, tarindex.ShardIndex.load_or_build(
-                        part.url, self.index_dir, self.write_index, part.index_url)))
+                        part.url, self.index_dir, self.write_index, part.index_url,
+                        part.stats_url)))
+            except tarindex.BadIndexError as e:
+                raise FetchError("bad_index", where, key, node, f"{type(e).__name__}: {e}",
+                                 f"run `python -m graph200k.verify --shards {self.folder}` "
+                                 "and the repair it prints") from e
             except (OSError, ShardError) as e:
                 raise FetchError("shard_unreadable", where, key, node, f"cannot index the "
                                  f"shard ({e})", "check the shard exists and is complete, or "
@@ -211,47 +217,45 @@ class SampleReader:
         if member == META_MEMBER:
             return self._joined_meta(key, view, node)
         for part, index in view:
-            loc = index.locate(key, member)
-            if loc is not None:
-                return self._member(part, key, member, node, loc, index.digest(key, member))
+            if index.locate(key, member) is not None:
+                return self._member(part, index, key, member, node)
         have = sorted({f for _, index in view for f in index.fields(key)})
         detail = (f"member {member!r} is missing (the sample holds {', '.join(have)})"
                   if have else "the sample is not in this shard")
         raise FetchError("missing_member", shard_path(self.shard_set.source, shard), key,
                          node, detail, "re-annotate the shard or rebuild the manifest from it")
 
-    def _member(self, part: Part, key: str, member: str, node, loc, digest=None) -> bytes:
-        offset, size = loc
+    def _member(self, part: Part, index: tarindex.ShardIndex, key: str, member: str,
+                node) -> bytes:
+        offset, size = index.span(key, member)
         try:
             data = self._read(part, offset, size)
         except OSError as e:
             raise FetchError("shard_unreadable", part.url, key, node, f"reading {member!r} "
                              f"failed ({e})", "check the file system") from e
-        if len(data) != size:
-            raise FetchError("shard_unreadable", part.url, key, node, f"member {member!r} is "
-                             f"cut short ({len(data)} of {size} bytes)", "re-create the shard")
-        if digest is not None and member_digest(data) != digest:
+        try:
+            # The member's own tar header is read with it: a record that points at another
+            # sample's bytes (swapped or edited index) is refused, not returned.
+            return index.checked(part.url, key, member, data)
+        except tarindex.MemberMismatchError as e:
             # Caught here, not by the decoder: flipped bytes in a JPEG still decode, to garbage.
-            raise FetchError("corrupt", part.url, key, node, f"member {member!r} does not match "
-                             "the digest its writer recorded", "run `python -m graph200k.verify "
-                             f"--shards {self.folder}` and the repair it prints")
-        return data
+            raise FetchError("corrupt", part.url, key, node, str(e), "run `python -m "
+                             f"graph200k.verify --shards {self.folder}` and the repair it "
+                             "prints") from None
 
     def _joined_meta(self, key: str, view, node) -> bytes:
         source_part, source_index = view[0]
-        loc = source_index.locate(key, META_MEMBER)
-        if loc is None:
+        if source_index.locate(key, META_MEMBER) is None:
             raise FetchError("missing_member", source_part.url, key, node, "meta.json is "
                              "missing", "re-create the source shard")
-        meta = self._member(source_part, key, META_MEMBER, node, loc)
+        meta = self._member(source_part, source_index, key, META_MEMBER, node)
         if len(view) == 1:
             return meta  # one tar per shard: its meta.json is the sample's
         annotations, members = {}, set()
         for part, index in view:
             for f in index.fields(key):
                 if is_annotation_member(f):
-                    annotations[part.stage] = self._member(part, key, f, node,
-                                                           index.locate(key, f))
+                    annotations[part.stage] = self._member(part, index, key, f, node)
                 else:
                     members.add(f)
         return joined_meta(meta, annotations, members)

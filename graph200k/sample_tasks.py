@@ -7,6 +7,9 @@ One JSON object per line: task_id, family, variant, nodes, columns (slot per gri
 the task's target last), rows (per row, per column: {key, node, slot}; the last row is the
 query), mask {row, col}, prompt {layout, task, content, keep_task, keep_content, dropped,
 text}, seed (for the task's online work such as degradations).
+
+Exit codes: 0 done; 1 the output could not be written; 2 bad input (arguments, manifest,
+shards, task config, an --out that cannot be written).
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ def main(argv=None) -> int:
         ap.error("give exactly one of --manifest or --shards")
     if args.num < 1:
         ap.error(f"--num must be at least 1, got {args.num}")
+    if args.out and args.out != "-" and (why := storage.unwritable(args.out)):
+        print(f"sample_tasks: error: --out {why}", file=sys.stderr)
+        return 2
     try:
         manifest = load_manifest(args.manifest, args.shards, args.on_stale)
         config = TaskConfig.load(args.config)
@@ -85,7 +91,11 @@ def main(argv=None) -> int:
         if args.out == "-":
             sys.stdout.write(lines)
         else:  # a local file or an fsspec URL (s3://...), written atomically either way
-            storage.atomic_write(args.out, lines.encode())
+            try:
+                storage.atomic_write(args.out, lines.encode())
+            except OSError as e:
+                print(f"sample_tasks: error: cannot write {args.out} ({e})", file=sys.stderr)
+                return 1
             print(f"sample_tasks: {len(tasks)} tasks from {len(manifest)} samples -> {args.out}")
     if args.stats:
         print(histogram(tasks))

@@ -58,6 +58,12 @@ def _fs(url: str):
     return fsspec.core.url_to_fs(url)
 
 
+def filesystem(url: str):
+    """The fsspec filesystem of `url`: ValueError for an unknown protocol, ImportError when
+    its backend package is not installed (check a user's URL with it once, at the edge)."""
+    return _fs(url)[0]
+
+
 def exists(path) -> bool:
     if is_url(path):
         fs, p = _fs(path)
@@ -210,6 +216,30 @@ def _protocols(fs) -> set:
     return {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
 
 
+def unwritable(path) -> str | None:
+    """Why a file cannot be written at `path` (None when it can), checked before the work
+    that produces it: its folder is created if needed and must take a file; a URL needs a
+    known fsspec backend. One line, for a CLI's error."""
+    if is_url(path):
+        try:
+            filesystem(path)
+        except (ValueError, ImportError) as e:
+            return f"{path}: no storage backend for this URL ({e})"
+        return None
+    final = normalize(path)
+    if os.path.isdir(final):
+        return f"{path} is a folder: name a file"
+    try:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        probe = tmp_name(final)
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        return f"cannot write {path} ({type(e).__name__}: {e.strerror or e})"
+    return None
+
+
 def atomic_write(path, data: bytes | Iterable[bytes]) -> None:
     """Write `data` (bytes or chunks) so that `path` is absent, old, or complete and new."""
     chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
@@ -248,6 +278,17 @@ def atomic_write(path, data: bytes | Iterable[bytes]) -> None:
         if fs.exists(tmp):
             fs.rm(tmp)
         raise
+
+
+def rename(src, dest) -> None:
+    """Move a file into its final name: `os.replace` locally (atomic); on an object store a
+    copy then a delete, so a caller that may be interrupted must be able to redo it."""
+    if not is_url(src):
+        os.makedirs(os.path.dirname(normalize(dest)), exist_ok=True)
+        os.replace(normalize(src), normalize(dest))
+        return
+    fs, p = _fs(src)
+    fs.mv(p, _fs(dest)[1])
 
 
 def put_file(local: str, dest) -> None:

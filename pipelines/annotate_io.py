@@ -9,8 +9,11 @@
                                   serialised as tar members) + `.json` (every row's status)
     collect (last)                the part ids -> a few rows for the driver
     join  (one task per shard     when a shard's parts cover all its rows, they are joined in
-           and stage)             source order into `{out}/{stage}/{shard}.tar` (+ index, stats);
-                                  the parts are then removed
+           and stage)             source order into `joined.tar` + `joined.index.json` in the
+                                  parts folder; `commit.json` there is the one commit point;
+                                  then both move to `{out}/{stage}/{shard}.tar` (+ index), the
+                                  stats are written last and the parts removed (a retry
+                                  finishes a committed join, redoes an uncommitted one)
 
 Tar headers do not depend on where a member lands, so a sidecar joined from parts is byte
 for byte the tar one writer would have written, whatever the block size, the batch sizes,
@@ -21,6 +24,7 @@ leased again. The driver only sees part ids: no sample crosses the network to it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import defaultdict
@@ -29,10 +33,10 @@ import numpy as np
 
 from annotators.base import FAILED, OK, SKIPPED
 from graph200k import storage
-from graph200k.dataset import ShardSet, annotation_member, write_part
+from graph200k.dataset import ShardSet, annotation_member, index_bytes, stats_bytes
 from graph200k.shards import (DATA, HEADER, KEY, SIZE, ShardError, ShardWriter, TarMembers,
-                              check_key, member_digest, read_json)
-from graph200k.tarindex import ShardIndex
+                              check_key, read_json)
+from graph200k.tarindex import BadIndexError, MemberMismatchError, ShardIndex, writer_members
 from pipelines.stage_ops import (KEEP, KEY as KEY_COL, META, RUN, annot_column, cell_bytes,
                                  cell_str, do_column, object_column, seconds_column,
                                  status_column)
@@ -52,7 +56,8 @@ def parts_folder(root: str, stage: str, shard: int) -> str:
 
 # -- read ---------------------------------------------------------------------------------
 def _index(part) -> ShardIndex:
-    return ShardIndex.load_or_build(part.url, write=False, writer_index=part.index_url)
+    return ShardIndex.load_or_build(part.url, write=False, writer_index=part.index_url,
+                                     stats_url=part.stats_url)
 
 
 class _PartReader:
@@ -73,36 +78,34 @@ class _PartReader:
 
     def _fetch(self) -> tuple[int, bytes]:
         keys, fields = self._wanted if self._wanted is not None else (None, None)
-        spans = [(loc[0], loc[0] + loc[1])
+        spans = [self.index.span(key, f)
                  for key, by_field in self.index.members.items() if keys is None or key in keys
-                 for f, loc in by_field.items() if fields is None or f in fields]
+                 for f in by_field if fields is None or f in fields]
         if not spans:
             return 0, b""
-        lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+        lo, hi = min(a for a, _ in spans), max(a + n for a, n in spans)
         return lo, storage.read_range(self.part.url, lo, hi - lo)
 
     def get(self, key: str, field: str) -> bytes | None:
-        loc = self.index.members.get(key, {}).get(field)
-        if loc is None:
+        span = self.index.span(key, field)
+        if span is None:
             return None
-        offset, size = loc[0], loc[1]
+        offset, size = span
         if self._remote:
             if self._span is None:
                 self._span = self._fetch()
-            lo, span = self._span
-            if lo <= offset and offset + size <= lo + len(span):
-                data = span[offset - lo:offset - lo + size]
+            lo, fetched = self._span
+            if lo <= offset and offset + size <= lo + len(fetched):
+                data = fetched[offset - lo:offset - lo + size]
             else:  # outside the announced range (or the object is cut short)
                 data = storage.read_range(self.part.url, offset, size)
         else:
             self._file.seek(offset)
             data = self._file.read(size)
-        if len(data) != size:
-            raise _CorruptMember(f"{field} of {storage.name(self.part.url)} is cut short")
-        if len(loc) > 2 and loc[2] and member_digest(data) != loc[2]:
-            raise _CorruptMember(f"{field} in {self.part.url} does not match the digest its "
-                                 "writer recorded (corrupt bytes)")
-        return data
+        try:  # the member's own header and digest: a wrong record is refused, not annotated
+            return self.index.checked(storage.name(self.part.url), key, field, data)
+        except MemberMismatchError as e:
+            raise _CorruptMember(str(e)) from None
 
     def close(self):
         if self._file is not None:
@@ -151,8 +154,12 @@ def read_shards(batch: dict, wave: dict, rows_per_block: int):
         try:
             rows = _shard_rows(job, wave)
         except (ShardError, OSError, ValueError, EOFError) as e:
-            message = (f"shard {shard:06d}: {e}; re-create the source shard with "
-                       f"`python -m pipelines.ingest --shards {shard} --force`, then rerun")
+            repair = (f"rebuild the index from the tar with `python -m graph200k.verify "
+                      f"--shards {wave['root']} --rebuild-indexes`"
+                      if isinstance(e, BadIndexError) else  # the tar itself may be intact
+                      f"re-create the source shard with `python -m pipelines.ingest --shards "
+                      f"{shard} --force`")
+            message = f"shard {shard:06d}: {e}; {repair}, then rerun"
             yield _columns([{"key": "", "shard": shard, "index": 0, "count": 1,
                              "error": message}], members, stages)
             continue
@@ -255,6 +262,22 @@ def _shard_rows(job: dict, wave: dict) -> list[dict]:
             r.close()
 
 
+# -- resume --------------------------------------------------------------------------------
+def verify_sidecar(part, stats: dict) -> tuple[str, dict, str]:
+    """annotate --verify on a complete-looking sidecar: ("done" | "todo", stats, why). The
+    tar must match the sha256 its stats record (else it is recomputed); its index must be
+    the one the writer would have written for that tar, else it is rebuilt from the tar
+    (checked against the stats: size, sha256, member count, index digest)."""
+    from graph200k.verify import rebuild_index
+
+    try:  # one read of the tar: its sha256 first, then its headers for the index
+        if rebuild_index(part):
+            print(f"annotate: {part.index_url} was missing or wrong: rebuilt from its tar")
+    except ShardError as e:
+        return "todo", stats, str(e)
+    return "done", stats, "complete"
+
+
 # -- write parts ------------------------------------------------------------------------
 def write_parts(batch: dict, stage: str, root: str, output_members: list[str],
                 drop: list[str]) -> dict:
@@ -349,15 +372,67 @@ def collect(batch: dict, stages: list[str]) -> dict:
 
 
 # -- join -------------------------------------------------------------------------------
+JOINED_TAR, JOINED_INDEX, COMMIT = "joined.tar", "joined.index.json", "commit.json"
+
+
 def join_parts(root: str, stage: str, shard: int, count: int, ranges: list[tuple[int, int]],
                config: dict, run_id: str, lease=None) -> dict:
     """Parts of (stage, shard) -> its sidecar, index and stats. Returns the stats.
-    `lease` (pipelines.leases.Lease): checked before the old sidecar is touched and again
-    right before the new one is committed; a lease taken over raises LeaseLost."""
+
+    Idempotent under retry (Ray reruns a join whose worker died): the new tar and index are
+    written inside the parts folder, then one file, `commit.json` (holding the stats), is
+    the commit point; `apply_commit` moves tar and index into place and writes the stats. A
+    retry that finds `commit.json` finishes that commit; one that finds none starts over
+    from the parts, the old sidecar untouched; one that finds this run's stats is done.
+    `lease` (pipelines.leases.Lease) is checked right before the commit point: a run whose
+    lease was taken over raises LeaseLost there and commits nothing.
+    """
     start_time = time.perf_counter()
-    shard_set = ShardSet(root)
-    target = shard_set.stage_part(stage, shard)
+    target = ShardSet(root).stage_part(stage, shard)
     folder = parts_folder(root, stage, shard)
+    commit = storage.join(folder, COMMIT)
+    pending = read_json(commit)
+    if pending is None:
+        done = read_json(target.stats_url)
+        if done is not None and done.get("run") == run_id:
+            return done  # committed and cleaned up by an earlier try of this very join
+        stats_text = _join(root, stage, shard, count, ranges, config, run_id, folder, target)
+        if lease is not None:
+            lease.assert_held()  # fencing: a run that lost its lease commits nothing
+        # -- the commit point: nothing at the sidecar's names has changed before this line --
+        storage.atomic_write(commit, json.dumps({"stats": stats_text}).encode())
+        pending = {"stats": stats_text}
+    stats = apply_commit(folder, target, pending["stats"])
+    stats["join_seconds"] = round(time.perf_counter() - start_time, 3)
+    return stats
+
+
+def apply_commit(folder: str, target, stats_text: str) -> dict:
+    """Put a committed join in place; every step may be redone after an interruption."""
+    stats = json.loads(stats_text)
+    try:
+        present = storage.read_text(target.stats_url)
+    except FileNotFoundError:
+        present = None
+    if present is not None and present != stats_text:
+        storage.remove(target.stats_url)  # the old sidecar stops counting before it is replaced
+    for name, final in ((JOINED_TAR, target.url), (JOINED_INDEX, target.index_url)):
+        staged = storage.join(folder, name)
+        if storage.exists(staged):
+            storage.rename(staged, final)
+    size = storage.size(target.url) if storage.exists(target.url) else -1
+    if size != stats["file"]["size"]:
+        raise ShardError(f"{target.url}: a committed join finds {size} bytes there, not the "
+                         f"{stats['file']['size']} it wrote; rerun with --force for this shard")
+    if present != stats_text:
+        storage.atomic_write(target.stats_url, stats_text.encode())  # last: marks it complete
+    storage.remove(folder)
+    return stats
+
+
+def _join(root, stage, shard, count, ranges, config, run_id, folder, target) -> str:
+    """Write the joined tar and index into the parts folder; the stats file's text."""
+    shard_set = ShardSet(root)
     parts = []
     covered = 0
     for start, end in sorted(ranges):
@@ -373,15 +448,12 @@ def join_parts(root: str, stage: str, shard: int, count: int, ranges: list[tuple
     if covered != count:
         raise ShardError(f"stage {stage} shard {shard:06d}: parts cover {covered} of {count} rows")
     old_stats = read_json(target.stats_url)
-    old = _OldSidecar(target) if any(r[2] == KEEP for p in parts for r in p["rows"]) else None
-    if lease is not None:
-        lease.assert_held()
-    if old_stats is not None:
-        storage.remove(target.stats_url)  # the old sidecar stops counting before it is replaced
+    old = _OldSidecar(target, old_stats) if any(r[2] == KEEP for p in parts for r in p["rows"]) \
+        else None
     previous_status = _statuses(old_stats)
     counts = {OK: 0, SKIPPED: 0, FAILED: 0}
     failed, skipped, seconds = [], [], 0.0
-    writer = ShardWriter(target.url)
+    writer = ShardWriter(storage.join(folder, JOINED_TAR))
     try:
         for p in parts:
             data = storage.read_bytes(storage.join(folder, f"{p['start']:06d}-{p['end']:06d}.tar"))
@@ -405,8 +477,6 @@ def join_parts(root: str, stage: str, shard: int, count: int, ranges: list[tuple
                     failed.append({"key": key, "reason": status.split(": ", 1)[-1]})
                 elif kind == SKIPPED and ": " in status:
                     skipped.append({"key": key, "reason": status.split(": ", 1)[-1]})
-        if lease is not None:
-            lease.assert_held()
         writer.close()
     except BaseException:
         writer.abort()
@@ -427,10 +497,9 @@ def join_parts(root: str, stage: str, shard: int, count: int, ranges: list[tuple
     }
     if old_stats is not None:
         stats["previous"] = {k: old_stats.get(k) for k in ("ok", "skipped", "failed", "run")}
-    write_part(target, writer.record, stats)
-    storage.remove(folder)
-    stats["join_seconds"] = round(time.perf_counter() - start_time, 3)
-    return stats
+    index = index_bytes(writer.record)
+    storage.atomic_write(storage.join(folder, JOINED_INDEX), index)
+    return stats_bytes(stats, writer.record, index).decode()
 
 
 def _shifted(r: list, shift: int) -> list:
@@ -462,14 +531,25 @@ def _statuses(stats: dict | None) -> dict[str, str]:
 
 
 class _OldSidecar:
-    """The sidecar a --retry-failed run replaces: kept rows are copied from it verbatim."""
+    """The sidecar a --retry-failed run replaces: kept rows are copied from it verbatim,
+    once its tar and index are checked to be what its stats record (never a tar read
+    through another tar's index)."""
 
-    def __init__(self, part):
-        raw = read_json(part.index_url) or {}
+    def __init__(self, part, stats: dict | None):
+        recorded = (stats or {}).get("file") or {}
+        self.data = storage.read_bytes(part.url)
+        if hashlib.sha256(self.data).hexdigest() != recorded.get("sha256"):
+            raise ShardError(f"{part.url} is not the sidecar its stats record, so the rows "
+                             "this run keeps cannot be copied from it; rerun with --force")
+        try:
+            members = writer_members(storage.read_bytes(part.index_url), recorded,
+                                     part.index_url)
+        except (BadIndexError, FileNotFoundError) as e:
+            raise ShardError(f"{part.url}: its index is not the one its stats record ({e}); "
+                             "rerun with --verify (rebuilds it) or --force") from None
         self.by_key: dict[str, list] = defaultdict(list)
-        for r in raw.get("members", []):
+        for r in members:
             self.by_key[r[KEY]].append(r)
-        self.data = storage.read_bytes(part.url) if self.by_key else b""
 
     def copy(self, key: str, writer: ShardWriter) -> None:
         records = sorted(self.by_key.get(key, []), key=lambda r: r[HEADER])

@@ -34,11 +34,8 @@ def stage_state(shard_set: ShardSet, stage: str, shard: int, verify: bool = Fals
     was = stats.get("source") or {}
     if was.get("sha256") and source.get("sha256") and was["sha256"] != source["sha256"]:
         return "todo", stats, "its source shard changed since it was annotated"
-    if verify:
-        from graph200k.verify import file_sha256
-
-        if file_sha256(part.url) != recorded.get("sha256"):
-            return "todo", stats, f"{part.url} does not match its recorded sha256 (corrupt)"
+    if verify:  # the tar's sha256, and its index (rebuilt from the tar when bad)
+        return annotate_io.verify_sidecar(part, stats)
     return "done", stats, "complete"
 
 

@@ -277,6 +277,13 @@ def main(argv=None) -> int:
         ds = load_subjects200k(args.source)
     except FileNotFoundError as e:
         ap.error(f"argument --source: {e}")
+    except Exception as e:  # bad bytes: pyarrow's ArrowInvalid (a ValueError), datasets' own
+        from datasets.exceptions import DatasetsError
+
+        if not isinstance(e, (ValueError, DatasetsError)):
+            raise
+        ap.error(f"argument --source: {args.source} is not a readable Subjects200K parquet "
+                 f"or dataset folder ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
     total = (len(ds) + args.shard_size - 1) // args.shard_size
     try:
         selected = select_shards(args.shards, total)

@@ -3,7 +3,8 @@
 From the per-(stage, shard) stats files alone (no tar is read): which shards are complete
 for which stages and which are missing, the totals per stage (ok / skipped / failed), the
 most common failure reasons across shards, and the stage throughputs. `--json` prints
-the same as JSON. Exit code 1 when a requested stage misses shards.
+the same as JSON. Exit codes: 0 every stage complete; 1 a stage misses shards; 2 bad
+arguments (a folder with no source shards, an unknown stage).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections import Counter
 
 from annotators.base import FAILED, OK, SKIPPED
 from graph200k.dataset import ShardSet
-from graph200k.shards import read_json
+from graph200k.shards import ShardError, read_json
 
 
 def collect(out: str, stages: list[str] | None = None) -> dict:
@@ -68,6 +69,21 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s] or None
+    try:
+        shard_set = ShardSet(args.out)
+    except ShardError as e:
+        print(f"error: --out {args.out}: {e}", file=sys.stderr)
+        return 2
+    if not shard_set.shards():
+        print(f"error: --out {args.out}: no annotate output there (no source shards "
+              f"NNNNNN.tar in {shard_set.source}); name the folder annotate wrote (--out)",
+              file=sys.stderr)
+        return 2
+    unknown = [s for s in stages or () if s not in shard_set.stages]
+    if unknown:
+        print(f"error: --stages: {', '.join(unknown)} not in {shard_set.root} (its stages: "
+              f"{', '.join(shard_set.stages) or 'none'})", file=sys.stderr)
+        return 2
     report = collect(args.out, stages)
     if args.json:
         print(json.dumps(report, indent=1, sort_keys=True))

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -57,18 +58,19 @@ def test_task_given_as_json(shards, tmp_path):
     assert rc == 0 and Image.open(out).width >= 3 * 32
 
 
-def test_bad_task_index_says_how_many(shards, tmp_path):
+def test_bad_task_index_says_how_many(shards, tmp_path, capsys):
     folder, tasks_path, _ = shards
-    with pytest.raises(SystemExit, match="holds 3 tasks"):
-        preview.main(["--task", "7", "--tasks", str(tasks_path), "--shards", str(folder),
-                      "--out", str(tmp_path / "x.png")])
+    assert preview.main(["--task", "7", "--tasks", str(tasks_path), "--shards", str(folder),
+                         "--out", str(tmp_path / "x.png")]) == 2
+    assert "holds 3 tasks" in capsys.readouterr().err
 
 
-def test_a_missing_tasks_file_is_a_clear_error(shards, tmp_path):
+def test_a_missing_tasks_file_is_a_clear_error(shards, tmp_path, capsys):
     folder, _, _ = shards
-    with pytest.raises(SystemExit, match="nowhere.jsonl does not exist.*sample_tasks --out"):
-        preview.main(["--task", "0", "--tasks", str(tmp_path / "nowhere.jsonl"), "--shards",
-                      str(folder), "--out", str(tmp_path / "x.png")])
+    assert preview.main(["--task", "0", "--tasks", str(tmp_path / "nowhere.jsonl"), "--shards",
+                         str(folder), "--out", str(tmp_path / "x.png")]) == 2
+    assert re.search("nowhere.jsonl does not exist.*sample_tasks --out",
+                     capsys.readouterr().err)
     assert not (tmp_path / "x.png").exists()
 
 

@@ -87,8 +87,8 @@ def test_publish_to_a_local_folder_copies_shards_stats_and_card(annotated, tmp_p
     assert (dest / "README.md").read_text() == (annotated / "README.md").read_text()
 
     mtimes = {p.name: p.stat().st_mtime_ns for p in dest.iterdir()}
-    copied = publish.copy_to_fsspec(annotated, str(dest), log=lambda *_: None)
-    assert copied == ["README.md"]  # rerun: shards already there are skipped
+    copied, repaired = publish.copy_to_fsspec(annotated, str(dest), log=lambda *_: None)
+    assert (copied, repaired) == (["README.md"], 0)  # rerun: shards already there are skipped
     assert {p.name: p.stat().st_mtime_ns for p in dest.iterdir() if p.name != "README.md"} == \
         {k: v for k, v in mtimes.items() if k != "README.md"}
 
