@@ -13,7 +13,7 @@ SRC    ?= shards/source
 OUT    ?= shards/graph200k
 DEMO_DATA = data.shards=$(DEMO)/shards/graph200k data.manifest=$(DEMO)/shards/graph200k/manifest.parquet
 
-.PHONY: install demo test test-weights bench ingest annotate publish verify report clean
+.PHONY: install demo test test-weights bench bench-gpu ingest annotate publish verify report clean
 
 # Reinstalled whenever pyproject.toml changes (pins live there). pyiqa goes in without its
 # dependencies (pyproject.toml, extra `eval`, says why).
@@ -72,6 +72,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_fill.py
 	$(PY) benchmarks/bench_cogvideox.py
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_generative.py
+
+# Every GPU figure in one run (< 8 min on one CUDA GPU, random weights of the real configs,
+# no network): a `name: value` table and build/bench-gpu.json; `--readme-table` renders it.
+# Without CUDA it refuses; `python benchmarks/bench_gpu.py --dry-run` checks it on the CPU.
+bench-gpu: $(STAMP)
+	$(PY) benchmarks/bench_gpu.py --json build/bench-gpu.json
+	$(PY) benchmarks/bench_gpu.py --readme-table build/bench-gpu.json
 
 ingest: $(STAMP)
 	$(PY) -m pipelines.ingest --out $(SRC)
