@@ -5,21 +5,22 @@
     python benchmarks/bench_gpu.py --readme-table build/bench-gpu.json
 
 On one CUDA GPU, with random weights built from the real configs (nothing downloaded), in
-bf16 at full size, each part reusing the benchmark that owns it:
-  models      every model stage, our batched stage vs the per-image way, batch 32
-              (bench_models: models_dense + models_masks)
-  generative  the four generative stages, batched vs one sample at a time (bench_generative)
-  evaluate    the evaluation's metric pass, batched vs one image at a time (bench_evaluate)
+bf16 at full size, each part reusing the benchmark that owns it, in this order:
   fill        the Fill LoRA step at 384², micro-batch 2: tokens/s, MFU against the card's
               bf16 peak (benchmarks/gpu_info.py), peak memory (bench_fill)
   cogvideox   the CogVideoX1.5-5B two-frame LoRA step, base and FCD A (bench_cogvideox)
+  evaluate    the evaluation's metric pass, batched vs one image at a time (bench_evaluate)
   annotate    200 samples through `pipelines.annotate` with two GPU stages (depth,
               uniformer) on Ray: images/s, GPU utilisation sampled with NVML
-Each part runs in its own process (its GPU memory is freed when it ends) with a time
-budget: a part whose budget no longer fits the total is skipped and says so; inside a part,
-an item whose estimate no longer fits says so; a part still running at its budget is
-stopped, keeping the lines it wrote. Without CUDA it refuses to start (exit 2) unless
---dry-run, which runs every part on the CPU with tiny models in under 2 minutes.
+  generative  the four generative stages, batched vs one sample at a time (bench_generative)
+  models      every model stage, our batched stage vs the per-image way, batch 32
+              (bench_models: models_dense + models_masks)
+Each part runs in a process forked for it (its GPU memory is freed when it ends) with a
+time budget, plus what the parts before it left unused: a part whose own budget no longer
+fits the total is skipped and says so; inside a part, an item whose estimate no longer
+fits says so; a part still running at its budget is stopped (with whatever it started),
+keeping the lines it wrote. Without CUDA it refuses to start (exit 2) unless --dry-run,
+which runs every part on the CPU with tiny models in under 2 minutes.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class Context:
 
     def emit(self, name: str, value) -> None:
         """One line, appended and flushed at once: a part stopped at its budget keeps it."""
+        if isinstance(value, float) and value != value:
+            value = None  # NaN (no CUDA memory figure on the CPU): null in strict JSON
         with open(self.results, "a") as f:
             f.write(json.dumps({"name": name, "value": value}) + "\n")
 
@@ -120,7 +123,7 @@ def part_models(ctx: Context) -> None:
         args, root, ctx.device, tiny.get("sam2"), 4 if ctx.dry_run else None))
     ctx.item("rmbg", (10, 5), lambda: models_masks.bench_rmbg(
         args, root, ctx.device, 64 if ctx.dry_run else 1024))
-    ctx.item("vlm", (60, 10), lambda: models_masks.bench_vlm(args, root, ctx.device,
+    ctx.item("vlm", (75, 10), lambda: models_masks.bench_vlm(args, root, ctx.device,
                                                              tiny.get("sam2")))
 
 
@@ -130,7 +133,9 @@ def part_generative(ctx: Context) -> None:
     import bench_generative
     from annotators.tiny_models.generative import TINY
 
-    args = _argparse.Namespace(samples=2 if ctx.dry_run else 4, steps=1 if ctx.dry_run else 4,
+    # 2 denoising steps on a GPU: the batched / one-at-a-time ratio is per step; a FLUX
+    # stage at 1024² (12B transformer + T5-XXL built on the device) must fit ~30 s
+    args = _argparse.Namespace(samples=2 if ctx.dry_run else 4, steps=1 if ctx.dry_run else 2,
                                variants=2, images_per_call=4, rounds=1)
     ctx.emit("samples", args.samples)
     ctx.emit("steps", args.steps)
@@ -250,7 +255,7 @@ def part_annotate(ctx: Context) -> None:
         import ray
 
         ray.shutdown()
-    ctx.emit("seconds", seconds)
+    ctx.emit("run_seconds", seconds)  # Ray's start and the actors' model loads included
     ctx.emit("images_per_s", samples / seconds)
     ctx.emit("errors", len(report.errors))
     ok = sum(stats.get("ok", 0) for stats in report.written.values())
@@ -266,13 +271,15 @@ class Part:
     budget_s: dict  # {"gpu": s, "dry": s}: the part's process, start-up included
 
 
+# In this order; the models part last: its items (stages) are skipped one by one when its
+# budget, plus whatever the parts before it left unused, runs short.
 PARTS = (
-    Part("fill", part_fill, {"gpu": 50, "dry": 8}),
-    Part("cogvideox", part_cogvideox, {"gpu": 50, "dry": 8}),
+    Part("fill", part_fill, {"gpu": 45, "dry": 8}),
+    Part("cogvideox", part_cogvideox, {"gpu": 40, "dry": 8}),
     Part("evaluate", part_evaluate, {"gpu": 40, "dry": 15}),
-    Part("generative", part_generative, {"gpu": 115, "dry": 15}),
-    Part("models", part_models, {"gpu": 120, "dry": 30}),
-    Part("annotate", part_annotate, {"gpu": 80, "dry": 30}),
+    Part("annotate", part_annotate, {"gpu": 70, "dry": 30}),
+    Part("generative", part_generative, {"gpu": 120, "dry": 15}),
+    Part("models", part_models, {"gpu": 150, "dry": 30}),
 )
 
 
@@ -302,12 +309,17 @@ def part_process(part: Part, args, results: Path, deadline: float, log: Path) ->
 def preload() -> None:
     """The heavy imports every part shares, once, before the parts are forked: on 2 busy
     cores each costs ~11 CPU-s (measured), which six fresh processes would pay six times.
-    Nothing here touches CUDA (a CUDA context does not survive a fork)."""
+    Nothing here may touch CUDA (the driver's state does not survive a fork): with
+    PYTORCH_NVML_BASED_CUDA_CHECK=1 a library's `torch.cuda.is_available()` asks NVML."""
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     import diffusers  # noqa: F401
-    import torch  # noqa: F401
+    import torch
     import transformers  # noqa: F401
     from diffusers import FluxTransformer2DModel  # noqa: F401
     from transformers import CLIPModel, Dinov2Model  # noqa: F401
+
+    if torch.cuda.is_initialized():
+        raise RuntimeError("bench_gpu: an import initialised CUDA before the parts were forked")
 
 
 def read_lines(path: Path) -> dict:
@@ -374,18 +386,21 @@ def run_all(args, start: float) -> dict:
     logs = Path(args.json).with_suffix(".logs")
     logs.mkdir(parents=True, exist_ok=True)
     parts, preloaded = {}, False
+    banked = 0.0  # what the parts before left of their budgets: the next one may use it
     for part in chosen:
-        budget = part.budget_s[kind] * args.budget_scale
+        own = part.budget_s[kind] * args.budget_scale
         left = total - (time.time() - start)
-        if budget > left:
-            parts[part.name] = {"status": f"skipped: its budget is {budget:.0f} s and "
+        budget = min(left, own + banked)
+        if own > left:
+            parts[part.name] = {"status": f"skipped: its budget is {own:.0f} s and "
                                           f"{max(0.0, left):.0f} s of the {total:.0f} s total "
-                                          "are left", "budget_s": budget, "values": {}}
+                                          "are left", "budget_s": own, "values": {}}
         else:
             if not preloaded:  # not before a part will run: a run that skips all stays quick
                 preload()
                 preloaded = True
             parts[part.name] = run_part(part, args, budget, logs)
+            banked = max(0.0, budget - parts[part.name]["seconds"])
         print(f"bench_gpu: {part.name}: {parts[part.name]['status']}", file=sys.stderr,
               flush=True)
     return {"device": args.device_name, "dry_run": args.dry_run,

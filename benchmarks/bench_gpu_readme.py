@@ -93,7 +93,7 @@ def rows(report: dict) -> list[tuple[str, str, str, str]]:
                 f"{av['gpu_util_max_pct']:.0f} %)" if "gpu_util_mean_pct" in av
                 else f"GPU utilisation {av.get('gpu_util', 'not sampled')}")
         figure = (f"{av['images_per_s']:.1f} images/s ({av['samples']} samples, "
-                  f"{av['seconds']:.0f} s with the models' loads); {util}")
+                  f"{av['run_seconds']:.0f} s, Ray's start and the models' loads included); {util}")
     else:
         figure = _why_missing(ann, None)
     out.append((f"`pipelines.annotate` ({av.get('stages', 'depth,uniformer')} on Ray)",
