@@ -16,6 +16,11 @@ def _num(value, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if isinstance(value, (int, float)) else str(value)
 
 
+def _f(value, spec: str, scale: float = 1.0) -> str:
+    """A number formatted, or "n/a" (null in the JSON: no CUDA memory figure on a CPU)."""
+    return format(value * scale, spec) if isinstance(value, (int, float)) else "n/a"
+
+
 def _why_missing(part: dict, item: str | None) -> str:
     values = part.get("values", {})
     if item and f"{item}.skipped" in values:
@@ -30,7 +35,7 @@ def _ratio(part: dict, item: str | None, ratio: str, fast: str, slow: str, unit:
     if ratio not in v:
         return _why_missing(part, item)
     rates = f" ({_num(v[fast])} vs {_num(v[slow])} {unit})" if fast in v and slow in v else ""
-    return f"{v[ratio]:.2f}×{rates}"
+    return f"{_f(v[ratio], '.2f')}×{rates}"
 
 
 def rows(report: dict) -> list[tuple[str, str, str, str]]:
@@ -71,29 +76,31 @@ def rows(report: dict) -> list[tuple[str, str, str, str]]:
     fv = fill.get("values", {})
     if "mb2.tokens_per_s" in fv:
         peak = fv.get("peak_tflops")
-        figure = (f"{fv['mb2.tokens_per_s']:.0f} tokens/s, MFU {100 * fv['mb2.mfu']:.1f} % "
-                  f"(of {_num(peak, 4)} TFLOP/s), peak {fv['mb2.peak_mem_gb']:.1f} GB, "
-                  f"{fv['mb2.step_time_s']:.2f} s a step")
+        figure = (f"{_f(fv['mb2.tokens_per_s'], '.0f')} tokens/s, MFU "
+                  f"{_f(fv.get('mb2.mfu'), '.1f', 100)} % (of {_num(peak, 4)} TFLOP/s), peak "
+                  f"{_f(fv.get('mb2.peak_mem_gb'), '.1f')} GB, "
+                  f"{_f(fv.get('mb2.step_time_s'), '.2f')} s a step")
     else:
         figure = _why_missing(fill, None)
     out.append(("`bench_fill` (FLUX.1-Fill 12B + LoRA 256, checkpointing)",
                 "step at 384², micro-batch 2", figure, "—"))
     cv = cog.get("values", {})
     if "ratio_fcd_A_vs_base" in cv:
-        figure = (f"{cv['ratio_fcd_A_vs_base']:.2f}× ({cv['fcd_A.step_s']:.2f} vs "
-                  f"{cv['base.step_s']:.2f} s a step); MFU {100 * cv['fcd_A.mfu']:.1f} %, "
-                  f"peak {cv['fcd_A.peak_memory_gb']:.1f} GB")
+        figure = (f"{_f(cv['ratio_fcd_A_vs_base'], '.2f')}× ({_f(cv.get('fcd_A.step_s'), '.2f')} "
+                  f"vs {_f(cv.get('base.step_s'), '.2f')} s a step); MFU "
+                  f"{_f(cv.get('fcd_A.mfu'), '.1f', 100)} %, peak "
+                  f"{_f(cv.get('fcd_A.peak_memory_gb'), '.1f')} GB")
     else:
         figure = _why_missing(cog, None)
     out.append(("`bench_cogvideox` (CogVideoX1.5-5B + LoRA 256, 512²)",
                 "step with SC-AdaLN + FCD A / unmodified transformer", figure, "≤ 1.15"))
     av = ann.get("values", {})
     if "images_per_s" in av:
-        util = (f"GPU busy {av['gpu_util_mean_pct']:.0f} % on average (max "
-                f"{av['gpu_util_max_pct']:.0f} %)" if "gpu_util_mean_pct" in av
+        util = (f"GPU busy {_f(av['gpu_util_mean_pct'], '.0f')} % on average (max "
+                f"{_f(av.get('gpu_util_max_pct'), '.0f')} %)" if "gpu_util_mean_pct" in av
                 else f"GPU utilisation {av.get('gpu_util', 'not sampled')}")
-        figure = (f"{av['images_per_s']:.1f} images/s ({av['samples']} samples, "
-                  f"{av['run_seconds']:.0f} s, Ray's start and the models' loads included); {util}")
+        figure = (f"{_f(av['images_per_s'], '.1f')} images/s ({av.get('samples')} samples, "
+                  f"{_f(av.get('run_seconds'), '.0f')} s, Ray's start and the models' loads included); {util}")
     else:
         figure = _why_missing(ann, None)
     out.append((f"`pipelines.annotate` ({av.get('stages', 'depth,uniformer')} on Ray)",
