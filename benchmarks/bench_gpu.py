@@ -238,7 +238,8 @@ def part_annotate(ctx: Context) -> None:
     num_cpus = 2 if ctx.dry_run else max(2, os.cpu_count() or 2)
     config = ctx.tmp / "annotate.yaml"
     config.write_text(yaml.safe_dump({
-        "ray": {"num_cpus": num_cpus, "rows_per_block": 4 if ctx.dry_run else 32,
+        # dry run: one block (each Ray task is a worker's imports on 2 cores)
+        "ray": {"num_cpus": num_cpus, "rows_per_block": samples if ctx.dry_run else 32,
                 "reserve_per_operator": False},
         "stages": stages}))
     ctx.emit("samples", samples)
@@ -277,9 +278,9 @@ PARTS = (
     Part("fill", part_fill, {"gpu": 45, "dry": 8}),
     Part("cogvideox", part_cogvideox, {"gpu": 40, "dry": 8}),
     Part("evaluate", part_evaluate, {"gpu": 40, "dry": 15}),
-    Part("annotate", part_annotate, {"gpu": 70, "dry": 30}),
+    Part("annotate", part_annotate, {"gpu": 70, "dry": 40}),  # dry: Ray's start, ~20 s
     Part("generative", part_generative, {"gpu": 120, "dry": 15}),
-    Part("models", part_models, {"gpu": 150, "dry": 30}),
+    Part("models", part_models, {"gpu": 150, "dry": 25}),
 )
 
 
