@@ -94,8 +94,6 @@ class Context:
 
 
 def part_models(ctx: Context) -> None:
-    import argparse as _argparse
-
     import torch
 
     import models_dense
@@ -114,7 +112,7 @@ def part_models(ctx: Context) -> None:
         ctx.item(name, (20, 3), lambda name=name: models_dense.bench_stage(
             name, samples, batch, 1, not ctx.dry_run, None if ctx.dry_run else "bfloat16",
             tiny.get(name)))
-    args = _argparse.Namespace(gpu=not ctx.dry_run, images=2 if ctx.dry_run else 16,
+    args = argparse.Namespace(gpu=not ctx.dry_run, images=2 if ctx.dry_run else 16,
                                batch_size=2 if ctx.dry_run else 16, rounds=1, stages=[])
     root = ctx.tmp / "masks"
     root.mkdir()
@@ -128,14 +126,12 @@ def part_models(ctx: Context) -> None:
 
 
 def part_generative(ctx: Context) -> None:
-    import argparse as _argparse
-
     import bench_generative
     from annotators.tiny_models.generative import TINY
 
     # 2 denoising steps on a GPU: the batched / one-at-a-time ratio is per step; a FLUX
     # stage at 1024² (12B transformer + T5-XXL built on the device) must fit ~30 s
-    args = _argparse.Namespace(samples=2 if ctx.dry_run else 4, steps=1 if ctx.dry_run else 2,
+    args = argparse.Namespace(samples=2 if ctx.dry_run else 4, steps=1 if ctx.dry_run else 2,
                                variants=2, images_per_call=4, rounds=1)
     ctx.emit("samples", args.samples)
     ctx.emit("steps", args.steps)
@@ -181,16 +177,14 @@ def part_fill(ctx: Context) -> None:
 
 
 def part_cogvideox(ctx: Context) -> None:
-    import argparse as _argparse
-
     import bench_cogvideox
 
     if ctx.dry_run:
-        args = _argparse.Namespace(gpu_res=32, steps=1, warmup=0, peak_tflops=1.0)
+        args = argparse.Namespace(gpu_res=32, steps=1, warmup=0, peak_tflops=1.0)
         r = bench_cogvideox.gpu_main(args, device="cpu", cfg=bench_cogvideox.SMALL, rank=4,
                                      variants=("A",))
     else:
-        args = _argparse.Namespace(gpu_res=512, steps=3, warmup=1,
+        args = argparse.Namespace(gpu_res=512, steps=3, warmup=1,
                                    peak_tflops=ctx.peak_tflops or float("nan"))
         r = bench_cogvideox.gpu_main(args, variants=("A",))
     ctx.emit("res", args.gpu_res)
