@@ -12,8 +12,15 @@ TINY_CONFIG ?= configs/annotate-tiny.yaml
 SRC    ?= shards/source
 OUT    ?= shards/graph200k
 DEMO_DATA = data.shards=$(DEMO)/shards/graph200k data.manifest=$(DEMO)/shards/graph200k/manifest.parquet
+# The tiny configs name build/demo; DEMO=other/dir points every path of theirs there: the
+# annotate config is copied with its paths rewritten (its side inputs have no CLI flag),
+# the evaluation configs get key=value overrides.
+DEMO_ANNOTATE = $(DEMO)/annotate-tiny.yaml
+EVAL_MODELS = $(foreach m,clip dino depth inception iqa,models.$(m)=$(DEMO)/eval-models/$(m))
+EVAL_DEMO = $(DEMO_DATA) $(EVAL_MODELS)
+PORT   ?= 8000
 
-.PHONY: install demo test test-weights bench bench-gpu ingest annotate publish verify report clean
+.PHONY: install demo test test-browser test-weights bench bench-gpu browse ingest annotate publish verify report clean
 
 # Reinstalled whenever pyproject.toml changes (pins live there). pyiqa goes in without its
 # dependencies (pyproject.toml, extra `eval`, says why).
@@ -30,12 +37,22 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# Debian's chromium for the real-browser test (tests/test_browse_browser.py), once.
+BROWSER_STAMP := $(VENV)/.chromium
+$(BROWSER_STAMP): | $(STAMP)
+	@# Not stamped when the install fails: the next `make test` tries again (the test skips).
+	@SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	if [ -x /usr/bin/chromium ] || { $$SUDO apt-get update -q && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }; then \
+		touch $@; \
+	else echo "chromium could not be installed: tests/test_browse_browser.py will be skipped"; fi
+
+demo: $(STAMP) $(DEMO_ANNOTATE)
 	$(PY) -m graph200k.fixtures --out $(DEMO)/subjects200k-mini.parquet --rows 20 --bad
 	$(PY) -m pipelines.ingest --source $(DEMO)/subjects200k-mini.parquet --out $(DEMO)/shards/source --shard-size 8
 	@# Every stage of the tiny config, on tiny random models built from config (no hub).
 	OMP_NUM_THREADS=1 $(PY) -m annotators.tiny_models --out $(TINY)
-	$(PY) -m pipelines.annotate --shards all --config $(TINY_CONFIG) --src $(DEMO)/shards/source --out $(DEMO)/shards/graph200k --num-cpus 2
+	$(PY) -m pipelines.annotate --shards all --config $(DEMO_ANNOTATE) --src $(DEMO)/shards/source --out $(DEMO)/shards/graph200k --num-cpus 2
 	@# 40 % of the keys held out as split `test` (1 % by default): the demo's evaluation draws from them.
 	$(PY) -m graph200k.manifest --shards $(DEMO)/shards/graph200k --test-fraction 0.4
 	$(PY) -m graph200k.sample_tasks --manifest $(DEMO)/shards/graph200k/manifest.parquet --num 500 --seed 0 --out $(DEMO)/tasks.jsonl --stats
@@ -51,12 +68,28 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m train.infer_cogvideox --model $(DEMO)/models/tiny-cogvideox --lora $(DEMO)/runs/cogvideox-tiny/lora --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --key 0000004 --node canny --resolution 32 --steps 4 --out $(DEMO)/infer_cogvideox/target.png
 	@# The papers' metric tables for both tiny LoRAs, on held-out tasks, tiny metric networks.
 	OMP_NUM_THREADS=1 $(PY) -m train.evaluate.tiny_models --out $(DEMO)/eval-models
-	OMP_NUM_THREADS=1 $(PY) -m train.evaluate --config configs/eval/fill-tiny.yaml
-	OMP_NUM_THREADS=1 $(PY) -m train.evaluate --config configs/eval/cogvideox-tiny.yaml
+	OMP_NUM_THREADS=1 $(PY) -m train.evaluate --config configs/eval/fill-tiny.yaml $(EVAL_DEMO) model.pretrained=$(DEMO)/models/tiny-flux-fill "model.loras=[$(DEMO)/runs/fill-tiny/lora]" out_dir=$(DEMO)/eval
+	OMP_NUM_THREADS=1 $(PY) -m train.evaluate --config configs/eval/cogvideox-tiny.yaml $(EVAL_DEMO) model.pretrained=$(DEMO)/models/tiny-cogvideox "model.loras=[$(DEMO)/runs/cogvideox-tiny/lora]" out_dir=$(DEMO)/eval-cogvideox
 	@echo "demo: shards, manifest, tasks, previews (grid.png, sheet.png), runs, inference outputs and eval*/metrics.md are in $(DEMO)/"
+	@echo "demo: look at it in a browser: make browse DEMO=$(DEMO)   (then open http://127.0.0.1:$(PORT)/)"
 
-test: $(STAMP)
+# The tiny annotate config with its build/demo paths pointing at $(DEMO).
+$(DEMO_ANNOTATE): $(TINY_CONFIG)
+	@mkdir -p $(@D)
+	sed 's#build/demo/#$(DEMO)/#g' $(TINY_CONFIG) > $@.tmp && mv $@.tmp $@
+
+# A read-only web view of a shard set on http://127.0.0.1:$(PORT)/ (docs/browse.md).
+# make browse [DEMO=build/demo] | make browse BROWSE_SHARDS=s3://bucket/graph200k
+BROWSE_SHARDS ?= $(DEMO)/shards/graph200k
+browse: $(STAMP)
+	$(PY) -m graph200k.browse --shards $(BROWSE_SHARDS) --port $(PORT)
+
+test: $(STAMP) $(BROWSER_STAMP)
 	$(PY) -m pytest -q
+
+# The browser test's Chromium comes from Debian (no browser download; Playwright drives it).
+test-browser: $(STAMP) $(BROWSER_STAMP)
+	$(PY) -m pytest -q tests/test_browse_browser.py
 
 # Real-weights smoke tests: skipped unless the weights are in the local HF cache (README).
 test-weights: $(STAMP)

@@ -1,7 +1,7 @@
 """`filledit`: the subject replaced, the background kept (VisualCloze §3.2).
 
 The subject's mask (the grounded subject of the mask stage: the pixels of `mask.png` in
-its colour; by config the RMBG matte when grounding found no subject, as Subjects200K
+its colour, closed over its own box where smaller objects were painted over it; by config the RMBG matte when grounding found no subject, as Subjects200K
 images are product shots) is dilated and inpainted by FLUX.1-Fill-dev with a new caption:
 Qwen2-VL's rewrite of the description (the paper), or another Subjects200K item of the
 same category with its own description (`rewrite: same_category`, no VLM). Outside the
@@ -64,6 +64,58 @@ def _colour_mask(mask: np.ndarray, colour) -> np.ndarray:
     return np.all(mask == np.array((values * 3)[:3], np.uint8), axis=2)
 
 
+def _box_of(obj: dict, h: int, w: int) -> tuple[int, int, int, int] | None:
+    box = obj.get("box")
+    if not (isinstance(box, (list, tuple)) and len(box) == 4):
+        return None
+    x1, y1, x2, y2 = (int(round(float(c))) for c in box)
+    x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
+    return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
+
+
+def _nested(inner, outer, slack: int) -> bool:
+    return (inner[0] >= outer[0] - slack and inner[1] >= outer[1] - slack
+            and inner[2] <= outer[2] + slack and inner[3] <= outer[3] + slack)
+
+
+def _enclosed(region: np.ndarray) -> np.ndarray:
+    """The pixels outside `region` that it encloses: the parts of its complement (4-connected)
+    that touch no image border."""
+    n, labels = cv2.connectedComponents((~region).astype(np.uint8), connectivity=4)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return ~region & ~np.isin(labels, border)
+
+
+def closed_subject(mask: np.ndarray, objects: list, index: int) -> np.ndarray:
+    """The subject's pixels of `mask.png`, closed over its own box.
+
+    The mask stage paints the largest mask first and smaller ones over it (each pixel has
+    one colour), so an object on the subject (a logo on a bottle, a label on a jar) takes
+    its pixels out of the subject's colour; inpainted as it is, the edit would keep those
+    pieces of the old subject. Given back to the subject, inside its box: the pixels of
+    every object whose box lies within the subject's (nested), and every hole enclosed by
+    the subject that another object painted. Unpainted enclosed holes (the background
+    seen through a mug's handle) stay out.
+    """
+    subject = _colour_mask(mask, objects[index].get("colour"))
+    h, w = subject.shape
+    box = _box_of(objects[index], h, w)
+    if box is None:
+        return subject
+    slack = max(2, int(round(0.01 * min(h, w))))  # box rounding between grounding and SAM2
+    nested = np.zeros_like(subject)
+    for j, obj in enumerate(objects):
+        inner = _box_of(obj, h, w) if j != index else None
+        if inner is not None and _nested(inner, box, slack):
+            nested |= _colour_mask(mask, obj.get("colour"))
+    painted = (mask > 0) if mask.ndim == 2 else mask.any(axis=2)
+    holes = _enclosed(subject) & painted
+    in_box = np.zeros_like(subject)
+    x1, y1, x2, y2 = box
+    in_box[y1:y2, x1:x2] = True
+    return subject | ((nested | holes) & in_box)
+
+
 def subject_mask(sample: Sample, o: FillEditOptions) -> tuple[np.ndarray, str, float]:
     """(subject mask, "grounded" | "rmbg", area fraction); NotApplicable when there is none
     usable (no subject, a mask covering nothing or everything)."""
@@ -74,7 +126,7 @@ def subject_mask(sample: Sample, o: FillEditOptions) -> tuple[np.ndarray, str, f
     elif isinstance(entry, dict):
         objects, index = entry.get("objects") or [], entry.get("subject")
         if isinstance(index, int) and 0 <= index < len(objects):
-            mask = _colour_mask(sample.image("mask", "native"), objects[index].get("colour"))
+            mask = closed_subject(sample.image("mask", "native"), objects, index)
             area = float(mask.mean())
             if area > o.max_area:
                 raise NotApplicable(f"the subject mask covers {area:.0%} of the image: no "
@@ -186,7 +238,7 @@ class FillEdit(Annotator):
         return Prepared(x, {"size": (h, w), "grown": grown, "mask": source, "area": area})
 
     def predict(self, inputs: list) -> list:
-        return predict_edits(self, inputs, keep_subject=False)
+        return predict_edits(self, inputs)
 
     def _generate(self, inputs: list, chunk: list[Job]) -> list:
         o = self.options

@@ -9,7 +9,7 @@ import numpy as np
 
 from annotators.base import NotApplicable, Prepared, Result, Sample
 from annotators.controlnet_nets import body_net, checkpoint, quiet_import
-from annotators.imaging import back_to, detect_image
+from annotators.imaging import back_to, check_model_size, detect_image
 from annotators.model_stage import (ImageInput, ModelStage, ModelStageOptions, finite_rows,
                                     require_finite)
 from graph200k.shards import encode_image
@@ -25,13 +25,18 @@ _DIGITS = 4  # keypoint coordinates in meta: 1e-4 of the image side is well belo
 class OpenPoseOptions(ModelStageOptions):
     model: str = "lllyasviel/Annotators"
     filename: str = "body_pose_model.pth"
-    detect_resolution: int = 512
+    # null: the image's own pixels, as Graph200K's `openpose_fullres_nohand` files; an int
+    # is ControlNet's detect resolution (short side, sides multiples of 64), the drawing
+    # then resized back. The net sees 184 px high either way (Body's 0.5 x 368 box): the
+    # resolution sets the canvas the limbs are drawn on, so their width in the image.
+    detect_resolution: int | None = None
 
 
 class OpenPose(ModelStage):
     """`openpose.png`: body poses drawn as controlnet_aux's OpenposeDetector draws them
     (limbs and joints in ControlNet's 18 colours on black), plus the keypoints in meta.
-    Body only: the hand and face models of the detector are not run.
+    Body only: the hand and face models of the detector are not run. By default at the
+    image's full resolution (Graph200K's `openpose_fullres_nohand`).
 
     OpenPose's decoding (heatmap peaks, part-affinity grouping) is written into
     controlnet_aux's `Body.__call__` together with its one-image forward pass. We run the
@@ -52,6 +57,9 @@ class OpenPose(ModelStage):
 
     def _detect_bgr(self, rgb: np.ndarray) -> np.ndarray:
         # detect_poses flips to BGR: the body model was trained on OpenCV images
+        if self.options.detect_resolution is None:
+            check_model_size(rgb, self.name)
+            return np.ascontiguousarray(rgb[:, :, ::-1])
         return detect_image(rgb, self.options.detect_resolution, self.name)[:, :, ::-1].copy()
 
     def prepare(self, sample: Sample) -> Prepared:

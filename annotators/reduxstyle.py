@@ -86,23 +86,10 @@ class ReduxStyle(Annotator):
         return collect(inputs, done, [len(x["seeds"]) for x in inputs])
 
     def prompt_embeds(self, texts: list[str], refs: list):
-        """T5 tokens of the texts + Redux tokens of the references, scaled as Redux does."""
-        import torch
-
-        o, pipe, redux = self.options, self.pipe, self.redux
-        with torch.no_grad():
-            encoded = redux.encode_image(pil(refs), redux._execution_device, 1)
-            image_tokens = redux.image_embedder(encoded).image_embeds
-            if o.prompt == "none":  # Redux without text encoders: zero text tokens
-                width = pipe.transformer.config.joint_attention_dim
-                text = torch.zeros(len(texts), o.max_sequence_length, width, dtype=image_tokens.dtype)
-                pooled = torch.zeros(len(texts), pipe.transformer.config.pooled_projection_dim,
-                                     dtype=image_tokens.dtype)
-            else:
-                text, pooled = flux_text(pipe, texts, o.max_sequence_length)
-        device = pipe._execution_device
-        embeds = torch.cat([text.to(device), image_tokens.to(device, text.dtype)], dim=1)
-        return embeds * o.prompt_embeds_scale, pooled.to(device) * o.pooled_prompt_embeds_scale
+        o = self.options
+        return redux_prompt_embeds(self.pipe, self.redux, texts, refs, o.max_sequence_length,
+                                   o.prompt != "none", o.prompt_embeds_scale,
+                                   o.pooled_prompt_embeds_scale)
 
     def _generate(self, inputs: list, chunk: list[Job]) -> list:
         o = self.options
@@ -126,3 +113,26 @@ class ReduxStyle(Annotator):
         return Result(members, {"prompt": context["prompt"],
                                 "variants": [{"style": i, "seed": s}
                                              for i, s in zip(ids, context["seeds"])]})
+
+
+def redux_prompt_embeds(pipe, redux, texts: list[str], refs: list, max_sequence_length: int,
+                        with_text: bool = True, prompt_scale: float = 1.0,
+                        pooled_scale: float = 1.0):
+    """T5 tokens of each text + the Redux tokens of its image, scaled as
+    `FluxPriorReduxPipeline` does; `with_text=False`: zero text tokens (Redux without text
+    encoders). One image per text, where the pipeline would sum them all into one prompt."""
+    import torch
+
+    with torch.no_grad():
+        encoded = redux.encode_image(pil(refs), redux._execution_device, 1)
+        image_tokens = redux.image_embedder(encoded).image_embeds
+        if not with_text:
+            width = pipe.transformer.config.joint_attention_dim
+            text = torch.zeros(len(texts), max_sequence_length, width, dtype=image_tokens.dtype)
+            pooled = torch.zeros(len(texts), pipe.transformer.config.pooled_projection_dim,
+                                 dtype=image_tokens.dtype)
+        else:
+            text, pooled = flux_text(pipe, texts, max_sequence_length)
+    device = pipe._execution_device
+    embeds = torch.cat([text.to(device), image_tokens.to(device, text.dtype)], dim=1)
+    return embeds * prompt_scale, pooled.to(device) * pooled_scale

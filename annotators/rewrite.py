@@ -1,6 +1,6 @@
-"""New captions for the edit stages: Qwen2-VL rewriting the caption (the paper), or
-without a VLM: another Subjects200K item of the same category (filledit) or the subject
-placed in a scene drawn from a list (depthedit).
+"""New subjects and captions for the edit stages (filledit, depthedit: VisualCloze §3.2 gives
+both the same rewrite): Qwen2-VL rewriting the caption (the paper), or without a VLM
+another Subjects200K item of the same category (`annotators.filledit.same_category_edits`).
 
 The VLM is asked for a JSON list of {"subject", "caption"} and decodes greedily, so one
 prompt gives the same rewrite on every rerun. A reply that holds no such list does not
@@ -13,15 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 
-FILL, SCENE = "fill", "scene"
-
-# Backdrops for the VLM-free depthedit caption: "the <item> <scene>."
-DEFAULT_SCENES = (
-    "on a sandy beach at sunset", "in a snowy pine forest", "on a busy city street at night",
-    "in a sunlit kitchen", "on a wooden desk in a library", "in a field of wildflowers",
-    "on a marble pedestal in a museum", "in a neon-lit arcade", "on a rocky mountain ledge",
-    "in a misty bamboo grove", "on a rooftop under a starry sky", "in a rustic barn",
-)
+FILL = "fill"
 
 _PROMPTS = {
     FILL: ('A photo is captioned: "{description}" Its main subject is "{item}". Invent {n} '
@@ -29,10 +21,6 @@ _PROMPTS = {
            "rewrite the caption for each so that only the subject changes and the "
            "background stays the same. Reply with a JSON list only, like "
            '[{{"subject": "...", "caption": "..."}}].'),
-    SCENE: ('A photo is captioned: "{description}" Its main subject is "{item}". Keep this '
-            "subject and its pose, and write {n} new captions that place it in completely "
-            "different surroundings. Reply with a JSON list only, like "
-            '[{{"subject": "{item}", "caption": "..."}}].'),
 }
 MAX_CAPTION_CHARS = 400
 
@@ -99,32 +87,26 @@ def parse_rewrites(text: str, n: int, old_subject: str | None = None) -> list[di
     return out
 
 
-def scene_captions(item: str, scenes, rng, n: int) -> list[dict]:
-    """n captions placing the subject in scenes drawn without repetition."""
-    picks = rng.choice(len(scenes), size=min(n, len(scenes)), replace=False)
-    return [{"subject": item, "caption": f"The {item} {scenes[int(i)]}.", "scene": scenes[int(i)]}
-            for i in picks]
-
-
-def rewrite_batch(rewriter: "VLMRewriter", inputs: list, n: int, keep_subject: bool) -> None:
-    """Fill `edits` of every input holding a `rewrite_prompt` from one batched generate; an
-    input whose reply does not parse gets `skip` (its sample is skipped with the reason)."""
+def rewrite_batch(rewriter: "VLMRewriter", inputs: list, n: int) -> None:
+    """Fill `edits` of every input holding a `rewrite_prompt` from one batched generate (the
+    old subject dropped: both edits replace it); an input whose reply does not parse gets
+    `skip` (its sample is skipped with the reason)."""
     todo = [x for x in inputs if x.get("rewrite_prompt") and not x.get("skip")]
     for x, reply in zip(todo, rewriter.generate([x["rewrite_prompt"] for x in todo])):
         try:
-            x["edits"] = parse_rewrites(reply, n, None if keep_subject else x.get("item"))
+            x["edits"] = parse_rewrites(reply, n, x.get("item"))
         except RewriteError as e:
             x["skip"] = str(e)
 
 
-def predict_edits(stage, inputs: list, keep_subject: bool) -> list:
+def predict_edits(stage, inputs: list) -> list:
     """The edit stages' `predict`: captions rewritten by the VLM when the stage has one,
     then every (sample, variant) edit generated `images_per_call` at a time through
     `stage._generate(inputs, jobs)`."""
     from annotators.diffusion import Job, collect, run_jobs
 
     if stage.rewriter is not None:
-        rewrite_batch(stage.rewriter, inputs, stage.options.variants, keep_subject=keep_subject)
+        rewrite_batch(stage.rewriter, inputs, stage.options.variants)
     jobs = [Job(i, v, x["seeds"][v], e) for i, x in enumerate(inputs) if not x.get("skip")
             for v, e in enumerate(x["edits"])]
     done = run_jobs(jobs, stage.options.images_per_call, lambda c: stage._generate(inputs, c))

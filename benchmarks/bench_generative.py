@@ -137,8 +137,10 @@ def random_stage(name: str, shapes, device: str, dtype: str, size: int, steps: i
             stage = FillEdit({**common, "rewrite": "same_category"})
             stage.pipe = FluxFillPipeline(**g.flux_components(shapes, g.FILL))
         else:
-            stage = DepthEdit({**common, "rewrite": "scenes", "variants": 1})
+            stage = DepthEdit({**common, "rewrite": "same_category", "variants": 1,
+                               "reference_side": shapes.siglip[4]})
             stage.pipe = FluxControlPipeline(**g.flux_components(shapes, g.CONTROL))
+            stage.redux = FluxPriorReduxPipeline(**g.redux_components(shapes))
     for p in (stage.pipe, getattr(stage, "redux", None)):
         if p is not None:
             p.to(device, torch_dtype)

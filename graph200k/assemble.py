@@ -78,7 +78,7 @@ def assemble(shard_set: ShardSet, shard: int, dest, force: bool = False) -> bool
              "assembled_from": made_from,
              "stages": {p.stage: {k: v for k, v in (read_json(p.stats_url) or {}).items()
                                   if k in ("ok", "skipped", "failed", "seconds", "samples",
-                                           "config", "run")}
+                                           "config", "run", "failed_keys", "skipped_keys")}
                         for p in shard_set.parts(shard) if p.stage},
              "source": {k: source_stats.get(k) for k in ("filtered_count", "failed_count")
                         if k in source_stats}}

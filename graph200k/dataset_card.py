@@ -49,10 +49,25 @@ def collect(folder: Path) -> dict:
         totals["samples"] += samples
         totals["nodes"].update(nodes)
         for name, entry in ((stats or {}).get("stages") or {}).items():
-            agg = totals["stages"].setdefault(name, {"ok": 0, "skipped": 0, "failed": 0, "seconds": 0.0})
-            for k in agg:
+            agg = totals["stages"].setdefault(name, {"ok": 0, "skipped": 0, "failed": 0, "seconds": 0.0,
+                                                     "why_skipped": Counter(), "why_failed": Counter()})
+            for k in ("ok", "skipped", "failed", "seconds"):
                 agg[k] += entry.get(k, 0) or 0
+            for k, why in (("skipped_keys", "why_skipped"), ("failed_keys", "why_failed")):
+                agg[why].update(str(e.get("reason") or "no reason given") for e in entry.get(k) or [])
+        # an older stats layout: the shard's failures in one list, each naming its stage
+        for e in (stats or {}).get("failed") or []:
+            if e.get("stage") in totals["stages"]:
+                totals["stages"][e["stage"]]["why_failed"][str(e.get("reason") or "no reason given")] += 1
     return totals
+
+
+def reasons(counter: Counter, top: int = 3) -> str:
+    """`no usable box ×8, subject too small ×3` (+ how many other reasons)."""
+    common = counter.most_common(top)
+    text = ", ".join(f"{r.replace('|', '/')} ×{n}" for r, n in common)
+    more = len(counter) - len(common)
+    return text + (f", and {more} other reason{'s' if more > 1 else ''}" if more > 0 else "")
 
 
 def read_families(path: Path | None) -> tuple[dict, str | None]:
@@ -129,12 +144,14 @@ def render(folder: Path, card_config: dict | None = None, tasks_path: Path | Non
 
     lines += ["", "## Annotation stages", ""]
     if totals["stages"]:
-        lines += ["| stage | ok | skipped (already present) | failed | worker seconds |",
-                  "|---|---|---|---|---|"]
+        lines += ["| stage | ok | not applicable | failed | worker seconds | why not applicable | why failed |",
+                  "|---|---|---|---|---|---|---|"]
         for name, s in sorted(totals["stages"].items()):
-            lines.append(f"| {name} | {s['ok']} | {s['skipped']} | {s['failed']} | {s['seconds']:.1f} |")
-        lines += ["", "Counts are those of each shard's latest run; failed samples are listed "
-                  "with reasons in the shards' `.stats.json` files."]
+            lines.append(f"| {name} | {s['ok']} | {s['skipped']} | {s['failed']} | {s['seconds']:.1f} "
+                         f"| {reasons(s['why_skipped'])} | {reasons(s['why_failed'])} |")
+        lines += ["", "Counts are those of each shard's latest run. A sample is *not applicable* "
+                  "to a stage that has nothing to make for it (the reason says why); failed and "
+                  "not-applicable samples are listed by key in the shards' `.stats.json` files."]
     else:
         lines.append("No per-stage statistics found.")
 

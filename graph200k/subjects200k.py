@@ -228,6 +228,8 @@ def decode_composite(value) -> Image.Image:
 
 
 def row_key(row_id: int, panel: int | None = None) -> str:
+    """`{row:07d}`, or `{row:07d}_{panel}` for `--panels both`: graph200k.splits reads the
+    row back from this form, so both panels of a row share a split."""
     return f"{row_id:07d}" if panel is None else f"{row_id:07d}_{panel}"
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import yaml
 
-from graph200k.graph import enumerate_paths
 from graph200k.manifest import Manifest
 from graph200k.nodes import NODE_TYPES, SLOT_NODE, VARIANT_NODES, mask_of, node_type
 from graph200k.prompts import PromptConfig, build_prompt
@@ -139,6 +138,10 @@ class TaskConfig:
 
     def with_paths(self, min_images: int = 2, max_images: int = 4, weight: float = 1.0):
         """Add every simple type-graph path of min..max images as the family `graph_paths`."""
+        # networkx is imported here, not at the top: loading it is half a second of every
+        # tool that only samples the default families (the browser's cold start).
+        from graph200k.graph import enumerate_paths
+
         fam = [Variant(PATHS_FAMILY, p) for p in enumerate_paths(min_images, max_images)]
         return TaskConfig({**self.families, PATHS_FAMILY: fam},
                           {**self.weights, PATHS_FAMILY: weight}, self.row_counts,
@@ -209,15 +212,18 @@ class Task:
                    d["rows"], d["mask"]["row"], d["mask"]["col"], d["prompt"], int(d["seed"]))
 
 
-# Which samples (the manifest's key split) each task split draws from. Unseen variants were
-# never trained on, so any sample may serve them.
-SAMPLE_SPLIT = {"train": "train", "test": "test", "unseen": None}
+# Which samples (the manifest's key split) each task split draws from. An unseen variant
+# was never trained on, but its nodes were: a training sample's target was the target of
+# other tasks, so a query on it would score an image the model has learnt. Unseen tasks
+# draw from the held-out samples, as `test` does.
+SAMPLE_SPLIT = {"train": "train", "test": "test", "unseen": "test"}
 
 
 class TaskSampler:
     """Seeded sampler over a manifest. `split="train"` never yields unseen variants nor
     samples of the manifest's `test` split; `split="test"` draws the training variants from
-    the `test` samples only; `split="unseen"` yields only the unseen variants (evaluation)."""
+    the `test` samples only; `split="unseen"` yields only the unseen variants (evaluation),
+    also from the `test` samples only."""
 
     def __init__(self, manifest: Manifest, config: TaskConfig | None = None, seed: int = 0,
                  families=None, split: str = "train"):

@@ -30,7 +30,9 @@ class RayOptions:
     rows_per_block: int = 128
     reserve_per_operator: bool = False  # Ray Data's per-operator CPU reservation
     join_num_cpus: float = 0.25  # per join task (mostly I/O)
-    progress: bool | None = None  # Ray's progress bars; default: only on a terminal
+    # Ray Data's own operator bars, in the coordinator's log (Ray's session logs); ours are
+    # on the terminal either way
+    progress: bool = False
     # 0: every actor pool of a wave starts at once and loads its weights in parallel (a
     # pool no node can host is refused before the run starts). A positive value makes
     # each pool wait this long for its minimum actors before the next pool starts (Ray
@@ -43,7 +45,9 @@ class RunOptions:
     src: str = "shards/source"
     out: str = "shards/graph200k"
     seed: int = 0  # per-sample seeds derive from (seed, key, stage, variant)
-    lease_seconds: float = 6 * 3600.0  # a shard lease older than this is taken over
+    # A lease not renewed for this long is taken over: the run renews its leases every
+    # lease_seconds / 4, so a killed run's shards are free again within this time, any host.
+    lease_seconds: float = 120.0
     max_failed_fraction: float = 0.05  # exit 3 when a stage fails more of its samples
     ray: RayOptions = field(default_factory=RayOptions)
 
@@ -124,7 +128,15 @@ def load_config(path: str | Path) -> dict:
 
 def run_options(config: dict) -> RunOptions:
     data = {k: v for k, v in config.items() if k in TOP_KEYS and k not in ("stages", "side_inputs")}
-    return build(RunOptions, data, config.get("_source", "annotate config"))
+    where = config.get("_source", "annotate config")
+    opts = build(RunOptions, data, where)
+    if opts.ray.num_cpus is not None and opts.ray.num_cpus < 1:
+        raise ConfigError(f"{where}: ray.num_cpus must be at least 1 (got {opts.ray.num_cpus}); "
+                          "remove it to let Ray count the CPUs")
+    if not opts.lease_seconds > 0:
+        raise ConfigError(f"{where}: lease_seconds must be positive (got {opts.lease_seconds}); "
+                          "a lease is renewed every lease_seconds / 4 while its shard is worked on")
+    return opts
 
 
 def import_class(dotted: str, stage: str) -> type[Annotator]:

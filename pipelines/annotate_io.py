@@ -350,8 +350,10 @@ def collect(batch: dict, stages: list[str]) -> dict:
 
 # -- join -------------------------------------------------------------------------------
 def join_parts(root: str, stage: str, shard: int, count: int, ranges: list[tuple[int, int]],
-               config: dict, run_id: str) -> dict:
-    """Parts of (stage, shard) -> its sidecar, index and stats. Returns the stats."""
+               config: dict, run_id: str, lease=None) -> dict:
+    """Parts of (stage, shard) -> its sidecar, index and stats. Returns the stats.
+    `lease` (pipelines.leases.Lease): checked before the old sidecar is touched and again
+    right before the new one is committed; a lease taken over raises LeaseLost."""
     start_time = time.perf_counter()
     shard_set = ShardSet(root)
     target = shard_set.stage_part(stage, shard)
@@ -372,6 +374,8 @@ def join_parts(root: str, stage: str, shard: int, count: int, ranges: list[tuple
         raise ShardError(f"stage {stage} shard {shard:06d}: parts cover {covered} of {count} rows")
     old_stats = read_json(target.stats_url)
     old = _OldSidecar(target) if any(r[2] == KEEP for p in parts for r in p["rows"]) else None
+    if lease is not None:
+        lease.assert_held()
     if old_stats is not None:
         storage.remove(target.stats_url)  # the old sidecar stops counting before it is replaced
     previous_status = _statuses(old_stats)
@@ -401,6 +405,8 @@ def join_parts(root: str, stage: str, shard: int, count: int, ranges: list[tuple
                     failed.append({"key": key, "reason": status.split(": ", 1)[-1]})
                 elif kind == SKIPPED and ": " in status:
                     skipped.append({"key": key, "reason": status.split(": ", 1)[-1]})
+        if lease is not None:
+            lease.assert_held()
         writer.close()
     except BaseException:
         writer.abort()

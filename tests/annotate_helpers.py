@@ -24,8 +24,10 @@ from graph200k.shards import ShardWriter, encode_image, json_bytes, shard_path
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 SAMPLES = 6  # per test shard
+# The pipeline tests' canny: their 64-px samples at their own size (cv2.Canny exactly, and
+# no 512-px enlargement per sample); Graph200K's 512 is tested in test_conformance.py
 CANNY = {"class": "annotators.canny.Canny", "low_threshold": 100, "high_threshold": 200,
-         "batch_size": 4}
+         "detect_resolution": None, "batch_size": 4}
 TESTS_DIR = Path(__file__).resolve().parent
 REPO = TESTS_DIR.parent
 

@@ -44,7 +44,9 @@ def annotated_shards(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("graph200k")
     write_annotated_shards(folder, num_samples=8, per_shard=4, size=64)
-    return folder, Manifest.from_shards(folder).save(folder / "manifest.parquet")
+    # 5 %: one sample (0000003) held out, so that the trainers' validation on unseen tasks,
+    # which queries held-out samples only, has one to query (the default 1 % holds none of 8)
+    return folder, Manifest.from_shards(folder, test_fraction=0.05).save(folder / "manifest.parquet")
 
 
 @pytest.fixture(scope="session")
@@ -97,3 +99,32 @@ def tiny_models(tmp_path_factory):
         return build(out, only=[name], log=lambda *_: None)[name]
 
     return folder
+
+
+@pytest.fixture(scope="session")
+def browse_shards(tmp_path_factory):
+    """(folder, manifest path) of a published shard set with grounded boxes, style / edit
+    variants and stats that name failed and not-applicable samples (tests/browse_shards.py)."""
+    from browse_shards import write_browse_shards
+
+    return write_browse_shards(tmp_path_factory.mktemp("browse-shards"))
+
+
+@pytest.fixture(scope="session")
+def browse_server(browse_shards, tmp_path_factory):
+    """`python -m graph200k.browse` on `browse_shards`, served from a thread on a free
+    port: (base url, BrowseApp)."""
+    import threading
+
+    from graph200k.browse.app import BrowseApp, make
+    from graph200k.browse.catalog import Catalog
+
+    folder, manifest = browse_shards
+    app = BrowseApp(Catalog(folder, manifest), tmp_path_factory.mktemp("browse-cache"))
+    server = make(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    yield f"http://{host}:{port}", app
+    server.shutdown()
+    server.server_close()

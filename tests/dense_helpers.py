@@ -10,7 +10,7 @@ from annotators.base import Sample
 from annotators.depth import Depth
 from annotators.hed import HED
 from annotators.mlsd import MLSD
-from annotators.normal import MidasNormal, NormalBae
+from annotators.normal import DSINE, MidasNormal, NormalBae
 from annotators.openpose import OpenPose
 from annotators.uniformer import Uniformer
 from graph200k.shards import encode_image
@@ -22,7 +22,8 @@ STAGES = {
     "hed": (HED, "hed", {"detect_resolution": SIZE}),
     "mlsd": (MLSD, "mlsd", {"detect_resolution": SIZE}),
     "openpose": (OpenPose, "openpose", {"detect_resolution": SIZE}),
-    "normal": (MidasNormal, "normal", {"detect_resolution": SIZE}),
+    "normal": (DSINE, "normal", {}),  # at the image's own size, as Graph200K
+    "midas_normal": (MidasNormal, "midas_normal", {"detect_resolution": SIZE}),
     "normalbae": (NormalBae, "normalbae", {"detect_resolution": SIZE}),
     "depth": (Depth, "depth", {"resolution": 126}),  # a multiple of DINOv2's 14-px patch
     "uniformer": (Uniformer, "uniformer", {"resolution": SIZE}),

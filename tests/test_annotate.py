@@ -22,7 +22,7 @@ from annotate_helpers import (  # noqa: F401  (ray_local is a fixture)
 )
 from graph200k.nodes import available_nodes
 from graph200k.shards import decode_image, encode_image, read_shard, shard_path
-from pipelines import annotate
+from pipelines import annotate, annotate_ray
 
 FAKE_HED = {"class": "annotate_helpers.FakeHED", "batch_size": 4}
 WORDS = {"class": "annotate_helpers.WordCount", "batch_size": 3, "concurrency": 1}
@@ -183,20 +183,20 @@ def test_one_coordinator_answers_progress_mid_wave_and_serves_the_next_run(ray_l
     run.start()
     seen, deadline = [], time.monotonic() + 180
     while run.is_alive() and time.monotonic() < deadline:
-        for actor in list(annotate._COORDINATOR.values()):
+        for actor in list(annotate_ray._COORDINATOR.values()):
             # a one-thread actor would queue this behind the wave: a timeout here
             seen.append(ray.get(actor.done.remote(), timeout=5).get("canny", 0))
         time.sleep(0.2)
     run.join()
     assert rc["first"] == 0
     assert any(0 < n < 2 * SAMPLES for n in seen), (len(seen), sorted(set(seen)))  # mid-wave
-    first = list(annotate._COORDINATOR.values())
+    first = list(annotate_ray._COORDINATOR.values())
     assert ray.get(first[0].done.remote())["canny"] == 2 * SAMPLES
 
     assert annotate.main(annotate_args(src, tmp_path / "b", slow, "0")) == 0
-    assert list(annotate._COORDINATOR.values()) == first  # the same actor, already warm
+    assert list(annotate_ray._COORDINATOR.values()) == first  # the same actor, already warm
     ray.kill(first[0])  # lost (its node gone): the next run starts another
     assert annotate.main(annotate_args(src, tmp_path / "c", slow, "0")) == 0
-    assert list(annotate._COORDINATOR.values()) != first
+    assert list(annotate_ray._COORDINATOR.values()) != first
     assert sidecar(tmp_path / "c", "canny", 0).read_bytes() == \
         sidecar(tmp_path / "a", "canny", 0).read_bytes()

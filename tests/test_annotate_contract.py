@@ -28,7 +28,8 @@ def test_canny_ok_failed_and_absent_members():
     batch = samples(3)
     batch[1].members["target.jpg"] = b"not an image"
     del batch[2].members["target.jpg"]
-    out = stage_ops.run_inline(Canny({"low_threshold": 50, "high_threshold": 150}), batch)
+    out = stage_ops.run_inline(Canny({"low_threshold": 50, "high_threshold": 150,
+                                      "detect_resolution": None}), batch)  # at 64 px, as is
     assert [o.status.split(":")[0] for o in out] == ["ok", "failed", "failed"]
     assert "target.jpg does not decode" in out[1].status
     assert out[2].status == "failed: needs target.jpg, absent from the sample"

@@ -231,7 +231,8 @@ def test_a_shard_leased_by_a_live_run_is_skipped_and_stale_leftovers_are_swept(
     make_source_shard(src, 1, SAMPLES)
     config = write_config(tmp_path, {"canny": CANNY})
     other = {"host": "elsewhere", "pid": 1, "run": "other-run"}
-    assert not isinstance(leases.acquire(str(out), "canny", 1, other, 3600), str)
+    held = leases.acquire(str(out), "canny", 1, other, 3600)
+    assert not isinstance(held, str)
     # leftovers of a killed run on shard 0: a temporary sidecar and a part
     (out / "canny").mkdir(parents=True)
     stale = out / "canny" / ".000000.tar.tmp-999-deadbeef"
@@ -246,7 +247,7 @@ def test_a_shard_leased_by_a_live_run_is_skipped_and_stale_leftovers_are_swept(
     assert not stale.exists() and not os.path.exists(part)
     # the holder of the lease on this host died: a rerun takes over at once
     dead = {"host": leases.run_owner()["host"], "pid": 2 ** 22 + 12345, "run": "dead-run"}
-    leases.release(leases.Lease(leases.lease_path(str(out), "canny", 1), other))
+    leases.release(held)
     assert not isinstance(leases.acquire(str(out), "canny", 1, dead, 3600), str)
     assert list(annotate.run("0-1", None, config, str(src), str(out)).written) == [("canny", 1)]
 

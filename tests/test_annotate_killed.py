@@ -98,10 +98,11 @@ def test_only_stale_leases_of_complete_shards_are_swept(tmp_path):
     assert not isinstance(leases.acquire(root, "canny", 1, elsewhere, 3600), str)
     assert not isinstance(leases.acquire(root, "canny", 2, here_dead, 3600), str)
     assert not isinstance(leases.acquire(root, "canny", 3, elsewhere, -1), str)  # expired
-    half = leases.lease_path(root, "canny", 4)
-    open(half, "wb").write(b'{"host": "oth')  # cut short by a kill
+    half = leases.lease_folder(root, "canny", 4)
+    os.makedirs(half)
+    open(os.path.join(half, "00000000.json"), "wb").write(b'{"host": "oth')  # unreadable
     # 0, 3, 4 complete and stale: swept; 1 complete but held by a live run elsewhere: kept;
     # 2 stale but not complete: left for the run that leases it (acquire takes it over)
     assert leases.sweep_stale(root, "canny", {0, 1, 3, 4}, me) == [0, 3, 4]
     assert sorted(p.name for p in (tmp_path / "_leases" / "canny").iterdir()) == \
-        ["000001.json", "000002.json"]
+        ["000001", "000002"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from graph200k.config import ConfigError
-from pipelines.annotate import actor_gate
+from pipelines.annotate_ray import actor_gate
 from pipelines.annotate_config import RayOptions, build_stage, plan_waves
 
 GPU_LIKE = {"class": "annotate_helpers.GpuLikeHED", "batch_size": 2, "concurrency": 1,

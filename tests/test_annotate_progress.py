@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from pipelines.annotate import Progress
+from pipelines.annotate_progress import Progress
 
 
 class Clock:

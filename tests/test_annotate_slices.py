@@ -22,7 +22,7 @@ from annotate_helpers import (  # noqa: F401  (ray_local is a fixture)
     write_config,
 )
 from graph200k.dataset import ShardSet
-from pipelines import annotate
+from pipelines import annotate, annotate_ray
 from pipelines.annotate_config import load_config, run_options, select_stages
 
 WORDS = {"class": "annotate_helpers.WordCount", "batch_size": 3, "concurrency": 1}
@@ -33,12 +33,12 @@ def test_slices_cut_each_shard_by_its_count_and_keep_unknown_counts_whole():
             {"shard": 1, "count": 0, "stages": {"canny": "all"}},  # empty, or count unknown
             {"shard": 2, "stages": {"canny": ["0000007"]}},  # no count recorded
             {"shard": 3, "count": 2, "stages": {"canny": "all"}}]
-    out = annotate.slices(jobs, 2)
+    out = annotate_ray.slices(jobs, 2)
     assert [(j["shard"], j.get("rows")) for j in out] == [
         (0, [0, 2]), (0, [2, 4]), (0, [4, 5]), (1, None), (2, None), (3, [0, 2])]
     assert all("count" not in j for j in out)
     assert out[4]["stages"] == {"canny": ["0000007"]}  # a retry list travels with each slice
-    assert [j["rows"] for j in annotate.slices(jobs[:1], 0)] == [[0, 1], [1, 2], [2, 3],
+    assert [j["rows"] for j in annotate_ray.slices(jobs[:1], 0)] == [[0, 1], [1, 2], [2, 3],
                                                                    [3, 4], [4, 5]]
 
 
@@ -46,7 +46,7 @@ def _wave(tmp_path, stages: dict, rows_per_block: int, count: int):
     make_source_shard(tmp_path / "src", 0, count)
     config = load_config(write_config(tmp_path, stages, rows_per_block=rows_per_block))
     shard_set = ShardSet.create(str(tmp_path / "out"), str(tmp_path / "src"))
-    return annotate.build_wave([{"shard": 0, "count": count, "stages": {
+    return annotate_ray.build_wave([{"shard": 0, "count": count, "stages": {
         name: "all" for name in stages}}], select_stages(config, None), shard_set.root, 0, {},
         run_options(config).ray, {})
 

@@ -29,7 +29,7 @@ def test_tiny_model_stages_run_through_the_pipeline_in_waves(ray_local, tiny_mod
     tiny = yaml.safe_load((REPO / "configs" / "annotate-tiny.yaml").read_text())
     models = {name: tiny_models(name) for name in
               ("hed", "depth", "rmbg", "sdxl", "sdxl-controlnet", "ip-adapter-sdxl",
-               "flux-depth", "sam2", "qwen2_vl_grounding")}
+               "flux-depth", "flux-redux", "sam2", "qwen2_vl_grounding")}
     root = str(models["hed"].parent)
     stages = {}
     for name in STAGES:  # the demo's blocks, pointed at this session's tiny models
@@ -40,7 +40,9 @@ def test_tiny_model_stages_run_through_the_pipeline_in_waves(ray_local, tiny_mod
     config.write_text(yaml.safe_dump({
         "ray": {"rows_per_block": 2}, "stages": stages,
         "side_inputs": {"style_pool": {"kind": "shards", "path": str(src),
-                                       "member": "reference.jpg"}}}))
+                                       "member": "reference.jpg"},
+                        # depthedit's new subjects: the other items (one category here)
+                        "subject_pool": {"kind": "records", "path": str(src)}}}))
 
     assert annotate.main(annotate_args(src, out, str(config), "0")) == 0
     log = capsys.readouterr().out

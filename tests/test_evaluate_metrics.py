@@ -38,8 +38,10 @@ def test_identities_ssim_f1_rmse(scorer):
 
     images = photos()
     depth = scorer.depth_maps(images[:2])
+    # 128 px: the canny annotator detects at 512, and a 64-px photo enlarged 8x has almost
+    # no gradient left above its thresholds (chelsea: no edge at all)
     inputs = [ScoreInput(im, "conditional", truth=im, condition=Canny().edges(im), condition_node="canny")
-              for im in images[:2]]
+              for im in photos(128)[:2]]
     inputs += [ScoreInput(im, "conditional", truth=im, condition=np.round(normalised_depth(d)).astype(np.uint8),
                           condition_node="depth") for im, d in zip(images[:2], depth)]
     out = scorer.score(inputs)
@@ -93,8 +95,33 @@ def test_edge_f1_matches_a_hand_count():
     assert tp and fp and fn
     from annotators.canny import Canny
 
-    assert edge_f1(image, condition, Canny().edges) == pytest.approx(2 * tp / (2 * tp + fp + fn))
-    assert edge_f1(image, (edges * 255).astype(np.uint8), Canny().edges) == 1.0
+    at_own_size = Canny({"detect_resolution": None}).edges  # the counts above are at 40 px
+    assert edge_f1(image, condition, at_own_size) == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert edge_f1(image, (edges * 255).astype(np.uint8), at_own_size) == 1.0
+
+
+def test_restoration_rmse_is_the_pixel_rmse_against_the_original(scorer):
+    """VisualCloze Table 1's Deblur rows: RMSE (0-255) between the original and the restored
+    image, whatever the task's condition; no depth model involved."""
+    images = photos()[:3]
+    restored = [noised(im, s, i) for i, (im, s) in enumerate(zip(images, (0, 10, 40)))]
+    restored[0] = images[0]
+    small = cv2.resize(restored[2], (32, 32), interpolation=cv2.INTER_AREA)  # scored at the truth's size
+    inputs = [ScoreInput(r, "restoration", truth=im) for r, im in zip(restored, images)]
+    inputs.append(ScoreInput(small, "restoration", truth=images[2]))
+    inputs.append(ScoreInput(images[0], "restoration", prompt="a photo"))  # no ground truth: no RMSE
+    out = scorer.score(inputs)
+    hand = [float(np.sqrt(np.mean((r.astype(float) - im.astype(float)) ** 2)))
+            for r, im in zip(restored, images)]
+    assert out[0]["rmse"] == 0.0
+    assert [r["rmse"] for r in out[:3]] == pytest.approx(hand)
+    assert hand[1] < hand[2]
+    up = cv2.resize(small, (64, 64), interpolation=cv2.INTER_CUBIC).astype(float)
+    assert out[3]["rmse"] == pytest.approx(float(np.sqrt(np.mean((up - images[2]) ** 2))))
+    assert "rmse" not in out[4]
+    from train.evaluate.metrics import KINDS
+
+    assert KINDS["restoration"][1][0] == "rmse"  # the table's first column, as Table 1
 
 
 def test_clip_scores_agree_with_a_direct_cosine_and_clips_own_logits(scorer):

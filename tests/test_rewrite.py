@@ -1,17 +1,15 @@
-"""Caption rewrites (VLM replies parsed, VLM-free scene captions) and the records pool."""
+"""Caption rewrites (VLM replies parsed) and the records pool."""
 
 from __future__ import annotations
 
 import pickle
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from generative_helpers import write_subject_shards
-from annotators.rewrite import (FILL, SCENE, RewriteError, parse_rewrites, rewrite_prompt,
-                                scene_captions)
+from annotators.rewrite import FILL, RewriteError, parse_rewrites, rewrite_prompt
 from annotators.side_inputs import ConfigError, load_side_input
 
 
@@ -38,16 +36,6 @@ def test_prompts_name_the_subject_the_caption_and_the_count():
     p = rewrite_prompt(FILL, "cup", "  A cup on a table. ", 5)
     assert '"A cup on a table."' in p and '"cup"' in p and "Invent 5" in p
     assert "background stays the same" in p
-    assert "different surroundings" in rewrite_prompt(SCENE, "cup", "A cup.", 1)
-
-
-def test_scene_captions_are_distinct_and_seeded():
-    scenes = ["on a beach", "in a forest", "in a kitchen"]
-    a = scene_captions("cup", scenes, np.random.default_rng(3), 3)
-    assert sorted(e["scene"] for e in a) == sorted(scenes)
-    assert a == scene_captions("cup", scenes, np.random.default_rng(3), 3)
-    assert a[0]["caption"] == f"The cup {a[0]['scene']}." and a[0]["subject"] == "cup"
-    assert len(scene_captions("cup", scenes, np.random.default_rng(3), 9)) == 3
 
 
 def test_records_pool_from_shards_and_parquet(tmp_path):

@@ -67,3 +67,62 @@ def test_sample_tasks_cli_split_test(tmp_path):
     test_keys = {m.key(i) for i in range(len(m)) if m.splits[i] == TEST}
     for line in out.read_text().splitlines():
         assert {c["key"] for row in json.loads(line)["rows"] for c in row} <= test_keys
+
+
+def test_both_panels_of_a_row_always_land_in_the_same_split():
+    from graph200k.splits import split_unit
+    from graph200k.subjects200k import row_key
+
+    rows = range(20000)
+    one_panel = split_column([row_key(r) for r in rows], 0.02)
+    left = split_column([row_key(r, 0) for r in rows], 0.02)
+    right = split_column([row_key(r, 1) for r in rows], 0.02)
+    assert (left == right).all()
+    # one-panel keys (the default `--panels left`) keep the split they had: their row's
+    assert (left == one_panel).all()
+    assert 0.015 < (left == TEST).mean() < 0.025
+    assert split_unit(row_key(42, 1)) == row_key(42) == "0000042"
+    # keys of another form are their own unit
+    assert split_unit("0000042_2") == "0000042_2" and split_unit("photo_0a") == "photo_0a"
+
+
+def test_keys_from_panels_both_keep_a_test_target_out_of_training():
+    """Through the real row reader: every test target's other panel (its `reference`) is a
+    test sample too, so training never sees a test target, not even as a reference."""
+    from graph200k import fixtures
+    from graph200k.subjects200k import row_to_samples
+
+    samples = [s for i, row in enumerate(fixtures.make_rows(6))
+               for s in row_to_samples(row, i * 997, panels="both")]
+    assert len(samples) == 12
+    recs = [{"key": s["__key__"], "shard": 0, "nodes": ["target", "reference", "canny"]}
+            for s in samples]
+    by_row = {}
+    m = Manifest.from_records(recs, test_fraction=0.5)
+    for i in range(len(m)):
+        by_row.setdefault(samples[i]["meta"]["row"], set()).add(m.splits[i])
+    assert all(len(s) == 1 for s in by_row.values()), by_row
+    assert {next(iter(s)) for s in by_row.values()} == {TRAIN, TEST}  # both splits occur
+
+
+def test_unseen_tasks_query_held_out_samples_only():
+    """An unseen variant's nodes were trained on: a query on a training sample would score a
+    target the model has learnt (as the target of other tasks). Every row of an unseen task,
+    the query above all, is a held-out sample; training never draws one of them."""
+    from graph200k.tasks import TaskConfig
+
+    cfg = TaskConfig.load()
+    cfg.unseen = frozenset({"canny->target"})
+    m = Manifest.from_records(records(60), test_fraction=0.2)
+    test_keys = {m.key(i) for i in range(len(m)) if m.splits[i] == TEST}
+    unseen = TaskSampler(m, cfg, seed=0, split="unseen").take(200)
+    assert {t.variant for t in unseen} == {"canny->target"}
+    assert {t.rows[-1][0]["key"] for t in unseen} <= test_keys
+    assert {c["key"] for t in unseen for row in t.rows for c in row} <= test_keys
+    train = TaskSampler(m, cfg, seed=0, families=["image_generation_with_reference",
+                                                  "dense_prediction"]).take(300)
+    assert "target->canny" in {t.variant for t in train}
+    assert not {c["key"] for t in train for row in t.rows for c in row} & test_keys
+    no_test = Manifest.from_records(records(5), test_fraction=0.0)
+    with pytest.raises(TaskError, match="no sample in split 'test'"):
+        TaskSampler(no_test, cfg, seed=0, split="unseen")

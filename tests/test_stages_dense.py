@@ -19,10 +19,10 @@ from pipelines.stage_ops import run_inline
 
 ALL = list(STAGES)
 MEMBER = {"hed": "hed.png", "mlsd": "mlsd.png", "openpose": "openpose.png",
-          "normal": "normal.png", "normalbae": "normal.png", "depth": "depth.png",
-          "uniformer": "uniformer.png"}
-CHANNELS = {"hed": 1, "mlsd": 1, "openpose": 3, "normal": 3, "normalbae": 3, "depth": 1,
-            "uniformer": 3}
+          "normal": "normal.png", "midas_normal": "normal.png", "normalbae": "normal.png",
+          "depth": "depth.png", "uniformer": "uniformer.png"}
+CHANNELS = {"hed": 1, "mlsd": 1, "openpose": 3, "normal": 3, "midas_normal": 3, "normalbae": 3,
+            "depth": 1, "uniformer": 3}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -198,7 +198,7 @@ def _detector(test_id, stage):
         det = quiet_import("controlnet_aux.open_pose").OpenposeDetector(estimation)
         return lambda img: det(img, detect_resolution=SIZE, image_resolution=SIZE,
                                output_type="np")
-    if test_id == "normal":
+    if test_id == "midas_normal":
         det = quiet_import("controlnet_aux.midas").MidasDetector(stage.model)
         return lambda img: det(img, depth_and_normal=True, detect_resolution=SIZE,
                                image_resolution=SIZE, output_type="np")[1]
@@ -209,7 +209,7 @@ def _detector(test_id, stage):
     raise KeyError(test_id)
 
 
-@pytest.mark.parametrize("test_id", ["hed", "mlsd", "openpose", "normal", "normalbae"])
+@pytest.mark.parametrize("test_id", ["hed", "mlsd", "openpose", "midas_normal", "normalbae"])
 def test_matches_controlnet_aux_detector(test_id, loaded, batched, photos):
     detect = _detector(test_id, loaded(test_id))
     for o, s in zip(batched(test_id), photos):
@@ -301,7 +301,7 @@ EMPTY = {
     "hed": (lambda t: t * 0 - 1e4, "failed: ValueError: the model's HED edge map is empty"),
     "mlsd": (lambda t: t * 0 - 1e4, "skipped: no straight line segment"),
     "openpose": (lambda t: t * 0, "skipped: no person found"),
-    "normal": (lambda t: t * 0 + 1, "failed: BadOutput: the model's depth is constant"),
+    "midas_normal": (lambda t: t * 0 + 1, "failed: BadOutput: the model's depth is constant"),
     "depth": (lambda t: t * 0 + 1, "failed: BadOutput: the model's depth is constant"),
 }
 

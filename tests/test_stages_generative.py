@@ -116,7 +116,65 @@ def test_filledit_keeps_the_background_and_records_each_variants_subject(outcome
         assert np.abs(out[centre] - target[centre]).mean() > 10  # the subject was repainted
         for v in o.meta["variants"]:
             assert v["subject"] != s.meta["item"] and v["caption"]
-    assert runs["depthedit"][0].meta["variants"][0]["caption"].startswith("The astronaut ")
+    for s, o in zip(samples, runs["depthedit"]):  # depthedit replaces the subject too
+        assert o.meta["rewrite"] == "same_category" and o.meta["redux"] == "target"
+        assert all(v["subject"] != s.meta["item"] and v["caption"] for v in o.meta["variants"])
+
+
+class _Recorder:
+    """Stands in for a pipeline: records the keyword arguments of each call."""
+
+    def __init__(self, pipe):
+        self._pipe, self.calls = pipe, []
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def __call__(self, **kwargs):
+        self.calls.append(kwargs)
+        return self._pipe(**kwargs)
+
+
+def test_depthedit_is_the_new_subjects_caption_under_redux_on_the_targets_depth(tiny_dir, side,
+                                                                                monkeypatch):
+    """VisualCloze §3.2: filledit's new subject and modified caption, then FLUX Redux
+    conditioned on depth plus that caption. What reaches the pipeline: the text encoders get
+    the modified captions (another item's description, not this sample's), the control image
+    is this sample's depth, Redux sees this sample's image; the caption changes the image."""
+    from annotators.diffusion import Job, depth_control, fit
+
+    st = stage("depthedit", tiny_dir)
+    samples = generative_samples(2, SIZE, side=side)
+    texts, refs = [], []
+    encode_prompt, encode_image = st.pipe.encode_prompt, st.redux.encode_image
+    monkeypatch.setattr(st.pipe, "encode_prompt",  # the pipeline calls it once more, prompt None
+                        lambda *a, **k: texts.extend(k["prompt"] or []) or encode_prompt(*a, **k))
+    monkeypatch.setattr(st.redux, "encode_image",
+                        lambda images, *a: refs.extend(np.asarray(i) for i in images)
+                        or encode_image(images, *a))
+    recorder = _Recorder(st.pipe)
+    monkeypatch.setattr(st, "pipe", recorder)
+    outs = run_inline(st, samples, batch_size=2)
+    assert [o.status for o in outs] == ["ok", "ok"]
+    pool = side["subject_pool"]
+    captions = [o.meta["variants"][0]["caption"] for o in outs]
+    assert texts == captions
+    for s, o in zip(samples, outs):
+        v = o.meta["variants"][0]
+        assert pool.record(v["source"])["description"].strip() == v["caption"]
+        assert pool.record(v["source"])["item"] == v["subject"] != s.meta["item"]
+        assert v["caption"] != s.meta["description"]
+    controls = [np.asarray(c) for call in recorder.calls for c in call["control_image"]]
+    for s, control, ref in zip(samples, controls, refs):
+        np.testing.assert_array_equal(control, depth_control(s, st.options.resolution))
+        np.testing.assert_array_equal(ref, fit(s.image("target"), st.options.reference_side))
+    assert "prompt" not in recorder.calls[0]  # the captions arrive as T5 + Redux tokens
+    # the caption conditions the image: same seed, depth and Redux image, another caption
+    x = st.prepare(samples[0]).inputs
+    seed = samples[0].seed_for(0)
+    a, b = (st._generate([x], [Job(0, 0, seed, {"caption": c})])[0] for c in captions)
+    assert not np.array_equal(a, b)  # (a random tiny T5 moves few pixels, but it moves them)
+    assert np.array_equal(a, st._generate([x], [Job(0, 0, seed, {"caption": captions[0]})])[0])
 
 
 @pytest.mark.parametrize("name", STAGES)

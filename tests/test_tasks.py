@@ -16,7 +16,7 @@ EXPECTED_FAMILIES = {
 }
 
 
-def full_manifest(n=40, missing_every=None):
+def full_manifest(n=40, missing_every=None, test_fraction=0.01):
     """Every stored node type on every sample, except `missing_every` = {node: k}: the
     node is absent from samples whose index is a multiple of k."""
     stored = [n_ for n_, t in NODE_TYPES.items() if not t.online or n_ in ("foreground",
@@ -27,7 +27,7 @@ def full_manifest(n=40, missing_every=None):
                                            and i % missing_every[x] == 0)]
         recs.append({"key": f"{i:07d}", "shard": i // 10, "nodes": nodes, "item": "cup",
                      "description": f"description of sample {i}"})
-    return Manifest.from_records(recs)
+    return Manifest.from_records(recs, test_fraction)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_weights_change_the_family_distribution(manifest):
 def test_unseen_variants_are_held_out_of_training():
     cfg = TaskConfig.load()
     cfg.unseen = frozenset({"reference+depth->target", "depth->target"})
-    m = full_manifest(20)
+    m = full_manifest(20, test_fraction=0.3)
     train = TaskSampler(m, cfg, seed=0, families=["conditional_generation",
                                                   "conditional_generation_with_reference"])
     assert not {t.variant for t in train.take(3000)} & cfg.unseen

@@ -1,5 +1,5 @@
-"""Tiny random models of the dense stages (hed, mlsd, openpose, normal, normalbae, depth,
-uniformer), each in its production layout.
+"""Tiny random models of the dense stages (hed, mlsd, openpose, normal: DSINE, and the
+normal options midas_normal and normalbae, depth, uniformer), each in its production layout.
 
 controlnet_aux checkpoints keep their real file names and key layouts; the big nets are
 reduced-width instances of the same classes (the loaders in `annotators.controlnet_nets`
@@ -139,7 +139,22 @@ def _draw_one_arm(net, image_weight: float = 0.02) -> None:
         paf.bias[0::2] = 0.6  # the x components of the 19 limb fields
 
 
+TINY_DSINE = dict(channel_multiplier=0.25, depth_multiplier=0.3, decoder_features=64,
+                  feature_dim=8, hidden_dim=8, decoder_head_dim=16, refine_head_dim=16)
+
+
 @tiny_model("normal")
+def build_dsine(folder: Path, seed: int) -> Path:
+    """DSINE's architecture (EfficientNet encoder at B5's block layout, ray encoding,
+    rotation refinement over 5x5 neighbours) at narrow widths and one or two blocks per
+    stage, saved as the released `dsine.pt` is laid out (`{"model": state_dict}`) with a
+    `config.json` giving the widths."""
+    from annotators.dsine_net import DSINEConfig, DSINENet, save_pretrained
+
+    return save_pretrained(DSINENet(DSINEConfig(**TINY_DSINE)), folder, layout="pt")
+
+
+@tiny_model("midas_normal")
 def build_midas_normal(folder: Path, seed: int) -> Path:
     from annotators.controlnet_nets import dpt_hybrid_net
 

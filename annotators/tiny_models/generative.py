@@ -77,13 +77,13 @@ TINY = Shapes(
 
 
 def _words() -> list[str]:
-    from annotators.rewrite import DEFAULT_SCENES, prompt_words
+    from annotators.rewrite import prompt_words
     from graph200k.fixtures import SUBJECTS
     from graph200k.nodes import NODE_TYPES
 
     text = [p for n in NODE_TYPES.values() for s in n.slots for p in s.phrases]
     text += [f"{item} {cat} {d0} {d1}" for _, item, cat, d0, d1 in SUBJECTS]
-    text += list(DEFAULT_SCENES) + [prompt_words()]
+    text += [prompt_words()]
     words = set()
     for t in text:
         words.update(re.findall(r"\w+|[^\w\s]", t.lower()))

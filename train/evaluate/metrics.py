@@ -8,6 +8,7 @@ subject reference, a style reference, a condition map):
 |---|---|---|
 | F1 (canny conditions) | F1 of Canny(generated) against the canny condition, per pixel | cv2.Canny with the canny annotator's thresholds; `torchmetrics` binary F1 |
 | RMSE (depth conditions) | RMSE (0-255) between the depth condition and the depth model on the generated image, both min-max normalised | the annotators' depth model (transformers) |
+| RMSE (restoration) | RMSE (0-255, over the RGB pixels) between the original (ground truth) and the restored image: VisualCloze Table 1's Deblur rows, Appendix C.1 | numpy |
 | FID | Fréchet distance of 2048-d Inception pool features, generated vs ground truth | `torchmetrics` FrechetInceptionDistance over torch-fidelity's InceptionV3 |
 | SSIM | against the ground truth, Gaussian 11 x 11, sigma 1.5, on 0-255 RGB, mean over the interior (Wang et al.) | `torchmetrics` SSIM map |
 | MAN-IQA, MUSIQ | no-reference quality (KonIQ checkpoints) | `pyiqa` archs |
@@ -58,15 +59,16 @@ METRICS = {m.name: m for m in (
 # Task kinds -> (table title, metric columns in the papers' order).
 KINDS = {
     "conditional": ("Conditional generation", ("f1", "rmse", "fid", "ssim", "maniqa", "musiq", "clip_score")),
-    "restoration": ("Image restoration", ("fid", "ssim", "maniqa", "musiq", "clip_score")),
+    "restoration": ("Image restoration", ("rmse", "fid", "ssim", "maniqa", "musiq", "clip_score")),
     "editing": ("Image editing", ("fid", "ssim", "maniqa", "musiq", "clip_score")),
     "subject": ("Subject-driven generation", ("dino", "clip_i", "clip_t")),
     "extraction": ("Subject extraction", ("dino", "clip_i", "ssim")),
     "dense": ("Dense prediction", ("fid", "ssim")),
     "style": ("Style transfer", ("clip_t", "clip_style")),
 }
-CONTROL = {"f1": "canny", "rmse": "depth"}
-SSIM_WINDOW = 11  # Gaussian window, sigma 1.5  # controllability metric -> the condition it reads
+CONTROL = {"f1": "canny", "rmse": "depth"}  # controllability metric -> the condition it reads
+PIXEL_RMSE_KINDS = ("restoration",)  # where RMSE compares the image with its ground truth
+SSIM_WINDOW = 11  # Gaussian window, sigma 1.5
 
 
 @dataclass
@@ -91,7 +93,10 @@ def applicable(inp: ScoreInput, enabled) -> list[str]:
     for m in KINDS[inp.kind][1]:
         if m not in enabled:
             continue
-        if m in CONTROL and (inp.condition_node != CONTROL[m] or inp.condition is None):
+        if m == "rmse" and inp.kind in PIXEL_RMSE_KINDS:
+            if inp.truth is None:
+                continue
+        elif m in CONTROL and (inp.condition_node != CONTROL[m] or inp.condition is None):
             continue
         if m in needs and (needs[m] is None or (isinstance(needs[m], str) and not needs[m].strip())):
             continue
@@ -134,9 +139,17 @@ def edge_f1(generated: np.ndarray, condition: np.ndarray, edges) -> float:
     """F1 of the generated image's Canny edges against the condition's edge map (> 127)."""
     from torchmetrics.functional.classification import binary_f1_score
 
+    # both sides > 127: the canny annotator's maps are binary at the detect size and
+    # bilinear-soft where it resized them back (Graph200K's canny_100_200_512)
     target = rgb(condition)[..., 0] > 127
-    pred = edges(resize_to(rgb(generated), condition)) > 0
+    pred = edges(resize_to(rgb(generated), condition)) > 127
     return float(binary_f1_score(torch.from_numpy(pred).flatten(), torch.from_numpy(target).flatten()))
+
+
+def pixel_rmse(generated: np.ndarray, truth: np.ndarray) -> float:
+    """RMSE (0-255) over the RGB pixels of the restored image against the original."""
+    g = resize_to(rgb(generated), truth).astype(np.float64)
+    return float(np.sqrt(np.mean((g - rgb(truth).astype(np.float64)) ** 2)))
 
 
 def normalised_depth(depth: np.ndarray) -> np.ndarray:
@@ -291,7 +304,10 @@ class Scorer:
                 results[i]["ssim"] = float(v)
         for i in having("f1"):
             results[i]["f1"] = edge_f1(inputs[i].generated, inputs[i].condition, self._edges)
-        if idx := having("rmse"):
+        rmse = having("rmse")
+        for i in (i for i in rmse if inputs[i].kind in PIXEL_RMSE_KINDS):
+            results[i]["rmse"] = pixel_rmse(inputs[i].generated, inputs[i].truth)
+        if idx := [i for i in rmse if inputs[i].kind not in PIXEL_RMSE_KINDS]:
             gens = [resize_to(rgb(inputs[i].generated), inputs[i].condition) for i in idx]
             for i, depth in zip(idx, self.depth_maps(gens)):
                 cond = normalised_depth(rgb(inputs[i].condition)[..., 0])
