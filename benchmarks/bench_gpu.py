@@ -107,7 +107,11 @@ def part_models(ctx: Context) -> None:
     ctx.emit("batch_size", batch)
     ctx.emit("dense_images", len(samples))
     ctx.emit("dtype", "float32" if ctx.dry_run else "bfloat16")
-    tiny = ctx.tiny(*DENSE, "sam2") if ctx.dry_run else {}
+    # the per-image way of `normal` is controlnet_aux's MiDaS: our MidasNormal stage (the
+    # tiny `normal` model is DSINE's, the default stage's)
+    names = {**{s: s for s in DENSE}, "normal": "midas_normal", "sam2": "sam2"}
+    built = ctx.tiny(*names.values()) if ctx.dry_run else {}
+    tiny = {s: built[n] for s, n in names.items() if n in built}
     for name in DENSE:
         ctx.item(name, (20, 3), lambda name=name: models_dense.bench_stage(
             name, samples, batch, 1, not ctx.dry_run, None if ctx.dry_run else "bfloat16",
