@@ -20,7 +20,7 @@ EVAL_MODELS = $(foreach m,clip dino depth inception iqa,models.$(m)=$(DEMO)/eval
 EVAL_DEMO = $(DEMO_DATA) $(EVAL_MODELS)
 PORT   ?= 8000
 
-.PHONY: install demo test test-browser test-weights bench browse ingest annotate publish verify report clean
+.PHONY: install demo test test-browser test-weights bench bench-gpu browse ingest annotate publish verify report clean
 
 # Reinstalled whenever pyproject.toml changes (pins live there). pyiqa goes in without its
 # dependencies (pyproject.toml, extra `eval`, says why).
@@ -105,6 +105,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_fill.py
 	$(PY) benchmarks/bench_cogvideox.py
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_generative.py
+
+# Every GPU figure in one run (< 8 min on one CUDA GPU, random weights of the real configs,
+# no network): a `name: value` table and build/bench-gpu.json; `--readme-table` renders it.
+# Without CUDA it refuses; `python benchmarks/bench_gpu.py --dry-run` checks it on the CPU.
+bench-gpu: $(STAMP)
+	$(PY) benchmarks/bench_gpu.py --json build/bench-gpu.json
+	$(PY) benchmarks/bench_gpu.py --readme-table build/bench-gpu.json
 
 ingest: $(STAMP)
 	$(PY) -m pipelines.ingest --out $(SRC)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from train.realgeneral.model import RealGeneralModel, two_frame_rotary_emb  # noqa: E402
 
@@ -136,8 +136,10 @@ def cpu_main(args) -> None:
     report(runners)
 
 
-def gpu_main(args, device: str = "cuda", cfg: dict = COGVIDEOX15_5B, rank: int = 256) -> dict:
-    """Full size on CUDA; with device="cpu" and SMALL the same code runs in the tests."""
+def gpu_main(args, device: str = "cuda", cfg: dict = COGVIDEOX15_5B, rank: int = 256,
+             variants=(None, *VARIANTS)) -> dict:
+    """Full size on CUDA; with device="cpu" and SMALL the same code runs in the tests.
+    `variants`: None is the unmodified transformer (always measured: MFU counts its FLOPs)."""
     cuda = device == "cuda"
     if cuda and not torch.cuda.is_available():
         print("gpu: skipped (no CUDA device on this machine)")
@@ -151,7 +153,7 @@ def gpu_main(args, device: str = "cuda", cfg: dict = COGVIDEOX15_5B, rank: int =
     print(f"sequence_tokens: {seq}")
     # One 5B model at a time (five copies would not fit in 80 GB): variants run one after another.
     runners, peaks = [], {}
-    for variant in (None, *VARIANTS):
+    for variant in (None, *[v for v in variants if v is not None]):
         runner = make_runner(variant, cfg, data, rank, dev, torch.bfloat16, True)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -169,6 +171,10 @@ def gpu_main(args, device: str = "cuda", cfg: dict = COGVIDEOX15_5B, rank: int =
     # frozen, so no weight gradients); checkpoint recomputation is not counted (MFU convention).
     width = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     forward = 2 * params * seq + 4 * cfg["num_layers"] * seq**2 * width
+    if args.peak_tflops is None:
+        from gpu_info import bf16_peak_tflops
+
+        args.peak_tflops = (bf16_peak_tflops(torch.cuda.get_device_name()) if cuda else None) or float("nan")
     peak = args.peak_tflops * 1e12
     mfu = {r.name: 2 * forward / min(r.times) / peak for r in runners}
     for name, value in mfu.items():
@@ -201,7 +207,8 @@ def main(argv=None) -> None:
     parser.add_argument("--rank", type=int, default=16, help="CPU LoRA rank (GPU: 256, the paper's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--gpu-res", type=int, default=512)
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="dense bf16 peak (default: the card's, benchmarks/gpu_info.py)")
     args = parser.parse_args(argv)
     gpu_main(args) if args.gpu else cpu_main(args)
 

@@ -104,6 +104,36 @@ def timed(scorer, batch: list, rounds: int, device) -> float:
     return best
 
 
+def measure(device: torch.device, dtype: torch.dtype, arch: str = "real", images: int = 64,
+            batch_size: int = 64, size: int = 512, maniqa_crops: int = 20, rounds: int = 1,
+            tiny_models: str = "build/eval-models") -> dict:
+    """Build one Scorer, score the same images one at a time and batched: images/s of each."""
+    from train.evaluate.metrics import Scorer
+
+    metrics = ("fid", "ssim", "maniqa", "musiq", "clip_score", "dino", "clip_i", "clip_t")
+    t = time.perf_counter()
+    if arch == "real":
+        scorer = Scorer(metrics=metrics, batch_size=batch_size, device=device, dtype=dtype,
+                        nets=real_nets(device, dtype, maniqa_crops))
+    else:
+        from train.evaluate.tiny_models import build, tiny_models_config
+
+        build(tiny_models, log=lambda *_: None)
+        scorer = Scorer(tiny_models_config(tiny_models), metrics, batch_size, device, dtype)
+    load_s = time.perf_counter() - t
+    batch = inputs(photos(images, size))
+    scorer.batch_size = 1
+    scorer.score(batch[:2] + batch[-2:])  # warm-up: first-call allocations and kernel choices
+    one = timed(scorer, batch, rounds, device)
+    scorer.batch_size = batch_size
+    batched = timed(scorer, batch, rounds, device)
+    tag = f"{device.type if device.type == 'cpu' else 'gpu'}.{arch}"
+    tag += f".maniqa{maniqa_crops}crops" if arch == "real" and maniqa_crops != 20 else ""
+    return {"tag": tag, "models_load_s": load_s, "images": images, "batch_size": batch_size,
+            "one_at_a_time_images_per_s": images / one, "batched_images_per_s": images / batched,
+            "ratio_batched_vs_one_at_a_time": one / batched}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=64)
@@ -117,37 +147,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.gpu and not torch.cuda.is_available():
         p.error("--gpu: no CUDA device is visible (torch.cuda.is_available() is False)")
-    device = torch.device("cuda" if args.gpu else "cpu")
-    dtype = torch.float16 if args.gpu else torch.float32
-    batch_size = args.batch_size or (64 if args.gpu else 16)
-    crops = args.maniqa_crops or (20 if args.gpu else 1)
-    from train.evaluate.metrics import Scorer
-
-    metrics = ("fid", "ssim", "maniqa", "musiq", "clip_score", "dino", "clip_i", "clip_t")
-    t = time.perf_counter()
-    if args.arch == "real":
-        scorer = Scorer(metrics=metrics, batch_size=batch_size, device=device, dtype=dtype,
-                        nets=real_nets(device, dtype, crops))
-    else:
-        from train.evaluate.tiny_models import build, tiny_models_config
-
-        build(args.tiny_models, log=lambda *_: None)
-        scorer = Scorer(tiny_models_config(args.tiny_models), metrics, batch_size, device, dtype)
-    load_s = time.perf_counter() - t
-    batch = inputs(photos(args.images, args.size))
-    scorer.batch_size = 1
-    scorer.score(batch[:2] + batch[-2:])  # warm-up: first-call allocations and kernel choices
-    one = timed(scorer, batch, args.rounds, device)
-    scorer.batch_size = batch_size
-    batched = timed(scorer, batch, args.rounds, device)
-    where = "gpu" if args.gpu else "cpu"
-    tag = f"{where}.{args.arch}" + (f".maniqa{crops}crops" if args.arch == "real" and crops != 20 else "")
-    print(f"models_load_s: {load_s:.2f}")
-    print(f"images: {args.images}")
-    print(f"batch_size: {batch_size}")
-    print(f"{tag}.one_at_a_time.images_per_s: {args.images / one:.3f}")
-    print(f"{tag}.batched.images_per_s: {args.images / batched:.3f}")
-    print(f"ratio.{tag}.batched_vs_one_at_a_time: {one / batched:.2f}")
+    r = measure(torch.device("cuda" if args.gpu else "cpu"), torch.float16 if args.gpu else torch.float32,
+                args.arch, args.images, args.batch_size or (64 if args.gpu else 16), args.size,
+                args.maniqa_crops or (20 if args.gpu else 1), args.rounds, args.tiny_models)
+    tag = r["tag"]
+    print(f"models_load_s: {r['models_load_s']:.2f}")
+    print(f"images: {r['images']}")
+    print(f"batch_size: {r['batch_size']}")
+    print(f"{tag}.one_at_a_time.images_per_s: {r['one_at_a_time_images_per_s']:.3f}")
+    print(f"{tag}.batched.images_per_s: {r['batched_images_per_s']:.3f}")
+    print(f"ratio.{tag}.batched_vs_one_at_a_time: {r['ratio_batched_vs_one_at_a_time']:.2f}")
     return 0
 
 

@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     p.add_argument("--families", default="", help="e.g. models_dense (default: all)")
     p.add_argument("--gpu", action="store_true", help="CUDA, half precision, big batches")
     p.add_argument("--rounds", type=int, default=1, help="best of N timings")
+    p.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
+                   help="our dense stages' dtype (default: float16 with --gpu, else float32)")
     args = p.parse_args(argv)
     args.stages = [s for s in args.stages.split(",") if s]
     if args.batch_size is None:

@@ -9,8 +9,8 @@ For each stage, random weights of the real architecture at the production input 
       `pipeline`) runs on it, the returned PIL image is saved as PNG; one image at a time.
 Same images, same weights (one module object), warm-up excluded, best of --rounds; on the
 CPU depth, normal and uniformer use the first 4 images (their nets take seconds each).
-CPU: float32, `torch.get_num_threads()` threads for both. --gpu: our stage in float16 on
-CUDA at batch 16-64, the per-image way as users run it (float32, CUDA), target >= 3x.
+CPU: float32, `torch.get_num_threads()` threads for both. --gpu: our stage in float16
+(bench_models' --dtype) on CUDA at batch 16-64, the per-image way as users run it (float32, CUDA), target >= 3x.
 
 Lines: `<stage>.stage_images_per_s`, `<stage>.per_image_images_per_s`, statuses of our
 stage's outcomes, and `ratio_stage_vs_per_image_<stage>` (CPU target >= 1.0).
@@ -92,7 +92,7 @@ def _upernet_convnext_small(folder: Path):
 
 
 # -- (a) our stage, (b) the per-image way ------------------------------------------------------
-def _stage(name: str, net, folder: Path, device: str, dtype: str):
+def _stage_class(name: str):
     from annotators.depth import Depth
     from annotators.hed import HED
     from annotators.mlsd import MLSD
@@ -100,11 +100,36 @@ def _stage(name: str, net, folder: Path, device: str, dtype: str):
     from annotators.openpose import OpenPose
     from annotators.uniformer import Uniformer
 
-    cls = {"hed": HED, "mlsd": MLSD, "openpose": OpenPose, "depth": Depth,
-           "normal": MidasNormal, "uniformer": Uniformer}[name]
-    stage = cls({"model": str(folder), "device": device, "dtype": dtype})
+    return {"hed": HED, "mlsd": MLSD, "openpose": OpenPose, "depth": Depth,
+            "normal": MidasNormal, "uniformer": Uniformer}[name]
+
+
+def _stage(name: str, net, folder: Path, device: str, dtype: str):
+    stage = _stage_class(name)({"model": str(folder), "device": device, "dtype": dtype})
     stage.build_model = lambda: net  # the random real-size net instead of a checkpoint
     return stage
+
+
+def real_net(name: str, folder: Path):
+    """(net, processor or None): the real architecture at full size, random weights; the
+    transformers ones write their config and processor into `folder`."""
+    if name == "depth":
+        return _depth_anything_large(folder)
+    if name == "uniformer":
+        return _upernet_convnext_small(folder)
+    return _controlnet_net(name).eval(), None
+
+
+def tiny_net(name: str, folder: Path):
+    """(net, processor or None) of a tiny model folder (`annotators.tiny_models`), loaded by
+    the stage's own loader: the same code path on a CPU in seconds (bench_gpu's dry run)."""
+    net = _stage_class(name)({"model": str(folder), "device": "cpu"}).build_model()
+    processor = None
+    if name in ("depth", "uniformer"):
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(folder)
+    return net.eval(), processor
 
 
 def _per_image(name: str, net, processor, device: str):
@@ -169,21 +194,19 @@ def _best(fn, rounds: int) -> float:
     return min(times)
 
 
-def bench_stage(name: str, samples, batch_size: int, rounds: int, gpu: bool) -> list:
+def bench_stage(name: str, samples, batch_size: int, rounds: int, gpu: bool,
+                dtype: str | None = None, tiny_folder: Path | None = None) -> list:
+    """Our stage (in `dtype`: float16 on a GPU, float32 on the CPU by default) against the
+    per-image way on the same images; the real-size net, or the tiny one in `tiny_folder`."""
     import torch
 
     from pipelines.stage_ops import run_inline
 
     device = "cuda" if gpu else "cpu"
+    dtype = dtype or ("float16" if gpu else "float32")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        processor = None
-        if name == "depth":
-            net, processor = _depth_anything_large(folder)
-        elif name == "uniformer":
-            net, processor = _upernet_convnext_small(folder)
-        else:
-            net = _controlnet_net(name).eval()
+        folder = Path(tiny_folder or tmp)
+        net, processor = tiny_net(name, folder) if tiny_folder else real_net(name, folder)
         net = net.requires_grad_(False).to(device)
         jpegs = [s.members["target.jpg"] for s in samples]
         one = _per_image(name, net, processor, device)
@@ -191,7 +214,7 @@ def bench_stage(name: str, samples, batch_size: int, rounds: int, gpu: bool) -> 
             one(jpegs[0])  # warm-up: allocator, kernels
             per_image = _best(lambda: [one(j) for j in jpegs], rounds)
         # our stage last: on a GPU its load() turns the shared module to float16
-        stage = _stage(name, net, folder, device, "float16" if gpu else "float32")
+        stage = _stage(name, net, folder, device, dtype)
         run_inline(stage, samples[:1], batch_size=1)  # warm-up, and the model loads
         outcomes = []
         ours = _best(lambda: outcomes.append(run_inline(stage, samples, batch_size)), rounds)
@@ -224,5 +247,5 @@ def run(args) -> list:
             subset = samples[:CPU_HEAVY_IMAGES]
         lines.append((f"{name}.images", len(subset)))
         lines += bench_stage(name, subset, min(args.batch_size, len(subset)), args.rounds,
-                             args.gpu)
+                             args.gpu, getattr(args, "dtype", None))
     return lines

@@ -72,19 +72,27 @@ def sam2_folder(root: Path, config: str, seed: int = 0) -> Path:
     return folder
 
 
-def bench_sam2(args, root: Path, device: str) -> list:
+def bench_sam2(args, root: Path, device: str, folder: Path | None = None,
+               points: int | None = None) -> list:
+    """`folder`: a SAM 2 model folder to use instead of the real config's random weights
+    (bench_gpu's dry run hands the tiny 128 px one)."""
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
     from annotators.sam2_mask import SAM2AutoMask, autocast
 
     config = "configs/sam2.1/sam2.1_hiera_l.yaml" if args.gpu else "configs/sam2.1/sam2.1_hiera_t.yaml"
-    points = 32 if args.gpu else 8
-    stage = SAM2AutoMask({"model": str(sam2_folder(root, config)), "device": device,
+    points = points or (32 if args.gpu else 8)
+    if folder is not None:
+        config = "tiny"
+    stage = SAM2AutoMask({"model": str(folder or sam2_folder(root, config)), "device": device,
                           "points_per_side": points})
     stage.ensure_loaded()
     samples = stage_samples(args.images, 512)
     generator = SAM2AutomaticMaskGenerator(stage.generator.predictor.model,
                                            points_per_side=points)
+    # the library's predictor assumes a 1024 input's feature sizes; the stage's knows the
+    # model's own (the same at 1024, different for the tiny 128 px model of a dry run)
+    generator.predictor._bb_feat_sizes = stage.generator.predictor._bb_feat_sizes
     run_inline(stage, samples[:1], 1)  # warm-up
 
     def per_image():
@@ -124,14 +132,15 @@ def rmbg_model(root: Path, device: str):
     return {"model": str(build_rmbg(root / "rmbg-standin", 0))}, "rmbg_standin"
 
 
-def bench_rmbg(args, root: Path, device: str) -> list:
+def bench_rmbg(args, root: Path, device: str, image_size: int = 1024) -> list:
     import torch
     from PIL import Image
 
     from annotators.rmbg import IMAGENET_MEAN, IMAGENET_STD, RMBG
 
     config, label = rmbg_model(root, device)
-    stage = RMBG({**config, "trust_remote_code": True, "image_size": 1024, "device": device})
+    stage = RMBG({**config, "trust_remote_code": True, "image_size": image_size,
+                  "device": device})
     stage.ensure_loaded()
     samples = stage_samples(args.images, 512)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -141,7 +150,7 @@ def bench_rmbg(args, root: Path, device: str) -> list:
     def per_image():  # the model card's way
         for s in samples:
             img = Image.fromarray(decode_image(s.members["target.jpg"]))
-            x = torch.from_numpy(np.asarray(img.resize((1024, 1024), Image.Resampling.BILINEAR))).permute(
+            x = torch.from_numpy(np.asarray(img.resize((image_size, image_size), Image.Resampling.BILINEAR))).permute(
                 2, 0, 1).float() / 255
             x = ((x - mean) / std)[None].to(stage.device, stage.dtype)
             with torch.inference_mode():
@@ -194,14 +203,15 @@ def vlm_folder(root: Path, gpu: bool) -> Path:
     return folder
 
 
-def bench_vlm(args, root: Path, device: str) -> list:
+def bench_vlm(args, root: Path, device: str, sam2_model: Path | None = None) -> list:
     import torch
 
     from annotators.grounded_mask import GroundedMask
 
     folder = vlm_folder(root, args.gpu)
     stage = GroundedMask({"grounding_model": str(folder), "device": device,
-                          "model": str(sam2_folder(root, "configs/sam2.1/sam2.1_hiera_t.yaml"))})
+                          "model": str(sam2_model or
+                                       sam2_folder(root, "configs/sam2.1/sam2.1_hiera_t.yaml"))})
     stage.ensure_loaded()
     new_tokens = 32
     real_generate = stage.vlm.generate
