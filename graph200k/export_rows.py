@@ -42,7 +42,7 @@ def _image(data: bytes | None):
 def _variants_without_holes(sample: dict, node: str, where: str) -> int:
     count = variant_count(node, sample)
     stored = {m for m in sample if member_node(m) == node}
-    expected = {m.format(i=i) for c in VARIANT if c.node == node for i in range(count)}
+    expected = {c.member.format(i=i) for c in VARIANT if c.node == node for i in range(count)}
     if stored - expected:
         raise ExportError(f"{where}: {node} variants have a hole: {sorted(stored - expected)} "
                           f"stored after the first {count} complete variant(s); re-annotate "
