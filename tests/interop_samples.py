@@ -126,3 +126,59 @@ def write_release(folder, num_samples: int = 8, per_shard: int = 4) -> Path:
                 w.write(full_sample(f"{i:07d}", i))
         write_part(part, w.record, {"shard": shard, "samples": w.count, "written": w.count})
     return folder
+
+
+# -- the hub's shape -----------------------------------------------------------------------------
+
+def _png(data: bytes) -> bytes:
+    """The pixels of an encoded image as PNG bytes (how the hub stores a PIL image)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def hub_row_of(index: int) -> dict:
+    """One row with the hub's columns: photos and generations stored as PNG (no JPEG), maps
+    as our PNGs, text columns as Subjects200K's structs."""
+    from graph200k.export_columns import SINGLE, VARIANT, hub_columns
+
+    name, item, desc = PHOTOS[index % len(PHOTOS)]
+    members, annotations = members_of(index)
+    row = {c: None for c in hub_columns()}
+    for c in SINGLE:
+        if c.member in members:
+            data = members[c.member]
+            row[c.hub] = {"bytes": _png(data) if c.member.endswith(".jpg") else data, "path": None}
+    for c in VARIANT:
+        for i in range(c.variants):
+            m = c.member.format(i=i)
+            if m in members:
+                row[c.hub.format(i=i)] = {"bytes": _png(members[m]), "path": None}
+    if "filledit" in annotations:
+        row["FillEdit_meta"] = {"name": f"new {item}", "description": f"A new {item}."}
+    row["qwen_2_5_meta"] = [{"bbox": [8, 10, 41, 45], "name": item, "color": [255, 0, 0]}]
+    row["quality_assessment"] = {"compositeStructure": 5, "objectConsistency": 5, "imageQuality": 4}
+    row["description"] = {"item": item, "category": "Things", "description_0": desc,
+                          "description_1": f"The same {item}, seen from elsewhere.",
+                          "description_valid": True}
+    row["collection"] = "collection_2"
+    return row
+
+
+def hub_dataset_dict(num_train: int = 6, num_test: int = 2):
+    """A DatasetDict with the hub's columns and features (graph200k.export_columns)."""
+    import datasets
+
+    from graph200k.export_columns import hub_features
+
+    def split(indices):
+        rows = [hub_row_of(i) for i in indices]
+        return datasets.Dataset.from_list(rows, features=hub_features())
+
+    return datasets.DatasetDict({"train": split(range(num_train)),
+                                 "test": split(range(num_train, num_train + num_test))})
