@@ -39,9 +39,8 @@ def _image(data: bytes | None):
     return None if data is None else {"bytes": data, "path": None}
 
 
-def _variants_without_holes(sample: dict, node: str, where: str) -> int:
+def _variants_without_holes(sample: dict, node: str, stored: set, where: str) -> int:
     count = variant_count(node, sample)
-    stored = {m for m in sample if member_node(m) == node}
     expected = {c.member.format(i=i) for c in VARIANT if c.node == node for i in range(count)}
     if stored - expected:
         raise ExportError(f"{where}: {node} variants have a hole: {sorted(stored - expected)} "
@@ -62,8 +61,10 @@ def hub_row(sample: dict, where: str, report: ExportReport | None = None) -> dic
     row = {c: None for c in hub_columns()}
     for c in SINGLE:
         row[c.hub] = _image(sample.get(c.member))
+    nodes = {m: member_node(m) for m in sample}
     for node in ("instantstyle", "reduxstyle", "filledit"):
-        count = _variants_without_holes(sample, node, where)
+        stored = {m for m, n in nodes.items() if n == node}
+        count = _variants_without_holes(sample, node, stored, where) if stored else 0
         for c in (c for c in VARIANT if c.node == node):
             for i in range(count):
                 if i < c.variants:

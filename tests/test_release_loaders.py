@@ -69,6 +69,15 @@ def test_datasets_load_dataset_reads_every_row_and_column(release, tmp_path):
     assert row["depth.png"].mode == "L" and row["uniformer.png"].convert("RGB").mode == "RGB"
 
 
+def test_load_release_prints_the_rows_and_columns_datasets_got(release, capsys):
+    from graph200k import load_release
+
+    assert load_release.main([str(release)]) == 0
+    out = capsys.readouterr().out
+    assert f"{NUM} rows, {len(_members(release)) + 2} columns" in out
+    assert "filledit.0.jpg 6" in out and "target.jpg 8" in out
+
+
 def test_without_the_declared_features_datasets_refuses_the_release(release, tmp_path):
     import datasets
 
