@@ -60,7 +60,7 @@ def looks_like_graph200k(source: str) -> bool:
     path = Path(source)
     if path.is_dir() and (path / "dataset_dict.json").exists():
         return True  # a DatasetDict: Subjects200K is read from parquet or the hub
-    if path.is_dir() or source.endswith(".parquet"):
+    if path.is_dir() or (path.is_file() and source.endswith(".parquet")):
         files = sorted(str(p) for p in path.glob("**/*.parquet")) if path.is_dir() else [source]
         return {"target", "ref"} <= _parquet_columns(files)
     return not path.exists() and source.rstrip("/").lower().endswith(HUB_NAME.lower())
