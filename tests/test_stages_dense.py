@@ -382,7 +382,7 @@ def test_tiny_models_are_reproducible_and_narrow(tmp_path):
 
 def test_preview_sheet_shows_the_dense_members(batched, photos, tmp_path):
     """A shard holding what the six stages wrote reads back through the training reader
-    (16-bit depth as 8 bit, the palette PNG as colours) and the preview's contact sheet."""
+    (8-bit depth as it is stored, the palette PNG as colours) and the preview's contact sheet."""
     from PIL import Image
 
     from annotate_helpers import make_samples
@@ -404,9 +404,8 @@ def test_preview_sheet_shows_the_dense_members(batched, photos, tmp_path):
     for node in nodes:
         img = reader.fetch(source["__key__"], node)
         assert img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8 and img.std() > 0
-    depth16 = raw(sample["depth.png"])
     np.testing.assert_array_equal(reader.fetch(source["__key__"], "depth")[..., 0],
-                                  (depth16 >> 8).astype(np.uint8))
+                                  raw(sample["depth.png"]))  # 8-bit grey: read as stored
     out = tmp_path / "sheet.png"
     assert preview.main(["--key", source["__key__"], "--shards", str(folder),
                          "--no-degradations", "--out", str(out)]) == 0
