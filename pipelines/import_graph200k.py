@@ -41,7 +41,7 @@ FORMAT_OF_EXT = {"jpg": "JPEG", "png": "PNG"}
 RUN_ID = "import"
 
 
-class ImportError_(ValueError):
+class ReleaseImportError(ValueError):
     """A release that cannot be imported; the message names the split, row and column."""
 
 
@@ -84,13 +84,13 @@ def load_release(source: str) -> dict:
         dd = datasets.DatasetDict({"train": dd})
     unknown = set(dd) - set(SPLITS)
     if unknown:
-        raise ImportError_(f"{source}: splits {sorted(unknown)} are not Graph200K's "
+        raise ReleaseImportError(f"{source}: splits {sorted(unknown)} are not Graph200K's "
                            f"({', '.join(SPLITS)})")
     out = {}
     for split, ds in dd.items():
         missing = [c for c in REQUIRED if c not in ds.column_names]
         if missing:
-            raise ImportError_(f"{source} split {split}: column {missing[0]!r} is missing "
+            raise ReleaseImportError(f"{source} split {split}: column {missing[0]!r} is missing "
                                f"(a Graph200K release has {', '.join(REQUIRED)} and the "
                                "annotation columns; see docs/formats.md)")
         for c in VARIANT:
@@ -101,7 +101,7 @@ def load_release(source: str) -> dict:
                     a, b = c.hub.format(i=i), partner.hub.format(i=i)
                     if (a in ds.column_names) != (b in ds.column_names):
                         lack = b if a in ds.column_names else a
-                        raise ImportError_(f"{source} split {split}: column {lack!r} is "
+                        raise ReleaseImportError(f"{source} split {split}: column {lack!r} is "
                                            f"missing while its pair {a if lack == b else b!r} "
                                            "is there")
         out[split] = ds
@@ -144,7 +144,7 @@ def _bytes_of(value, where: str, column: str) -> bytes | None:
         buf = io.BytesIO()
         value.save(buf, format="PNG")
         return buf.getvalue()
-    raise ImportError_(f"{where}: column {column!r} holds a {type(value).__name__}, not an image")
+    raise ReleaseImportError(f"{where}: column {column!r} holds a {type(value).__name__}, not an image")
 
 
 def sniff(data: bytes) -> str | None:
@@ -156,8 +156,8 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def _undecodable(where: str, column: str, e: Exception) -> ImportError_:
-    return ImportError_(f"{where}: column {column!r} does not decode as an image "
+def _undecodable(where: str, column: str, e: Exception) -> ReleaseImportError:
+    return ReleaseImportError(f"{where}: column {column!r} does not decode as an image "
                         f"({type(e).__name__}); fix or drop that row")
 
 
@@ -200,11 +200,11 @@ def _variant_count(row: dict, node: str, columns: set[str], where: str) -> int:
             present.append(i)
         elif any(v is not None for v in cells):
             lack = next(c.hub.format(i=i) for c, v in zip(groups, cells) if v is None)
-            raise ImportError_(f"{where}: column {lack!r} is empty while its pair is not")
+            raise ReleaseImportError(f"{where}: column {lack!r} is empty while its pair is not")
     count = len(present)
     if present != list(range(count)):
         hole = next(i for i in range(count + 1) if i not in present)
-        raise ImportError_(f"{where}: {node} variants have a hole: column "
+        raise ReleaseImportError(f"{where}: {node} variants have a hole: column "
                            f"{groups[0].hub.format(i=hole)!r} is empty but "
                            f"{groups[0].hub.format(i=present[-1])!r} is not")
     return count
@@ -216,14 +216,14 @@ def _objects(value, where: str) -> list[dict]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            raise ImportError_(f"{where}: column {QWEN_META!r} is not JSON") from None
+            raise ReleaseImportError(f"{where}: column {QWEN_META!r} is not JSON") from None
     if isinstance(value, dict):  # a struct of lists: one list per field
         keys = list(value)
         value = [dict(zip(keys, vals)) for vals in zip(*(value[k] or [] for k in keys))]
     objects = []
     for o in value or []:
         if not isinstance(o, dict):
-            raise ImportError_(f"{where}: column {QWEN_META!r} holds {type(o).__name__} "
+            raise ReleaseImportError(f"{where}: column {QWEN_META!r} holds {type(o).__name__} "
                                "entries, not objects")
         box = o.get("bbox", o.get("box", o.get("bbox_2d", o.get("coordinate"))))
         objects.append({"name": o.get("name", o.get("label", o.get("object"))),
@@ -259,7 +259,7 @@ def convert_row(row: dict, key: str, split: str, columns: set[str], where: str,
     if isinstance(desc, str):
         desc = {"description_0": desc}
     if not isinstance(desc, dict):
-        raise ImportError_(f"{where}: column 'description' holds {type(desc).__name__}")
+        raise ReleaseImportError(f"{where}: column 'description' holds {type(desc).__name__}")
     quality = row.get("quality_assessment") or {}
     by_stage: dict[str, dict] = {}
     target = None
@@ -270,7 +270,7 @@ def convert_row(row: dict, key: str, split: str, columns: set[str], where: str,
         data = member_bytes(row.get(c.hub), c.member, where, c.hub, stats)
         if data is None:
             if c.node in SOURCE_NODES:
-                raise ImportError_(f"{where}: column {c.hub!r} is empty; every row needs "
+                raise ReleaseImportError(f"{where}: column {c.hub!r} is empty; every row needs "
                                    "its target and reference")
             continue
         if c.node in SOURCE_NODES:

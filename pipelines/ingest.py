@@ -283,7 +283,7 @@ def main(argv=None) -> int:
         prepare_output(out)
         try:
             import_graph200k.import_release(args.source, out, args.annotated, args.shard_size)
-        except import_graph200k.ImportError_ as e:
+        except import_graph200k.ReleaseImportError as e:
             print(f"{PROG}: error: {e}", file=sys.stderr)
             return 1
         return 0

@@ -191,7 +191,7 @@ def test_an_image_that_does_not_decode_names_the_row_and_column(tmp_path):
     rows = [hub_row_of(0), hub_row_of(1)]
     rows[1]["canny"] = {"bytes": b"not an image at all", "path": None}
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows, features=hub_features())})
-    with pytest.raises(import_graph200k.ImportError_,
+    with pytest.raises(import_graph200k.ReleaseImportError,
                        match=r"split train row 1 \(key 0000001\): column 'canny' does not decode"):
         import_graph200k.import_release(_save(dd, tmp_path / "hub"), str(tmp_path / "src"),
                                         log=lambda *_: None)
@@ -206,7 +206,7 @@ def test_a_variant_list_with_holes_names_the_empty_column(tmp_path):
     row = hub_row_of(0)  # FillEdit 0-5
     row["FillEdit_image_1"] = None
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_list([row], features=hub_features())})
-    with pytest.raises(import_graph200k.ImportError_,
+    with pytest.raises(import_graph200k.ReleaseImportError,
                        match=r"filledit variants have a hole: column 'FillEdit_image_1' is empty"):
         import_graph200k.import_release(_save(dd, tmp_path / "hub"), str(tmp_path / "src"),
                                         log=lambda *_: None)
@@ -220,7 +220,7 @@ def test_a_half_style_pair_names_its_empty_column(tmp_path):
     row = hub_row_of(0)
     row["InstantStyle_ref_2"] = None
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_list([row], features=hub_features())})
-    with pytest.raises(import_graph200k.ImportError_, match="'InstantStyle_ref_2' is empty"):
+    with pytest.raises(import_graph200k.ReleaseImportError, match="'InstantStyle_ref_2' is empty"):
         import_graph200k.import_release(_save(dd, tmp_path / "hub"), str(tmp_path / "src"),
                                         log=lambda *_: None)
 
