@@ -60,6 +60,7 @@ demo: $(STAMP) $(DEMO_ANNOTATE)
 	$(PY) -m graph200k.preview --key 0000004 --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --out $(DEMO)/sheet.png
 	$(PY) -m graph200k.verify --shards $(DEMO)/shards/graph200k
 	$(PY) -m graph200k.publish --src $(DEMO)/shards/graph200k --to file://$(abspath $(DEMO))/release
+	$(PY) -m graph200k.load_release $(DEMO)/release
 	@# Tiny random models built from config, trained a few steps on the demo shards. One
 	@# thread each: on 2 shared cores that is 5x faster than torch's default (measured).
 	OMP_NUM_THREADS=1 $(PY) -m train.fill --config configs/train/fill-tiny.yaml $(DEMO_DATA) model.pretrained=$(DEMO)/models/tiny-flux-fill train.out_dir=$(DEMO)/runs/fill-tiny

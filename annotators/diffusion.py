@@ -198,8 +198,9 @@ def jpeg(img: np.ndarray, h: int, w: int, quality: int) -> bytes:
 
 
 def depth_control(sample, side: int) -> np.ndarray:
-    """This sample's `depth.png` (16-bit relative inverse depth: near is large) as the
-    8-bit RGB depth image depth ControlNets and FLUX.1-Depth take, min-max stretched."""
+    """This sample's `depth.png` (8-bit grey relative inverse depth, near bright; an older
+    16-bit map reads the same) as the RGB depth image depth ControlNets and FLUX.1-Depth
+    take, min-max stretched."""
     from annotators.base import NotApplicable
 
     data = sample.members.get("depth.png")

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from graph200k import storage
 from graph200k.manifest import scan_shard
 from graph200k.nodes import NODE_TYPES
+from graph200k.release_schema import RAY_SETTING, card_dataset_info, member_names
 from graph200k.shards import list_shards, read_stats, shard_index
 from graph200k.tasks import load_raw  # resolves `include:` (configs/tasks-extended.yaml)
 
@@ -101,19 +103,48 @@ def size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def front_matter(card_config: dict, samples: int) -> dict:
+def front_matter(card_config: dict, samples: int, members=(), folder=None) -> dict:
     meta = {**DEFAULT_CARD, **{k: v for k, v in (card_config or {}).items() if v is not None}}
     meta["size_categories"] = [size_category(samples)]
     # Lets `datasets.load_dataset(repo)` find the shards with its webdataset builder.
     meta.setdefault("configs", [{"config_name": "default", "data_files": "*.tar"}])
+    if members:  # declared, not inferred: samples hold different members (release_schema)
+        meta["dataset_info"] = card_dataset_info(members)
+    link = meta.get("license_link")
+    if link and folder is not None and "://" not in str(link) \
+            and not storage.exists(storage.join(str(folder), str(link))):
+        meta.pop("license_link")  # never link a file the release does not hold
     return meta
+
+
+def loading_section(members) -> list[str]:
+    """How to read the release with `datasets`, `webdataset` and Ray Data."""
+    cols = ", ".join(f"`{m}`" for m in members)
+    return [
+        "## Loading", "",
+        f"Columns: `__key__`, {cols}, `__url__`; a member a sample lacks is None. Images open "
+        "with PIL (`.convert(\"RGB\")` gives what you expect: depth is 8-bit grey, near bright; "
+        "`uniformer.png` is a palette PNG).", "",
+        "```python",
+        "import datasets",
+        "ds = datasets.load_dataset(\"path/or/ORG/NAME\", split=\"train\")  # features from this card",
+        "",
+        "import webdataset as wds",
+        "for sample in wds.WebDataset(\"path/*.tar\", shardshuffle=False).decode(\"pil\"): ...",
+        "",
+        "import ray",
+        f"{RAY_SETTING}  # a member absent from some samples",
+        "ds = ray.data.read_webdataset(\"path/\")",
+        "```",
+    ]
 
 
 def render(folder: Path, card_config: dict | None = None, tasks_path: Path | None = None) -> str:
     totals = collect(folder)
     families, note = read_families(tasks_path)
     card_config = card_config or {}
-    meta = front_matter(card_config.get("front_matter") or {}, totals["samples"])
+    members = member_names(folder)
+    meta = front_matter(card_config.get("front_matter") or {}, totals["samples"], members, folder)
     present = {n for n, c in totals["nodes"].items() if c}
 
     lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
@@ -132,6 +163,7 @@ def render(folder: Path, card_config: dict | None = None, tasks_path: Path | Non
     if totals["without_stats"]:
         lines.append(f"- shards without a stats file (counted from their members): "
                      f"{totals['without_stats']}")
+    lines += [""] + loading_section(members)
     lines += ["", "## Node types", "", "| node type | kind | samples | stored as |", "|---|---|---|---|"]
     for name, node in NODE_TYPES.items():
         count = totals["nodes"].get(name, 0)

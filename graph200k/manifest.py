@@ -86,12 +86,15 @@ class Manifest:
         """Records: {"key", "shard", "nodes": [...], "item", "description", "quality": {...},
         "variants": {node: count}} (variants: default 1 for each generated node present)."""
         keys, shards, masks, items, descs, qual, var = [], [], [], [], [], [], []
+        released: dict[int, str] = {}  # an imported release keeps its own split (meta.json)
         cache: dict[tuple, int] = {}  # many samples share one node set
         for r in records:
             nodes = tuple(r["nodes"])
             m = cache.get(nodes)
             if m is None:
                 m = cache[nodes] = with_online(mask_of(nodes))
+            if r.get("split") in SPLITS:
+                released[len(keys)] = r["split"]
             keys.append(r["key"])
             shards.append(r["shard"])
             masks.append(m)
@@ -102,9 +105,14 @@ class Manifest:
             v = r.get("variants") or {}
             var.append([min(255, int(v.get(n, n in nodes))) if n in nodes else 0
                         for n in VARIANT_NODES])
+        splits = None
+        if released:
+            splits = split_column(keys, test_fraction)
+            for i, split in released.items():
+                splits[i] = split
         return cls(keys, shards, masks, items, descs, np.array(qual, dtype=np.int8).reshape(-1, 3),
                    np.array(var, dtype=np.uint8).reshape(-1, len(VARIANT_NODES)),
-                   test_fraction=test_fraction)
+                   splits=splits, test_fraction=test_fraction)
 
     @classmethod
     def from_shards(cls, shards, test_fraction: float = DEFAULT_TEST_FRACTION) -> "Manifest":
@@ -260,7 +268,7 @@ def scan_parts(shard_set: ShardSet, shard: int) -> tuple[list[dict], list[dict]]
         meta = metas.get(key, {})
         records.append({"key": key, "shard": shard, "nodes": available_nodes(names),
                         "item": meta.get("item"), "description": meta.get("description"),
-                        "quality": meta.get("quality"),
+                        "quality": meta.get("quality"), "split": meta.get("split"),
                         "variants": {n: variant_count(n, names) for n in VARIANT_NODES}})
     return records, [part_fingerprint(p) for p in parts]
 
@@ -297,7 +305,7 @@ def scan_shard(path) -> list[dict]:
         meta = metas.get(key, {})
         records.append({"key": key, "shard": shard, "nodes": available_nodes(fields),
                         "item": meta.get("item"), "description": meta.get("description"),
-                        "quality": meta.get("quality"),
+                        "quality": meta.get("quality"), "split": meta.get("split"),
                         "variants": {n: variant_count(n, fields) for n in VARIANT_NODES}})
     return records
 

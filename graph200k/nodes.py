@@ -147,7 +147,7 @@ _CONDITIONS = [
         "colour-coded masks of the objects found in the image",
     ]),
     _node("foreground", CONDITION, "foreground.png", [
-        "the subject cut out on a plain background",
+        "the subject cut out on a black background",
         "the foreground object alone, background removed",
         "an isolated cut-out of the subject",
         "the matted foreground of the photo",

@@ -41,6 +41,7 @@ from graph200k.dataset_card import render
 from graph200k.shards import ShardError, list_shards, read_json, shard_index
 
 CARD = "README.md"
+LICENSE = "LICENSE.md"  # shipped beside the card when configs/publish.yaml gives its text
 HUB_PREFIX = "hf://datasets/"
 RELEASE_DIR = "_release"
 
@@ -84,7 +85,19 @@ def check_shards(folder, allow_partial: bool = False) -> list[str]:
             for p in verify(folder, allow_partial=allow_partial)]
 
 
+def write_license(folder, config: dict) -> str | None:
+    """`LICENSE.md` from the card config's `license_text`, so the card's link resolves;
+    without a text no file is written (and the card drops its relative link)."""
+    text = (config.get("card") or {}).get("license_text")
+    if not text:
+        return None
+    path = storage.join(folder, LICENSE)
+    storage.atomic_write(path, (str(text).strip() + "\n").encode())
+    return path
+
+
 def write_card(folder, config: dict, tasks: Path | None) -> str:
+    write_license(folder, config)
     text = render(Path(folder), config.get("card") or {}, tasks)
     path = storage.join(folder, CARD)
     storage.atomic_write(path, text.encode())
@@ -138,6 +151,9 @@ def copy_to_fsspec(folder, url: str, force: bool = False, log=print) -> tuple[li
                 storage.copy_file(path, target)
                 copied.append(storage.name(path))
                 log(f"publish: {storage.name(path)} -> {dest_root}")
+    if storage.exists(storage.join(folder, LICENSE)):
+        storage.copy_file(storage.join(folder, LICENSE), storage.join(dest_root, LICENSE))
+        copied.append(LICENSE)
     storage.copy_file(storage.join(folder, CARD), storage.join(dest_root, CARD))
     copied.append(CARD)
     return copied, repaired
@@ -150,7 +166,7 @@ def hub_upload(folder, repo_id: str, private: bool = False, api=None, revision=N
     api = api or HfApi()
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     kwargs = dict(repo_id=repo_id, folder_path=str(folder), repo_type="dataset",
-                  allow_patterns=["*.tar", "*.stats.json", "*.index.json", CARD],
+                  allow_patterns=["*.tar", "*.stats.json", "*.index.json", CARD, LICENSE],
                   ignore_patterns=[".*", "*.tmp-*", "_*"])
     if hasattr(api, "upload_large_folder"):  # huggingface_hub < 2.0
         kwargs.pop("ignore_patterns")

@@ -39,10 +39,10 @@ REASONS = ("unknown_key", "shard_unreadable", "bad_index", "stale_index", "missi
 MATTE_MEMBER = "rmbg.png"
 # foreground / background keep the pixels on their side of the RMBG matte at 0.5.
 MATTE_THRESHOLD = 128
-# What fills the removed part: white behind the cut-out subject (the plain product-photo
-# backdrop the `foreground` phrases describe), black in the hole the subject leaves in
-# `background`; the two fills differ so the two node types never look alike.
-FOREGROUND_FILL = 255
+# What fills the removed part: black on both sides, as the reference trainer builds them
+# (`target * (mask > 0.5)` in VisualCloze's data/data_reader.py), so a model trained here
+# sees the foreground and background that Graph200K models were trained on.
+FOREGROUND_FILL = 0
 BACKGROUND_FILL = 0
 
 

@@ -13,6 +13,10 @@ records what was changed. `--source` and `--out` may be local paths or fsspec UR
     python -m pipelines.ingest --source Yuanshi/Subjects200K --out shards/source
     python -m pipelines.ingest --source build/subjects200k-mini.parquet --out shards/source --shard-size 4
     python -m pipelines.ingest --source s3://bucket/subjects200k/ --out s3://bucket/shards/source
+
+The released Graph200K (`--source VisualCloze/Graph200K`, a `save_to_disk` folder of it, or
+parquet files with its columns) is imported instead: source shards plus one stage sidecar
+per annotation it holds, its train/test split kept (pipelines.import_graph200k).
 """
 
 from __future__ import annotations
@@ -126,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "both: every image becomes a target, keys ROW_0 / ROW_1")
     ap.add_argument("--workers", type=positive_int, default=1)
     ap.add_argument("--force", action="store_true", help="redo shards that are already complete")
+    ap.add_argument("--annotated", default=None,
+                    help="Graph200K import only: the annotated dataset folder its stage "
+                         "sidecars go to (default: <out>/../graph200k)")
     return ap
 
 
@@ -270,6 +277,16 @@ def main(argv=None) -> int:
     except ValueError as e:
         ap.error(f"argument --quality: {e}")
     out = storage.normalize(args.out)
+    from pipelines import import_graph200k
+
+    if not storage.is_url(args.source) and import_graph200k.looks_like_graph200k(args.source):
+        prepare_output(out)
+        try:
+            import_graph200k.import_release(args.source, out, args.annotated, args.shard_size)
+        except import_graph200k.ReleaseImportError as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return 1
+        return 0
     if args.workers > 1 and (_in_memory(out) or _in_memory(args.source)):
         ap.error("memory:// lives inside one process, so workers cannot share it: use "
                  "--workers 1 with a memory:// --source or --out")

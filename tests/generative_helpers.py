@@ -28,10 +28,11 @@ def ellipse(h: int, w: int, cy=0.5, cx=0.5, ry=0.3, rx=0.25) -> np.ndarray:
 
 
 def depth_png(h: int, w: int) -> bytes:
-    """16-bit relative inverse depth: a floor ramp (near at the bottom) and a nearer blob."""
-    ramp = np.linspace(1000, 30000, h, dtype=np.float32)[:, None].repeat(w, axis=1)
-    ramp[ellipse(h, w)] = 45000
-    return cv2.imencode(".png", cv2.GaussianBlur(ramp, (0, 0), 2).astype(np.uint16))[1].tobytes()
+    """8-bit relative inverse depth as the depth stage stores it: a floor ramp (near, bright,
+    at the bottom) and a nearer blob."""
+    ramp = np.linspace(4, 117, h, dtype=np.float32)[:, None].repeat(w, axis=1)
+    ramp[ellipse(h, w)] = 175
+    return cv2.imencode(".png", cv2.GaussianBlur(ramp, (0, 0), 2).astype(np.uint8))[1].tobytes()
 
 
 def mask_png(h: int, w: int) -> bytes:

@@ -51,6 +51,7 @@ def test_card_counts_nodes_samples_stages_and_families(annotated):
     assert totals["nodes"]["blur"] == 2  # shard 1 counted from its members: online nodes too
 
     config = yaml.safe_load(PUBLISH_CONFIG.read_text())
+    publish.write_license(annotated, config)  # the card links LICENSE.md only when it is there
     text = render(annotated, config["card"], TASKS)
     meta = front_matter(text)
     assert meta["license"] == config["card"]["front_matter"]["license"]
@@ -81,16 +82,17 @@ def test_publish_to_a_local_folder_copies_shards_stats_and_card(annotated, tmp_p
             "--tasks", str(TASKS)]
     assert publish.main(argv) == 0
     names = sorted(p.name for p in dest.iterdir())
-    assert names == ["000000.stats.json", "000000.tar", "000001.tar", "README.md"]
+    assert names == ["000000.stats.json", "000000.tar", "000001.tar", "LICENSE.md", "README.md"]
     for name in names[:-1]:
         assert (dest / name).read_bytes() == (annotated / name).read_bytes()
     assert (dest / "README.md").read_text() == (annotated / "README.md").read_text()
 
     mtimes = {p.name: p.stat().st_mtime_ns for p in dest.iterdir()}
     copied, repaired = publish.copy_to_fsspec(annotated, str(dest), log=lambda *_: None)
-    assert (copied, repaired) == (["README.md"], 0)  # rerun: shards already there are skipped
-    assert {p.name: p.stat().st_mtime_ns for p in dest.iterdir() if p.name != "README.md"} == \
-        {k: v for k, v in mtimes.items() if k != "README.md"}
+    assert (copied, repaired) == (["LICENSE.md", "README.md"], 0)  # rerun: shards skipped
+    card_files = ("README.md", "LICENSE.md")  # copied every time, as the card
+    assert {p.name: p.stat().st_mtime_ns for p in dest.iterdir() if p.name not in card_files} == \
+        {k: v for k, v in mtimes.items() if k not in card_files}
 
 
 def test_publish_to_the_hub_prepares_one_dataset_upload(annotated, monkeypatch):

@@ -95,13 +95,13 @@ def test_members_shapes_dtypes_and_ranges(test_id, batched):
         img = raw(o.members[MEMBER[test_id]])
         assert img.shape[:2] == (SIZE, SIZE)
         assert (img.ndim == 2 and CHANNELS[test_id] == 1) or img.shape[2] == CHANNELS[test_id]
-        assert img.dtype == (np.uint16 if test_id == "depth" else np.uint8)
+        assert img.dtype == np.uint8  # depth too: 8-bit grey, as Graph200K stores it
         assert img.any()
-    if test_id == "depth":  # normalised per image: the full 16-bit range, the raw span in meta
+    if test_id == "depth":  # normalised per image: the full 8-bit range, the raw span in meta
         for o in out:
             img = raw(o.members["depth.png"])
-            assert img.min() == 0 and img.max() == 65535
-            assert o.meta["min"] < o.meta["max"] and o.meta["levels"] == 65535
+            assert img.min() == 0 and img.max() == 255
+            assert o.meta["min"] < o.meta["max"] and o.meta["levels"] == 255
     if test_id == "mlsd":  # lines white on black, drawn at the image's own size
         for o in out:
             assert set(np.unique(raw(o.members["mlsd.png"]))) <= {0, 255}
@@ -128,7 +128,7 @@ def test_members_shapes_dtypes_and_ranges(test_id, batched):
 
 
 # how far a batch may differ from one image at a time: float GEMMs of other shapes round
-# differently; maps quantised to 8 bit almost never see it, a 16-bit depth map sees 1 level
+# differently; maps quantised to 8 bit almost never see it, depth (a min-max stretch) 1 level
 BATCH_TOLERANCE = {"depth": 2}
 
 
@@ -253,7 +253,7 @@ def test_depth_matches_transformers_processing(loaded, batched, photos, tiny_mod
         ref = processor.post_process_depth_estimation(prediction, target_sizes=[(SIZE, SIZE)])
         ref = ref[0]["predicted_depth"].numpy()
         ref = (ref - ref.min()) / (ref.max() - ref.min())
-        ours = raw(o.members["depth.png"]) / 65535
+        ours = raw(o.members["depth.png"]) / 255
         # the processor resizes with torchvision's bicubic, we with OpenCV's (uint8 in)
         assert np.abs(ours - ref).mean() < 0.02
         assert np.corrcoef(ours.ravel(), ref.ravel())[0, 1] > 0.99
@@ -382,7 +382,7 @@ def test_tiny_models_are_reproducible_and_narrow(tmp_path):
 
 def test_preview_sheet_shows_the_dense_members(batched, photos, tmp_path):
     """A shard holding what the six stages wrote reads back through the training reader
-    (16-bit depth as 8 bit, the palette PNG as colours) and the preview's contact sheet."""
+    (8-bit depth as it is stored, the palette PNG as colours) and the preview's contact sheet."""
     from PIL import Image
 
     from annotate_helpers import make_samples
@@ -404,9 +404,8 @@ def test_preview_sheet_shows_the_dense_members(batched, photos, tmp_path):
     for node in nodes:
         img = reader.fetch(source["__key__"], node)
         assert img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8 and img.std() > 0
-    depth16 = raw(sample["depth.png"])
     np.testing.assert_array_equal(reader.fetch(source["__key__"], "depth")[..., 0],
-                                  (depth16 >> 8).astype(np.uint8))
+                                  raw(sample["depth.png"]))  # 8-bit grey: read as stored
     out = tmp_path / "sheet.png"
     assert preview.main(["--key", source["__key__"], "--shards", str(folder),
                          "--no-degradations", "--out", str(out)]) == 0

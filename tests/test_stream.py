@@ -192,7 +192,8 @@ def test_foreground_and_background_come_from_the_matte(annotated):
     assert 0 < inside.mean() < 1 and target.shape[:2] == (48, 64)
     fg, bg = reader.fetch("0000001", "foreground"), reader.fetch("0000001", "background")
     assert fg.shape == bg.shape == target.shape
-    assert np.array_equal(fg[inside], target[inside]) and (fg[~inside] == 255).all()
+    # black outside the matte, as the reference's `target * (mask > 0.5)`
+    assert np.array_equal(fg[inside], target[inside]) and (fg[~inside] == 0).all()
     assert np.array_equal(bg[~inside], target[~inside]) and (bg[inside] == 0).all()
 
 
