@@ -3,7 +3,7 @@
 Contract shared by the composer (this module), the training stream and train.fill.
 
     grid = compose(task, images, res=384)             # training: every cell res x res
-    grid = compose(task, images, res=512, mode="infer")  # keep aspect, area ~ res^2
+    grid = compose(task, images, res=512, mode="infer")  # diffusers' VisualClozeProcessor sizing
 
 Rows are kept separate: FLUX's 3D RoPE puts the row index on axis 0 and restarts axes 1-2
 per row (VisualCloze), so rows may differ in aspect ratio. `Grid.stacked()` pads them to
@@ -61,8 +61,9 @@ class Grid:
 
     @property
     def row_ids(self) -> list[int]:
-        """Axis 0 of FLUX's 3D RoPE: the row index of every row (axes 1-2 restart per row)."""
-        return list(range(self.num_rows))
+        """Axis 0 of FLUX's 3D RoPE for every row: 1, 2, ... (text tokens hold 0; axes 1-2 restart
+        per row), as the reference trainer and diffusers' VisualClozeGenerationPipeline."""
+        return list(range(1, self.num_rows + 1))
 
     @property
     def masked_cell(self) -> tuple[int, int]:
@@ -135,10 +136,6 @@ def _check_res(res: int, multiple: int = MULTIPLE) -> int:
     return int(res)
 
 
-def _snap(x: float, multiple: int) -> int:
-    return max(multiple, int(round(x / multiple)) * multiple)
-
-
 def train_cell_size(res: int) -> tuple[int, int]:
     """Training cells are res x res (VisualCloze trains at 384² / 512²)."""
     res = _check_res(res)
@@ -146,23 +143,15 @@ def train_cell_size(res: int) -> tuple[int, int]:
 
 
 def infer_cell_size(h: int, w: int, res: int, multiple: int = MULTIPLE) -> tuple[int, int]:
-    """The (h, w) closest to area res² with the aspect of an h x w image, sides multiple of 16."""
+    """The (h, w) of every cell of a row whose first image is h x w: area res² at that aspect,
+    each side rounded *down* to `multiple` (at least one). The rule of diffusers'
+    VisualClozeProcessor.preprocess_image and the reference's inference, so a grid composed
+    here is the grid the released models and diffusers' pipeline see."""
     _check_res(res, multiple)
-    scale = res / np.sqrt(h * w)
-    return _snap(h * scale, multiple), _snap(w * scale, multiple)
-
-
-def _row_infer_sizes(aspects: list[float | None], res: int, multiple: int):
-    """One height for the row, each cell's width from its own aspect (w / h).
-
-    The height makes the mean cell area res²; a cell of unknown size (the query's target
-    at inference) takes the row's geometric-mean aspect.
-    """
-    known = [a for a in aspects if a is not None]
-    mean = float(np.exp(np.mean(np.log(known)))) if known else 1.0
-    aspects = [mean if a is None else a for a in aspects]
-    h = _snap(res / np.sqrt(np.mean(aspects)), multiple)
-    return [(h, _snap(h * a, multiple)) for a in aspects]
+    aspect = w / h
+    new_h = int((res * res / aspect) ** 0.5)
+    new_w = int(new_h * aspect)
+    return max(new_h // multiple, 1) * multiple, max(new_w // multiple, 1) * multiple
 
 
 # ---- images --------------------------------------------------------------------------
@@ -199,6 +188,25 @@ def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
+def resize_and_crop(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Scale (Lanczos) until the image covers (h, w), keeping its aspect, then cut the centre.
+
+    Pixel for pixel what diffusers' VisualClozeProcessor does to each image (VaeImageProcessor
+    `_resize_and_crop`, resample "lanczos"): the covering side is computed with integer
+    floor division and the crop offset is `src // 2 - size // 2`, as there."""
+    from PIL import Image
+
+    h, w = size
+    src_h, src_w = img.shape[:2]
+    if w / h > src_w / src_h:
+        new_w, new_h = w, src_h * w // src_w
+    else:
+        new_w, new_h = src_w * h // src_h, h
+    scaled = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((new_w, new_h), resample=Image.Resampling.LANCZOS))
+    y, x = new_h // 2 - h // 2, new_w // 2 - w // 2
+    return scaled[y:y + h, x:x + w]
+
+
 def centre_square(img: np.ndarray) -> np.ndarray:
     """The centred square crop. Stretching would distort shapes; aligned images of one size
     (a target and its canny map) get the same crop, so correspondences survive."""
@@ -215,8 +223,9 @@ def compose_images(images, mask_row: int, mask_col: int, prompt: str = "", res: 
     """Compose `images[r][c]` (uint8 H x W [x 3]) into a Grid with one masked cell.
 
     mode "train": every cell res x res (centre square crop, then resize).
-    mode "infer": every cell keeps its aspect at area ~ res², sides multiples of `multiple`,
-    one height per row; a `None` cell (the unknown query target) is left black.
+    mode "infer": diffusers' VisualClozeProcessor sizing — every cell of a row takes the size
+    of the row's first image at area ~ res² (`infer_cell_size`) by `resize_and_crop`; a
+    `None` cell (the unknown query target) is left black.
     `meta` fills the remaining Grid fields (task_id, family, variant, cells, keys, ...).
     """
     if mode not in (TRAIN, INFER):
@@ -243,14 +252,15 @@ def compose_images(images, mask_row: int, mask_col: int, prompt: str = "", res: 
             row = [centre_square(_checked(img, r, c)) for c, img in enumerate(row)]
         else:
             row = [None if img is None else _checked(img, r, c) for c, img in enumerate(row)]
-            aspects = [None if img is None else img.shape[1] / img.shape[0] for img in row]
-            row_sizes = _row_infer_sizes(aspects, res, multiple)
+            first = next((img for img in row if img is not None), None)
+            size = (res, res) if first is None else infer_cell_size(*first.shape[:2], res, multiple)
+            row_sizes = [size] * cols
         canvas = np.zeros((row_sizes[0][0], sum(w for _, w in row_sizes), 3), np.uint8)
         x0 = 0
         for img, (h, w) in zip(row, row_sizes):
             if img is not None:
                 # Resize before expanding grey maps to 3 channels: a third of the work.
-                cell = resize(img, (h, w))
+                cell = resize(img, (h, w)) if mode == TRAIN else resize_and_crop(img, (h, w))
                 canvas[:, x0:x0 + w] = cell[..., None] if cell.ndim == 2 else cell
             x0 += w
         rows.append(canvas)

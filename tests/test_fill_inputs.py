@@ -20,12 +20,22 @@ def test_pack_latents_order_by_hand():
 
 
 def test_position_ids_restart_per_row_by_hand():
-    # Row 0: latent 4x4 -> 2x2 tokens; row 1: latent 2x6 -> 1x3 tokens (another aspect).
+    # First row: latent 4x4 -> 2x2 tokens; second: latent 2x6 -> 1x3 tokens (another aspect).
+    # Row ids start at 1 (the reference's `j + 1`, diffusers' `enumerate(start=1)`): 0 is the text's.
     ids = grid_position_ids([(4, 4), (2, 6)])
     assert ids.tolist() == [
-        [0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 1, 1],
-        [1, 0, 0], [1, 0, 1], [1, 0, 2],
+        [1, 0, 0], [1, 0, 1], [1, 1, 0], [1, 1, 1],
+        [2, 0, 0], [2, 0, 1], [2, 0, 2],
     ]
+
+
+def test_position_ids_equal_diffusers_visualcloze_pipeline():
+    from diffusers import VisualClozeGenerationPipeline
+
+    # Two concatenated pixel rows of another aspect each, VAE downscale 2: latents 8x16 and 4x12.
+    rows = [torch.zeros(1, 3, 16, 32), torch.zeros(1, 3, 8, 24)]
+    theirs = VisualClozeGenerationPipeline._prepare_latent_image_ids(rows, 2, "cpu", torch.float32)
+    assert torch.equal(grid_position_ids([(8, 16), (4, 12)]), theirs)
 
 
 def test_pack_mask_s2_by_hand():
