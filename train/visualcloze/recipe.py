@@ -342,8 +342,12 @@ def train(cfg: FillConfig) -> dict:
         if acc.is_main_process:
             from diffusers import FluxFillPipeline
 
-            # diffusers' LoRA format: loads with FluxFillPipeline.load_lora_weights(lora_dir).
-            FluxFillPipeline.save_lora_weights(lora_dir, transformer_lora_layers=lora, safe_serialization=True)
+            # diffusers' LoRA format: loads with FluxFillPipeline / VisualClozePipeline.load_lora_weights(lora_dir).
+            # The adapter config rides in the file's metadata: without it diffusers assumes
+            # alpha = rank, and a LoRA trained with another alpha would load at the wrong scale.
+            config = par.unwrap(transformer).peft_config["default"].to_dict()
+            FluxFillPipeline.save_lora_weights(lora_dir, transformer_lora_layers=lora, safe_serialization=True,
+                                               transformer_lora_adapter_metadata=config)
     log.close()
     task_log.close()
     acc.wait_for_everyone()
