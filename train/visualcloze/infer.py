@@ -228,21 +228,22 @@ def denoise(pipe: FluxFillPipeline, grid, steps: int, guidance: float, generator
 @torch.no_grad()
 def solve(pipe: FluxFillPipeline, grid, steps: int = 28, guidance: float = 30.0, seed: int = 0,
           max_sequence_length: int = 512, upsampling: Upsampling | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (generated grid image with rows stacked, target cell) as uint8 arrays; the target
-    is upsampled when `upsampling.strength` > 0."""
+    """Returns (the grid with the generated query row, rows stacked; the target cell) as uint8
+    arrays; the target is upsampled when `upsampling.strength` > 0. Only the query row is
+    decoded, as diffusers does: the example rows are shown as they went in."""
     # One generator for the VAE samples, the noise and the upsampling pass, in diffusers' order.
     generator = torch.Generator("cpu").manual_seed(seed)
     packed, inputs = denoise(pipe, grid, steps, guidance, generator, max_sequence_length)
-    rows, offset = [], 0
-    for h, w in inputs.row_latent_sizes.tolist():
-        k = (h // 2) * (w // 2)
-        rows.append(_decode(pipe, unpack_latents(packed[:, offset:offset + k], h, w)))
-        offset += k
+    sizes = inputs.row_latent_sizes.tolist()
+    offset = sum((h // 2) * (w // 2) for h, w in sizes[:grid.mask_row])
+    h, w = sizes[grid.mask_row]
+    query = _decode(pipe, unpack_latents(packed[:, offset:offset + (h // 2) * (w // 2)], h, w))
     x0, y0, x1, y1 = grid.cell_box(grid.mask_row, grid.mask_col)
-    target = rows[grid.mask_row][y0:y1, x0:x1]
+    target = query[y0:y1, x0:x1]
     if upsampling is not None and upsampling.strength > 0:
         target = upsample(pipe, target, (grid.prompt_parts or {}).get("content"), upsampling, steps, guidance,
                           generator, max_sequence_length)
+    rows = [query if r == grid.mask_row else row for r, row in enumerate(grid.rows)]
     width = max(r.shape[1] for r in rows)
     stacked = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
     return stacked, target
