@@ -248,3 +248,38 @@ def test_released_layouts_load_with_the_native_lora_outputs(tiny_fill_dir, lora_
     target, grid = _cli(folder, tmp_path, "folder", "--lora", str(lora_dir))
     np.testing.assert_array_equal(target, native_target)
     np.testing.assert_array_equal(grid, native_grid)
+
+
+def test_training_continues_from_the_reference_lora(tiny_fill_dir, lora_dir, annotated_shards, tmp_path):
+    from diffusers import VisualClozeGenerationPipeline
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from train.visualcloze.model import init_lora_from, load_transformer
+
+    transformer = load_transformer(str(tiny_fill_dir), torch.float32)
+    pth = tmp_path / "visualcloze-32-lora.pth"
+    reference = to_reference_layout(_native_state(lora_dir), transformer, ALPHA / RANK)
+    torch.save(reference, pth)
+    # Step 0 is the file: every tensor, trainable, the fused layers at their stacked rank.
+    params = init_lora_from(transformer, str(pth))
+    start = get_peft_model_state_dict(transformer)
+    expected = {k.removeprefix("transformer."): v for k, v in reference_to_diffusers(reference, transformer).items()}
+    assert set(start) == set(expected) and all(torch.equal(start[k], expected[k]) for k in expected)
+    assert all(p.requires_grad and p.dtype == torch.float32 for p in params) and len(params) == len(expected)
+    assert transformer.transformer_blocks[0].attn.to_q.lora_A["default"].weight.shape[0] == 3 * RANK
+
+    out = tmp_path / "run"
+    folder, manifest = annotated_shards
+    cfg = load_config(fill.FillConfig, "configs/train/fill-tiny.yaml", [
+        f"model.pretrained={tiny_fill_dir}", f"data.shards={folder}", f"data.manifest={manifest}",
+        f"train.out_dir={out}", "train.tensorboard=false", "validation.every=0", "train.max_steps=1",
+        "train.checkpoint_every=0", "optim.lr=1e-2", f"lora.init_from={pth}"])
+    fill.train(cfg)
+    saved = load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
+    assert set(saved) == {f"transformer.{k}" for k in expected}  # lora_B biases included
+    assert any(not torch.equal(saved[f"transformer.{k}"], v) for k, v in expected.items())  # it trained
+    pipe = VisualClozeGenerationPipeline.from_pretrained(str(tiny_fill_dir), dtype=torch.float32)
+    pipe.load_lora_weights(str(out / "lora"), adapter_name="continued")
+    loaded = get_peft_model_state_dict(pipe.transformer, adapter_name="continued")
+    assert set(loaded) == set(expected) and all(torch.equal(loaded[k], saved[f"transformer.{k}"]) for k in loaded)

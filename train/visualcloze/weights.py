@@ -143,3 +143,18 @@ def load_lora(pipe, lora: str | Path, weight_name: str | None = None, adapter_na
         pipe.load_lora_weights(str(path), **kwargs)
     else:  # a hub repo id: diffusers resolves it (weight_name as its default)
         pipe.load_lora_weights(str(lora), **kwargs)
+
+
+def load_lora_adapter(transformer, lora: str | Path, weight_name: str | None = None,
+                      adapter_name: str = "default") -> None:
+    """The same files as `load_lora`, as an adapter of a bare FluxTransformer2DModel (train.fill's
+    ``lora.init_from``): its ranks (per layer), alpha and lora_B biases come from the file."""
+    path = Path(lora)
+    kwargs = {"weight_name": weight_name} if weight_name else {}
+    if path.is_file() and is_reference_file(path):
+        source = reference_to_diffusers(torch.load(path, map_location="cpu", weights_only=True), transformer)
+    elif path.is_file():
+        source, kwargs = str(path.parent), {"weight_name": path.name}
+    else:
+        source = str(lora)
+    transformer.load_lora_adapter(source, prefix="transformer", adapter_name=adapter_name, **kwargs)
