@@ -283,3 +283,23 @@ def test_training_continues_from_the_reference_lora(tiny_fill_dir, lora_dir, ann
     pipe.load_lora_weights(str(out / "lora"), adapter_name="continued")
     loaded = get_peft_model_state_dict(pipe.transformer, adapter_name="continued")
     assert set(loaded) == set(expected) and all(torch.equal(loaded[k], saved[f"transformer.{k}"]) for k in loaded)
+
+
+def test_docs_snippet_loads_a_train_fill_lora_into_diffusers(tiny_fill_dir, lora_dir, tmp_path, monkeypatch):
+    """docs/training.md's diffusers snippet (the README's), run on the tiny model: it must work as written."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    code = re.search(r"loads into them as it is:\n\n```python\n(.*?)```", doc, re.S).group(1)
+    for old, new in (('"black-forest-labs/FLUX.1-Fill-dev"', repr(str(tiny_fill_dir))), ('"runs/fill/lora"', repr(str(lora_dir))),
+                     ("resolution=384", f"resolution={RES}"), ("torch.bfloat16", "torch.float32"), ('"cuda"', '"cpu"'),
+                     ("=1024", "=64"), ("num_inference_steps=28", "num_inference_steps=1")):
+        assert old in code, old
+        code = code.replace(old, new)
+    for i, (name, im) in enumerate(zip(("ex_canny.png", "ex_photo.png", "canny.png"), _images()[1] + _images()[0][:1])):
+        Image.fromarray(im).save(tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, "docs/training.md", "exec"), scope)
+    assert scope["out"].size == (64, 64) and scope["pipe"].transformer.peft_config  # the LoRA is in
