@@ -149,15 +149,17 @@ def _native_state(lora_dir) -> dict[str, torch.Tensor]:
             load_file(str(lora_dir / "pytorch_lora_weights.safetensors")).items()}
 
 
-def _cli(tiny_fill_dir, tmp_path, name, *extra):
+def _cli(tiny_fill_dir, tmp_path, name, *extra, prompt_flags=True):
     task = {"rows": [["a.png", "b.png"], ["c.png", "d.png"], ["e.png", None]]}
+    if not prompt_flags:  # diffusers' parts as the task's own keys
+        task.update(task_prompt=TASK, content_prompt=CONTENT)
     for n, im in zip("abcde", [im for row in _images() for im in row if im is not None]):
         Image.fromarray(im).save(tmp_path / f"{n}.png")
     (tmp_path / "task.json").write_text(json.dumps(task))
     out = tmp_path / name
     infer.main(["--model", str(tiny_fill_dir), "--task", str(tmp_path / "task.json"), "--out", str(out),
                 "--steps", str(STEPS), "--seed", str(SEED), "--dtype", "float32", "--max-sequence-length", str(MSL),
-                "--task-prompt", TASK, "--content-prompt", CONTENT, *extra])
+                *(["--task-prompt", TASK, "--content-prompt", CONTENT] if prompt_flags else []), *extra])
     return np.asarray(Image.open(out / "target.png")), np.asarray(Image.open(out / "grid.png"))
 
 
@@ -248,6 +250,9 @@ def test_released_layouts_load_with_the_native_lora_outputs(tiny_fill_dir, lora_
     target, grid = _cli(folder, tmp_path, "folder", "--lora", str(lora_dir))
     np.testing.assert_array_equal(target, native_target)
     np.testing.assert_array_equal(grid, native_grid)
+    # The prompt parts as keys of the task instead of flags: the same caption, the same image.
+    target, _ = _cli(tiny_fill_dir, tmp_path, "keys", "--lora", str(lora_dir), "--res", str(RES), prompt_flags=False)
+    np.testing.assert_array_equal(target, native_target)
 
 
 def test_training_continues_from_the_reference_lora(tiny_fill_dir, lora_dir, annotated_shards, tmp_path):

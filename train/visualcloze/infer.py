@@ -23,7 +23,8 @@ of one of two kinds:
   not read).
 
 Prompt: the task's own (our templates), or diffusers' three parts given verbatim with
-``--task-prompt`` / ``--content-prompt`` / ``--layout-prompt`` and joined as
+``--task-prompt`` / ``--content-prompt`` / ``--layout-prompt`` (or the task's keys
+``task_prompt`` / ``content_prompt`` / ``layout_prompt``) and joined as
 VisualClozeGenerationPipeline joins them (`diffusers_prompt`; the layout defaults to the
 one that pipeline writes for the grid's shape).
 
@@ -319,8 +320,11 @@ def main(argv=None):
         grid = build_sampled_grid(task, args.shards, args.manifest, res, multiple)
     else:
         grid = build_grid(task, base, args.in_context, res, multiple)
-    if any(x is not None for x in (args.layout_prompt, args.task_prompt, args.content_prompt)):
-        grid = with_prompt(grid, args.layout_prompt, args.task_prompt, args.content_prompt)
+    # diffusers' three parts, from the flags or the task's own keys (a flag wins).
+    parts = [getattr(args, f"{k}_prompt") if getattr(args, f"{k}_prompt") is not None else task.get(f"{k}_prompt")
+             for k in ("layout", "task", "content")]
+    if any(x is not None for x in parts):
+        grid = with_prompt(grid, *parts)
     up = Upsampling(args.upsampling_strength, args.upsampling_height, args.upsampling_width)
     stacked, target = solve(pipe, grid, args.steps, args.guidance, args.seed, args.max_sequence_length, up)
     out = Path(args.out)
