@@ -308,7 +308,7 @@ def bench_infer(device: str = "cpu", full: bool = False, repeats: int = 5, steps
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def run_ours():
-        grid = compose_images(images, 2, 2, res=res, mode=INFER, multiple=multiple)
+        grid = compose_images(pil, 2, 2, res=res, mode=INFER, multiple=multiple)  # both get PIL images
         return infer.solve(ours, infer.with_prompt(grid, None, task, content), steps, 30.0, 0, msl)[1]
 
     def run_theirs():

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from PIL import Image
 
 # FLUX: the VAE downsamples 8x and the transformer packs 2x2 latents into one token, so a
 # side must be a multiple of 16 for a cell to cover whole tokens.
@@ -170,13 +171,24 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
 
 
 def _checked(img, row: int, col: int) -> np.ndarray:
-    """uint8 H x W or H x W x 3 (an alpha channel is dropped)."""
+    """uint8 H x W or H x W x 3 (an alpha channel is dropped); a PIL image becomes its array."""
+    if _is_pil(img):
+        img = img.convert("RGB") if img.mode not in ("L", "RGB") else img
     img = np.asarray(img)
     if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3
                                                             and img.shape[2] not in (3, 4)):
         raise ValueError(f"cell ({row}, {col}): image of shape {img.shape} and dtype "
                          f"{img.dtype} is not uint8 H x W, H x W x 3 or H x W x 4")
     return img[..., :3] if img.ndim == 3 and img.shape[2] == 4 else img
+
+
+def _is_pil(img) -> bool:
+    return isinstance(img, Image.Image)
+
+
+def _size(img) -> tuple[int, int]:
+    """(h, w) of an array or a PIL image."""
+    return (img.height, img.width) if _is_pil(img) else img.shape[:2]
 
 
 def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -188,23 +200,25 @@ def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
-def resize_and_crop(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_and_crop(img, size: tuple[int, int]) -> np.ndarray:
     """Scale (Lanczos) until the image covers (h, w), keeping its aspect, then cut the centre.
 
     Pixel for pixel what diffusers' VisualClozeProcessor does to each image (VaeImageProcessor
     `_resize_and_crop`, resample "lanczos"): the covering side is computed with integer
-    floor division and the crop offset is `src // 2 - size // 2`, as there."""
-    from PIL import Image
-
+    floor division and the crop offset is `src // 2 - size // 2`, as there. `img`: a uint8
+    array, or a PIL image (taken as it is: no array round trip at inference)."""
     h, w = size
-    src_h, src_w = img.shape[:2]
+    pil = img if _is_pil(img) else Image.fromarray(np.ascontiguousarray(img))
+    src_h, src_w = pil.height, pil.width
     if w / h > src_w / src_h:
         new_w, new_h = w, src_h * w // src_w
     else:
         new_w, new_h = src_w * h // src_h, h
-    scaled = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((new_w, new_h), resample=Image.Resampling.LANCZOS))
+    scaled = pil.resize((new_w, new_h), resample=Image.Resampling.LANCZOS)
     y, x = new_h // 2 - h // 2, new_w // 2 - w // 2
-    return scaled[y:y + h, x:x + w]
+    scaled = scaled.crop((x, y, x + w, y + h))
+    # As diffusers' paste onto an RGB canvas: other modes (RGBA, P, ...) become RGB after the resize.
+    return np.asarray(scaled if scaled.mode in ("L", "RGB") else scaled.convert("RGB"))
 
 
 def centre_square(img: np.ndarray) -> np.ndarray:
@@ -220,7 +234,7 @@ def centre_square(img: np.ndarray) -> np.ndarray:
 
 def compose_images(images, mask_row: int, mask_col: int, prompt: str = "", res: int = 384,
                    mode: str = TRAIN, multiple: int = MULTIPLE, **meta) -> Grid:
-    """Compose `images[r][c]` (uint8 H x W [x 3]) into a Grid with one masked cell.
+    """Compose `images[r][c]` (uint8 H x W [x 3], or PIL images) into a Grid with one masked cell.
 
     mode "train": every cell res x res (centre square crop, then resize).
     mode "infer": diffusers' VisualClozeProcessor sizing — every cell of a row takes the size
@@ -251,9 +265,10 @@ def compose_images(images, mask_row: int, mask_col: int, prompt: str = "", res: 
             row_sizes = [train_cell_size(res)] * cols
             row = [centre_square(_checked(img, r, c)) for c, img in enumerate(row)]
         else:
-            row = [None if img is None else _checked(img, r, c) for c, img in enumerate(row)]
+            # PIL images stay PIL until resized: the bytes diffusers' processor would resize.
+            row = [img if img is None or _is_pil(img) else _checked(img, r, c) for c, img in enumerate(row)]
             first = next((img for img in row if img is not None), None)
-            size = (res, res) if first is None else infer_cell_size(*first.shape[:2], res, multiple)
+            size = (res, res) if first is None else infer_cell_size(*_size(first), res, multiple)
             row_sizes = [size] * cols
         canvas = np.zeros((row_sizes[0][0], sum(w for _, w in row_sizes), 3), np.uint8)
         x0 = 0

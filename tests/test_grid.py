@@ -108,6 +108,7 @@ def _processor_rows(images, res, vae_scale):
 
 @pytest.mark.parametrize("mask_col", [2, 0])
 def test_inference_grid_is_pixel_identical_to_diffusers_visualcloze_processor(mask_col):
+    from PIL import Image
     from skimage import data
 
     # Real photos of four aspects, a grey 2-D map, an RGBA image; the query's unknown cell first
@@ -117,11 +118,14 @@ def test_inference_grid_is_pixel_identical_to_diffusers_visualcloze_processor(ma
     query[mask_col] = None
     images = [[data.chelsea(), data.camera(), data.astronaut()], [data.rocket(), rgba, data.chelsea()], query]
     for res, vae_scale in ((384, 8), (32, 2)):
-        g = compose_images(images, 2, mask_col, "p", res=res, mode="infer", multiple=2 * vae_scale)
         rows, sizes = _processor_rows(images, res, vae_scale)
-        assert g.cell_sizes == sizes
-        for ours, theirs in zip(g.rows, rows):
-            np.testing.assert_array_equal(ours, theirs)
+        # numpy arrays (graph200k's images) and PIL images (files, as diffusers' load_image gives them)
+        pil = [[None if im is None else Image.fromarray(im).convert("RGB") for im in row] for row in images]
+        for given in (images, pil):
+            g = compose_images(given, 2, mask_col, "p", res=res, mode="infer", multiple=2 * vae_scale)
+            assert g.cell_sizes == sizes
+            for ours, theirs in zip(g.rows, rows):
+                np.testing.assert_array_equal(ours, theirs)
 
 
 def test_inference_unknown_query_cell_is_blank_and_sized_from_its_row():

@@ -111,7 +111,8 @@ def build_grid(task: dict, base: Path, in_context: int | None, res: int, multipl
         if in_context > len(rows) - 1:
             raise ValueError(f"--in-context {in_context}: the task has only {len(rows) - 1} example rows")
         rows = rows[len(rows) - 1 - in_context:]
-    images = [[None if p is None else np.asarray(Image.open(base / p).convert("RGB")) for p in row] for row in rows]
+    # RGB as diffusers' load_image; PIL images go to the composer as they are (resized once).
+    images = [[None if p is None else Image.open(base / p).convert("RGB") for p in row] for row in rows]
     return compose_images(images, len(rows) - 1, nulls[0][1], task.get("prompt", ""), res, INFER, multiple,
                           task_id=task.get("task_id", ""))
 
@@ -210,7 +211,9 @@ def denoise(pipe: FluxFillPipeline, grid, steps: int, guidance: float, generator
     # A GridFillPipeline (train.fill's validation) is used as is: its progress-bar setting stays.
     grid_pipe = pipe if isinstance(pipe, GridFillPipeline) else GridFillPipeline(**pipe.components)
     s = vae_scale_factor(pipe.vae)
-    device, dtype = pipe._execution_device, pipe.text_encoder_2.dtype  # diffusers: the prompt embeds' dtype
+    # The prompt embeds' dtype, as diffusers. The transformer's device: _execution_device walks every
+    # module (~8 ms a call on the tiny model) and __call__ asks for it again anyway.
+    device, dtype = pipe.transformer.device, pipe.text_encoder_2.dtype
     inputs = encode_query_grid(grid, pipe.vae, generator, dtype)
     n, c4 = inputs.latents.shape
     grid_pipe.grid_img_ids = inputs.img_ids
