@@ -85,7 +85,8 @@ def test_saved_lora_loads_into_visualcloze_pipeline_every_tensor_with_rank_and_a
     linears = {n for n, m in pipe.transformer.named_modules() if isinstance(m, torch.nn.Linear)}
     pipe.load_lora_weights(str(lora_dir), adapter_name="ours")
 
-    loaded = {f"transformer.{k}": v for k, v in get_peft_model_state_dict(pipe.transformer, adapter_name="ours").items()}
+    loaded = get_peft_model_state_dict(pipe.transformer, adapter_name="ours")
+    loaded = {f"transformer.{k}": v for k, v in loaded.items()}
     assert set(loaded) == set(saved)  # none left over, none missing
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
     assert {k.rsplit(".lora_", 1)[0].removeprefix("transformer.") for k in saved} == linears  # all-linear
@@ -203,7 +204,8 @@ def test_reference_bias_and_final_adaln_swap_act_as_in_the_reference(tiny_fill_d
     pipe = infer.load_pipeline(str(tiny_fill_dir), torch.float32)
     linear = pipe.transformer.norm_out.linear
     torch.manual_seed(0)
-    a, b, bias = torch.randn(3, linear.in_features), torch.randn(linear.out_features, 3), torch.randn(linear.out_features)
+    a, b = torch.randn(3, linear.in_features), torch.randn(linear.out_features, 3)
+    bias = torch.randn(linear.out_features)
     x = torch.randn(2, linear.in_features)
     before = linear(x)
     converted = reference_to_diffusers({"final_layer.adaLN_modulation.1.lora_A.weight": a,
@@ -298,7 +300,8 @@ def test_docs_snippet_loads_a_train_fill_lora_into_diffusers(tiny_fill_dir, lora
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
     code = re.search(r"loads into them as it is:\n\n```python\n(.*?)```", doc, re.S).group(1)
-    for old, new in (('"black-forest-labs/FLUX.1-Fill-dev"', repr(str(tiny_fill_dir))), ('"runs/fill/lora"', repr(str(lora_dir))),
+    for old, new in (('"black-forest-labs/FLUX.1-Fill-dev"', repr(str(tiny_fill_dir))),
+                     ('"runs/fill/lora"', repr(str(lora_dir))),
                      ("resolution=384", f"resolution={RES}"), ("torch.bfloat16", "torch.float32"), ('"cuda"', '"cpu"'),
                      ("=1024", "=64"), ("num_inference_steps=28", "num_inference_steps=1")):
         assert old in code, old
