@@ -19,6 +19,16 @@ Skips (exit 0) when no CUDA device is present.
 
     python benchmarks/bench_fill.py --gpu [--peak-tflops 989]
 
+Inference (--infer): seconds per grid of `train.infer_fill` (compose the grid from the images,
+encode, denoise, decode: `train.visualcloze.infer.solve`) against diffusers'
+VisualClozeGenerationPipeline on the same images, prompts, seed and steps, sharing the same
+modules; both produce the same image (tests/test_fill_diffusers.py). CPU: the tiny FLUX-Fill
+of train.visualcloze.tiny at res 32; `--infer --gpu`: full-size FLUX.1-Fill shapes (random
+bf16 weights, T5-XXL / CLIP-L / FLUX VAE configs) at res 384 on CUDA, refused without CUDA.
+
+    python benchmarks/bench_fill.py --infer [--repeats 5] [--infer-steps 4]
+    python benchmarks/bench_fill.py --infer --gpu [--infer-steps 28]
+
 Output: `name: value` lines, ratios last.
 """
 
@@ -228,9 +238,115 @@ def bench_gpu(peak_tflops: float | None, iters: int, device: str = "cuda", tiny:
     return results
 
 
+# ----------------------------------------------------------------------------- inference
+def _full_size_components(device: str):
+    """FLUX.1-Fill-dev's shapes with random bf16 weights (no download): transformer (Fill
+    in_channels 384), FLUX VAE, T5-XXL encoder, CLIP-L text model; small offline tokenizers."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from train.visualcloze.tiny import _fast_tokenizer, _vocabulary
+
+    vocab = _vocabulary()
+    t5_tok, _ = _fast_tokenizer(vocab, ["<pad>", "</s>", "<unk>"], None, "</s>", "<pad>", "<unk>", 512)
+    clip_tok, _ = _fast_tokenizer(vocab, ["<|startoftext|>", "<|endoftext|>", "<unk>"], "<|startoftext|>",
+                                  "<|endoftext|>", "<|endoftext|>", "<unk>", 77)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    torch.manual_seed(0)
+    with torch.device(device):
+        transformer = FluxTransformer2DModel(**FULL)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                            up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512],
+                            layers_per_block=2, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
+                            shift_factor=0.1159, scaling_factor=0.3611)
+        t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
+                                     num_heads=64, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+                                     use_cache=False))
+        clip = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                            num_attention_heads=12, projection_dim=768, eos_token_id=1,
+                                            bos_token_id=0, pad_token_id=1))
+    torch.set_default_dtype(default)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    return dict(scheduler=scheduler, vae=vae.eval(), text_encoder=clip.eval(), tokenizer=clip_tok,
+                text_encoder_2=t5.eval(), tokenizer_2=t5_tok, transformer=transformer.eval())
+
+
+def bench_infer(device: str = "cpu", full: bool = False, repeats: int = 5, steps: int = 4, res: int | None = None,
+                msl: int | None = None) -> dict:
+    """Median seconds per grid, ours vs diffusers', measured alternately in one process."""
+    import numpy as np
+    import torch
+    from diffusers import VisualClozeGenerationPipeline
+    from PIL import Image
+    from skimage import data
+
+    from graph200k.grid import INFER, compose_images
+    from train.visualcloze import infer
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_fill --infer --gpu needs a CUDA device (none here); "
+                         "run `--infer` for the tiny CPU comparison")
+    res = res or (384 if full else 32)
+    msl = msl or (512 if full else 32)
+    if full:
+        ours = infer.GridFillPipeline(**_full_size_components(device))
+    else:
+        from train.visualcloze.tiny import build_tiny_fill
+
+        folder = build_tiny_fill(Path(tempfile.mkdtemp(prefix="bench-infer-")) / "model")
+        ours = infer.load_pipeline(str(folder), torch.float32, device)
+    theirs = VisualClozeGenerationPipeline(**ours.components, resolution=res)
+    for pipe in (ours, theirs):
+        pipe.set_progress_bar_config(disable=True)
+    # 3 rows (2 in-context + query) of 3 real photos; the query's last cell is generated.
+    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.camera()]
+    images = [[photos[(r + c) % 5] for c in range(3)] for r in range(3)]
+    images[-1][-1] = None
+    pil = [[None if im is None else Image.fromarray(im).convert("RGB") for im in row] for row in images]
+    task, content = "[IMAGE1] edge map, [IMAGE2] depth map, [IMAGE3] photo.", "a cat"
+    multiple = 2 * (2 ** (len(ours.vae.config.block_out_channels) - 1))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def run_ours():
+        grid = compose_images(pil, 2, 2, res=res, mode=INFER, multiple=multiple)  # both get PIL images
+        return infer.solve(ours, infer.with_prompt(grid, None, task, content), steps, 30.0, 0, msl)[1]
+
+    def run_theirs():
+        return np.asarray(theirs(task_prompt=task, content_prompt=content, image=pil, num_inference_steps=steps,
+                                 max_sequence_length=msl, generator=torch.Generator("cpu").manual_seed(0)
+                                 ).images[0][0])
+
+    times = {"ours": [], "diffusers": []}
+    outputs = {}
+    for i in range(repeats + 1):  # the first round warms up both
+        for name, fn in (("ours", run_ours), ("diffusers", run_theirs)):
+            sync()
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                outputs[name] = fn()
+            sync()
+            if i:
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    tag = "gpu" if full else "cpu"
+    print(f"infer.{tag}.device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}")
+    print(f"infer.{tag}.res: {res}  steps: {steps}  repeats: {repeats}")
+    print(f"infer.{tag}.same_image: {np.array_equal(outputs['ours'], outputs['diffusers'])}")
+    print(f"infer.{tag}.infer_fill_s_per_grid: {med['ours']:.4f}")
+    print(f"infer.{tag}.diffusers_s_per_grid: {med['diffusers']:.4f}")
+    print(f"ratio.infer.{tag}.infer_fill_vs_diffusers: {med['ours'] / med['diffusers']:.3f}  (target <= 1.05)")
+    return med
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gpu", action="store_true")
+    p.add_argument("--infer", action="store_true", help="train.infer_fill vs diffusers' pipeline, s per grid")
+    p.add_argument("--repeats", type=int, default=5, help="--infer: timed grids per side")
+    p.add_argument("--infer-steps", type=int, default=None, help="--infer: denoising steps (4 CPU, 28 GPU)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--worker-steps", type=int, default=12, help="steps of each workers / inline variant")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers of the workers variant")
@@ -245,6 +361,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args._child:
         _child(args)
+    elif args.infer:
+        bench_infer("cuda" if args.gpu else "cpu", full=args.gpu, repeats=args.repeats,
+                    steps=args.infer_steps or (28 if args.gpu else 4))
     elif args.gpu:
         bench_gpu(args.peak_tflops, args.iters)
     elif args.workers_only:

@@ -3,7 +3,7 @@
 Contract shared by the composer (this module), the training stream and train.fill.
 
     grid = compose(task, images, res=384)             # training: every cell res x res
-    grid = compose(task, images, res=512, mode="infer")  # keep aspect, area ~ res^2
+    grid = compose(task, images, res=512, mode="infer")  # diffusers' VisualClozeProcessor sizing
 
 Rows are kept separate: FLUX's 3D RoPE puts the row index on axis 0 and restarts axes 1-2
 per row (VisualCloze), so rows may differ in aspect ratio. `Grid.stacked()` pads them to
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from PIL import Image
 
 # FLUX: the VAE downsamples 8x and the transformer packs 2x2 latents into one token, so a
 # side must be a multiple of 16 for a cell to cover whole tokens.
@@ -61,8 +62,9 @@ class Grid:
 
     @property
     def row_ids(self) -> list[int]:
-        """Axis 0 of FLUX's 3D RoPE: the row index of every row (axes 1-2 restart per row)."""
-        return list(range(self.num_rows))
+        """Axis 0 of FLUX's 3D RoPE for every row: 1, 2, ... (text tokens hold 0; axes 1-2 restart
+        per row), as the reference trainer and diffusers' VisualClozeGenerationPipeline."""
+        return list(range(1, self.num_rows + 1))
 
     @property
     def masked_cell(self) -> tuple[int, int]:
@@ -135,10 +137,6 @@ def _check_res(res: int, multiple: int = MULTIPLE) -> int:
     return int(res)
 
 
-def _snap(x: float, multiple: int) -> int:
-    return max(multiple, int(round(x / multiple)) * multiple)
-
-
 def train_cell_size(res: int) -> tuple[int, int]:
     """Training cells are res x res (VisualCloze trains at 384² / 512²)."""
     res = _check_res(res)
@@ -146,23 +144,15 @@ def train_cell_size(res: int) -> tuple[int, int]:
 
 
 def infer_cell_size(h: int, w: int, res: int, multiple: int = MULTIPLE) -> tuple[int, int]:
-    """The (h, w) closest to area res² with the aspect of an h x w image, sides multiple of 16."""
+    """The (h, w) of every cell of a row whose first image is h x w: area res² at that aspect,
+    each side rounded *down* to `multiple` (at least one). The rule of diffusers'
+    VisualClozeProcessor.preprocess_image and the reference's inference, so a grid composed
+    here is the grid the released models and diffusers' pipeline see."""
     _check_res(res, multiple)
-    scale = res / np.sqrt(h * w)
-    return _snap(h * scale, multiple), _snap(w * scale, multiple)
-
-
-def _row_infer_sizes(aspects: list[float | None], res: int, multiple: int):
-    """One height for the row, each cell's width from its own aspect (w / h).
-
-    The height makes the mean cell area res²; a cell of unknown size (the query's target
-    at inference) takes the row's geometric-mean aspect.
-    """
-    known = [a for a in aspects if a is not None]
-    mean = float(np.exp(np.mean(np.log(known)))) if known else 1.0
-    aspects = [mean if a is None else a for a in aspects]
-    h = _snap(res / np.sqrt(np.mean(aspects)), multiple)
-    return [(h, _snap(h * a, multiple)) for a in aspects]
+    aspect = w / h
+    new_h = int((res * res / aspect) ** 0.5)
+    new_w = int(new_h * aspect)
+    return max(new_h // multiple, 1) * multiple, max(new_w // multiple, 1) * multiple
 
 
 # ---- images --------------------------------------------------------------------------
@@ -181,13 +171,24 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
 
 
 def _checked(img, row: int, col: int) -> np.ndarray:
-    """uint8 H x W or H x W x 3 (an alpha channel is dropped)."""
+    """uint8 H x W or H x W x 3 (an alpha channel is dropped); a PIL image becomes its array."""
+    if _is_pil(img):
+        img = img.convert("RGB") if img.mode not in ("L", "RGB") else img
     img = np.asarray(img)
     if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3
                                                             and img.shape[2] not in (3, 4)):
         raise ValueError(f"cell ({row}, {col}): image of shape {img.shape} and dtype "
                          f"{img.dtype} is not uint8 H x W, H x W x 3 or H x W x 4")
     return img[..., :3] if img.ndim == 3 and img.shape[2] == 4 else img
+
+
+def _is_pil(img) -> bool:
+    return isinstance(img, Image.Image)
+
+
+def _size(img) -> tuple[int, int]:
+    """(h, w) of an array or a PIL image."""
+    return (img.height, img.width) if _is_pil(img) else img.shape[:2]
 
 
 def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -197,6 +198,27 @@ def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     # Area averaging when shrinking avoids aliasing on edge maps; cubic when enlarging.
     shrink = h * w < img.shape[0] * img.shape[1]
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
+def resize_and_crop(img, size: tuple[int, int]) -> np.ndarray:
+    """Scale (Lanczos) until the image covers (h, w), keeping its aspect, then cut the centre.
+
+    Pixel for pixel what diffusers' VisualClozeProcessor does to each image (VaeImageProcessor
+    `_resize_and_crop`, resample "lanczos"): the covering side is computed with integer
+    floor division and the crop offset is `src // 2 - size // 2`, as there. `img`: a uint8
+    array, or a PIL image (taken as it is: no array round trip at inference)."""
+    h, w = size
+    pil = img if _is_pil(img) else Image.fromarray(np.ascontiguousarray(img))
+    src_h, src_w = pil.height, pil.width
+    if w / h > src_w / src_h:
+        new_w, new_h = w, src_h * w // src_w
+    else:
+        new_w, new_h = src_w * h // src_h, h
+    scaled = pil.resize((new_w, new_h), resample=Image.Resampling.LANCZOS)
+    y, x = new_h // 2 - h // 2, new_w // 2 - w // 2
+    scaled = scaled.crop((x, y, x + w, y + h))
+    # As diffusers' paste onto an RGB canvas: other modes (RGBA, P, ...) become RGB after the resize.
+    return np.asarray(scaled if scaled.mode in ("L", "RGB") else scaled.convert("RGB"))
 
 
 def centre_square(img: np.ndarray) -> np.ndarray:
@@ -212,11 +234,12 @@ def centre_square(img: np.ndarray) -> np.ndarray:
 
 def compose_images(images, mask_row: int, mask_col: int, prompt: str = "", res: int = 384,
                    mode: str = TRAIN, multiple: int = MULTIPLE, **meta) -> Grid:
-    """Compose `images[r][c]` (uint8 H x W [x 3]) into a Grid with one masked cell.
+    """Compose `images[r][c]` (uint8 H x W [x 3], or PIL images) into a Grid with one masked cell.
 
     mode "train": every cell res x res (centre square crop, then resize).
-    mode "infer": every cell keeps its aspect at area ~ res², sides multiples of `multiple`,
-    one height per row; a `None` cell (the unknown query target) is left black.
+    mode "infer": diffusers' VisualClozeProcessor sizing — every cell of a row takes the size
+    of the row's first image at area ~ res² (`infer_cell_size`) by `resize_and_crop`; a
+    `None` cell (the unknown query target) is left black.
     `meta` fills the remaining Grid fields (task_id, family, variant, cells, keys, ...).
     """
     if mode not in (TRAIN, INFER):
@@ -242,15 +265,17 @@ def compose_images(images, mask_row: int, mask_col: int, prompt: str = "", res: 
             row_sizes = [train_cell_size(res)] * cols
             row = [centre_square(_checked(img, r, c)) for c, img in enumerate(row)]
         else:
-            row = [None if img is None else _checked(img, r, c) for c, img in enumerate(row)]
-            aspects = [None if img is None else img.shape[1] / img.shape[0] for img in row]
-            row_sizes = _row_infer_sizes(aspects, res, multiple)
+            # PIL images stay PIL until resized: the bytes diffusers' processor would resize.
+            row = [img if img is None or _is_pil(img) else _checked(img, r, c) for c, img in enumerate(row)]
+            first = next((img for img in row if img is not None), None)
+            size = (res, res) if first is None else infer_cell_size(*_size(first), res, multiple)
+            row_sizes = [size] * cols
         canvas = np.zeros((row_sizes[0][0], sum(w for _, w in row_sizes), 3), np.uint8)
         x0 = 0
         for img, (h, w) in zip(row, row_sizes):
             if img is not None:
                 # Resize before expanding grey maps to 3 channels: a third of the work.
-                cell = resize(img, (h, w))
+                cell = resize(img, (h, w)) if mode == TRAIN else resize_and_crop(img, (h, w))
                 canvas[:, x0:x0 + w] = cell[..., None] if cell.ndim == 2 else cell
             x0 += w
         rows.append(canvas)

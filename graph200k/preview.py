@@ -253,7 +253,8 @@ def main(argv=None) -> int:
     ap.add_argument("--manifest", help="manifest parquet (default: scan the shards)")
     ap.add_argument("--res", type=int, default=384, help="cell side (training) or area^0.5")
     ap.add_argument("--sizing", choices=(TRAIN, INFER), default=TRAIN,
-                    help="train: square cells; infer: keep each image's aspect")
+                    help="train: square cells; infer: diffusers' VisualClozeProcessor sizing "
+                         "(every row at its first image's aspect)")
     ap.add_argument("--no-degradations", action="store_true",
                     help="contact sheet: leave out the 32 online degradations")
     ap.add_argument("--out", required=True, help="PNG to write")

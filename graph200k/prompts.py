@@ -5,12 +5,18 @@
 - content: the query's description, only when the task's target is the `target` image.
 The task part is kept with p 0.8, the content part with p 0.8, and the whole caption is
 dropped with p 0.1 (VisualCloze, Sec. 4); all three are configurable.
+
+The templates below are ours. ``prompt.templates`` in a task config names a YAML file with
+any of the lists ``layout`` ({rows}, {cols}, {n}), ``task`` ({conds}, {target}) and
+``content`` ({desc}) to train with another set (configs/prompts/diffusers.yaml: the
+sentences diffusers' VisualClozePipeline writes at inference).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from graph200k.nodes import SLOTS
 
@@ -57,20 +63,58 @@ CONTENT_TEMPLATES = (
 )
 
 
+# The placeholders each part's templates are formatted with.
+PLACEHOLDERS = {"layout": {"rows": 2, "cols": 3, "n": 6}, "task": {"conds": "[IMAGE1] x", "target": "[IMAGE2] y"},
+                "content": {"desc": "a cup"}}
+
+
 @dataclass(frozen=True)
 class PromptConfig:
     keep_task_prob: float = 0.8
     keep_content_prob: float = 0.8
     drop_caption_prob: float = 0.1
+    templates: str | None = None  # YAML file of layout / task / content templates; None: ours
+    layout_templates: tuple[str, ...] = field(default=LAYOUT_TEMPLATES, repr=False)
+    task_templates: tuple[str, ...] = field(default=TASK_TEMPLATES, repr=False)
+    content_templates: tuple[str, ...] = field(default=CONTENT_TEMPLATES, repr=False)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "PromptConfig":
         d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
+        known = {"keep_task_prob", "keep_content_prob", "drop_caption_prob", "templates"}
+        unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown prompt option(s) {sorted(unknown)}; "
-                             f"known: {sorted(cls.__dataclass_fields__)}")
+            raise ValueError(f"unknown prompt option(s) {sorted(unknown)}; known: {sorted(known)}")
+        if d.get("templates"):
+            d.update({f"{part}_templates": t for part, t in load_templates(d["templates"]).items()})
         return cls(**d)
+
+
+def load_templates(path: str | Path) -> dict[str, tuple[str, ...]]:
+    """The template lists of a YAML file ({layout, task, content}: lists of format strings), each
+    checked against its placeholders; a part the file leaves out keeps our templates."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"prompt.templates: {path} is not a file (a YAML of layout / task / content lists)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = set(raw) - set(PLACEHOLDERS) if isinstance(raw, dict) else {"<not a mapping>"}
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; a templates file holds "
+                         f"{sorted(PLACEHOLDERS)}")
+    out = {}
+    for part, items in raw.items():
+        if not isinstance(items, list) or not items or not all(isinstance(t, str) for t in items):
+            raise ValueError(f"{path}: {part} must be a non-empty list of strings")
+        for t in items:
+            try:
+                t.format(**PLACEHOLDERS[part])
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(f"{path}: {part} template {t!r} does not format with the placeholders "
+                                 f"{{{', '.join(PLACEHOLDERS[part])}}} ({type(e).__name__}: {e})") from None
+        out[part] = tuple(items)
+    return out
 
 
 def image_tag(k: int) -> str:
@@ -97,12 +141,12 @@ def build_prompt(columns, rows: int, description: str | None, rng: random.Random
     the query sample's description, used only when the target is `target`.
     """
     cols = len(columns)
-    layout = rng.choice(LAYOUT_TEMPLATES).format(rows=rows, cols=cols, n=rows * cols)
+    layout = rng.choice(config.layout_templates).format(rows=rows, cols=cols, n=rows * cols)
     conds, target = describe_columns(columns, rng)
-    task = rng.choice(TASK_TEMPLATES).format(conds=_join(conds), target=target)
+    task = rng.choice(config.task_templates).format(conds=_join(conds), target=target)
     content = None
     if columns[-1] == "target" and description:
-        template = rng.choice(CONTENT_TEMPLATES)
+        template = rng.choice(config.content_templates)
         desc = description.strip()
         if not template.startswith("{") and ": {desc}" not in template:
             desc = desc[:1].lower() + desc[1:]  # it continues a sentence: "depicts a cat"

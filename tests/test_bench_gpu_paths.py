@@ -42,3 +42,17 @@ def test_cogvideox_gpu_benchmark_path_runs_tiny_on_cpu(capsys):
     assert set(results["mfu"]) == {"base", "fcd_A", "fcd_B", "fcd_C", "fcd_none"}
     assert all(0 < v < 1 for v in results["mfu"].values())
     assert "sequence_tokens: 40" in capsys.readouterr().out  # 32 text + 2 frames x 2x2
+
+
+def test_fill_infer_benchmark_compares_the_same_image_and_refuses_gpu_without_cuda(capsys):
+    import torch
+
+    bench = _load("bench_fill")
+    med = bench.bench_infer(device="cpu", repeats=1, steps=1)
+    assert set(med) == {"ours", "diffusers"} and all(v > 0 for v in med.values())
+    out = capsys.readouterr().out.splitlines()
+    assert "infer.cpu.same_image: True" in out
+    assert out[-1].startswith("ratio.infer.cpu.infer_fill_vs_diffusers: ")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="needs a CUDA device"):
+            bench.bench_infer(device="cuda", full=True)

@@ -65,8 +65,9 @@ def test_infer_cli_writes_target_and_grid(tiny_fill_dir, trained_lora, tmp_path)
     infer.main(["--model", str(tiny_fill_dir), "--lora", str(trained_lora), "--task", str(_task(tmp_path)),
                 "--out", str(out), "--steps", "1", "--dtype", "float32", "--max-sequence-length", "32"])
     target, grid = Image.open(out / "target.png"), Image.open(out / "grid.png")
-    # coffee (400x600) at area 32², sides multiple of 4 (2 x VAE downscale 2) -> 40x28
-    assert target.size == (40, 28)
+    # The query row's first image, coffee (400x600), sets its cells: h = int(sqrt(32² / 1.5)) = 26,
+    # w = int(26 * 1.5) = 39, both rounded down to 4 (2 x VAE downscale 2) -> 36x24 (diffusers' rule)
+    assert target.size == (36, 24)
     assert grid.size[1] > target.size[1]
 
 
@@ -91,7 +92,7 @@ def test_infer_cli_solves_a_sampled_task_from_shards(tiny_fill_dir, trained_lora
     assert not grid.rows[r][y0:y1, x0:x1].any()  # the cell to generate is blank, not the answer
     assert all(row.any() for row in grid.rows)
     h, w = grid.cell_sizes[r][c]
-    assert (h, w) == (28, 36)  # aspect 4:3 at area ~32², sides multiples of 4 (tiny VAE x2 x 2x2)
+    assert (h, w) == (24, 36)  # aspect 4:3 at area ~32²: int(27.7) = 27, int(36.0), rounded down to 4
 
     out = tmp_path / "out"
     infer.main(["--model", str(tiny_fill_dir), "--lora", str(trained_lora), "--task", str(tasks), "--line", str(line),

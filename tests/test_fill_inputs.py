@@ -20,12 +20,22 @@ def test_pack_latents_order_by_hand():
 
 
 def test_position_ids_restart_per_row_by_hand():
-    # Row 0: latent 4x4 -> 2x2 tokens; row 1: latent 2x6 -> 1x3 tokens (another aspect).
+    # First row: latent 4x4 -> 2x2 tokens; second: latent 2x6 -> 1x3 tokens (another aspect).
+    # Row ids start at 1 (the reference's `j + 1`, diffusers' `enumerate(start=1)`): 0 is the text's.
     ids = grid_position_ids([(4, 4), (2, 6)])
     assert ids.tolist() == [
-        [0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 1, 1],
-        [1, 0, 0], [1, 0, 1], [1, 0, 2],
+        [1, 0, 0], [1, 0, 1], [1, 1, 0], [1, 1, 1],
+        [2, 0, 0], [2, 0, 1], [2, 0, 2],
     ]
+
+
+def test_position_ids_equal_diffusers_visualcloze_pipeline():
+    from diffusers import VisualClozeGenerationPipeline
+
+    # Two concatenated pixel rows of another aspect each, VAE downscale 2: latents 8x16 and 4x12.
+    rows = [torch.zeros(1, 3, 16, 32), torch.zeros(1, 3, 8, 24)]
+    theirs = VisualClozeGenerationPipeline._prepare_latent_image_ids(rows, 2, "cpu", torch.float32)
+    assert torch.equal(grid_position_ids([(8, 16), (4, 12)]), theirs)
 
 
 def test_pack_mask_s2_by_hand():
@@ -59,14 +69,14 @@ def test_pack_mask_s8_matches_flux_fill_pipeline():
 def test_grid_masks_tokens_and_budget():
     a = np.zeros((16, 16, 3), np.uint8)
     b = np.zeros((16, 32, 3), np.uint8)
-    # Inference sizing at area 16², sides multiple of 4: row 0 is 16 x (16 + 16) px, row 1
-    # (aspect 2) is 12 x (24 + 24) px.
+    # Inference sizing at area 16², sides rounded down to 4 (diffusers' rule): row 0 is 16 x (16 + 16)
+    # px; row 1 (aspect 2): h = int(sqrt(256 / 2)) = 11 -> 8, w = int(11 * 2) = 22 -> 20: 8 x (20 + 20).
     grid = compose_images([[a, a], [b, b]], mask_row=1, mask_col=1, prompt="p", res=16, mode=INFER, multiple=4)
     m = row_masks(grid)
-    assert m[0].shape == (16, 32) and m[1].shape == (12, 48)
-    assert m[0].sum() == 0 and m[1][:, 24:].all() and not m[1][:, :24].any()
-    # s=2 (4-px tokens): (16/4)*(32/4) = 32, (12/4)*(48/4) = 36.
-    assert grid_tokens(grid, 2) == 32 + 36
+    assert m[0].shape == (16, 32) and m[1].shape == (8, 40)
+    assert m[0].sum() == 0 and m[1][:, 20:].all() and not m[1][:, :20].any()
+    # s=2 (4-px tokens): (16/4)*(32/4) = 32, (8/4)*(40/4) = 20.
+    assert grid_tokens(grid, 2) == 32 + 20
     grid.masks = []
     with pytest.raises(ValueError, match="compose"):
         row_masks(grid)

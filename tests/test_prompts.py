@@ -58,3 +58,40 @@ def test_description_is_lowercased_only_where_it_continues_a_sentence():
         seen.add(p["content"])
         assert ("A red cup." in p["content"]) == (": A red cup." in p["content"])
     assert any("a red cup." in c for c in seen) and any(": A red cup." in c for c in seen)
+
+
+def test_templates_file_replaces_the_parts_it_lists(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("layout: ['{rows}x{cols} grid, {n} images.']\ncontent: ['Depicts: {desc}']\n")
+    cfg = PromptConfig.from_dict({"templates": str(path), "keep_task_prob": 1.0, "keep_content_prob": 1.0,
+                                  "drop_caption_prob": 0.0})
+    p = build_prompt(["canny", "target"], 3, "A red cup.", random.Random(0), cfg)
+    assert p["layout"] == "3x2 grid, 6 images." and p["content"] == "Depicts: A red cup."
+    assert "[IMAGE1]" in p["task"] and "[IMAGE2]" in p["task"]
+    assert cfg.task_templates == prompts.TASK_TEMPLATES  # not listed: ours
+
+
+def test_shipped_diffusers_templates_give_diffusers_sentences():
+    from graph200k.tasks import TaskConfig
+
+    cfg = PromptConfig.from_dict({"templates": "configs/prompts/diffusers.yaml", "keep_task_prob": 1.0,
+                                  "keep_content_prob": 1.0, "drop_caption_prob": 0.0})
+    p = build_prompt(["canny", "target"], 2, "A red cup.", random.Random(0), cfg)
+    assert p["text"].startswith("A grid layout with 2 rows and 2 columns, displaying 4 images arranged side by side.")
+    # diffusers' encode_prompt puts this prefix before the content prompt, verbatim.
+    assert p["text"].endswith(" The last image of the last row depicts: A red cup.")
+    assert TaskConfig.load().prompt.templates is None  # configs/tasks.yaml: our templates
+
+
+def test_bad_templates_file_names_the_file_and_template(tmp_path):
+    import pytest
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("layout: ['{rows} rows of {width}']\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: layout template '\{rows\} rows of \{width\}'"):
+        PromptConfig.from_dict({"templates": str(bad)})
+    bad.write_text("captions: ['x']\n")
+    with pytest.raises(ValueError, match="unknown key"):
+        PromptConfig.from_dict({"templates": str(bad)})
+    with pytest.raises(ValueError, match="is not a file"):
+        PromptConfig.from_dict({"templates": str(tmp_path / "missing.yaml")})

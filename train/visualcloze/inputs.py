@@ -4,8 +4,11 @@ Pure tensor functions (no model state) shared by train.fill, train.infer_fill an
 
 Token layout of one grid (VisualCloze, §3.2): every row is VAE-encoded on its own and
 packed into 2x2 latent patches; the rows' tokens are concatenated in row order. Position
-ids are FLUX's 3D RoPE ids with axis 0 = row index and axes 1-2 = (y, x) of the patch
-*within its row*, restarting at 0 in every row, so rows may have different aspect ratios.
+ids are FLUX's 3D RoPE ids with axis 0 = row number *starting at 1* (text tokens keep 0) and
+axes 1-2 = (y, x) of the patch *within its row*, restarting at 0 in every row, so rows may
+have different aspect ratios. Row 1 first is what the reference trainer
+(``img_ids[..., 0] = j + 1``) and diffusers' VisualClozeGenerationPipeline
+(``enumerate(..., start=1)``) use: a LoRA moves between them and us unshifted.
 
 The Fill transformer takes, per image token, ``[noisy (4C) | masked image (4C) | mask (4 s^2)]``
 with C latent channels and s the VAE downscale factor: the pixel mask is folded s x s
@@ -45,7 +48,8 @@ def unpack_latents(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- positions
 def row_position_ids(row: int, latent_h: int, latent_w: int) -> torch.Tensor:
-    """(latent_h/2 * latent_w/2, 3) ids [row, y, x] of one row's packed tokens (y, x restart at 0)."""
+    """(latent_h/2 * latent_w/2, 3) ids [row, y, x] of one row's packed tokens (y, x restart at 0);
+    `row` is the RoPE row id itself (the first grid row is 1)."""
     hp, wp = latent_h // 2, latent_w // 2
     ids = torch.zeros(hp, wp, 3)
     ids[..., 0] = row
@@ -55,8 +59,8 @@ def row_position_ids(row: int, latent_h: int, latent_w: int) -> torch.Tensor:
 
 
 def grid_position_ids(row_latent_sizes: list[tuple[int, int]]) -> torch.Tensor:
-    """Ids of all rows' tokens concatenated in row order: axis 0 = row index (3D RoPE)."""
-    return torch.cat([row_position_ids(r, h, w) for r, (h, w) in enumerate(row_latent_sizes)], dim=0)
+    """Ids of all rows' tokens concatenated in row order: axis 0 = row number from 1 (3D RoPE)."""
+    return torch.cat([row_position_ids(r, h, w) for r, (h, w) in enumerate(row_latent_sizes, start=1)], dim=0)
 
 
 def text_position_ids(num_tokens: int) -> torch.Tensor:

@@ -75,6 +75,24 @@ def add_lora(transformer, rank: int, alpha: float, target_modules: list[str] | s
     return params
 
 
+def init_lora_from(transformer, lora: str, weight_name: str | None = None) -> list[torch.nn.Parameter]:
+    """Start from a released or earlier LoRA (a train.fill folder, diffusers' visualcloze-lora-*.safetensors,
+    the reference trainer's .pth): its adapter, trainable, in fp32 as `add_lora`'s."""
+    from train.visualcloze.weights import load_lora_adapter
+
+    transformer.requires_grad_(False)
+    load_lora_adapter(transformer, lora, weight_name)
+    params = []
+    for name, p in transformer.named_parameters():
+        if ".lora_" in name:
+            p.requires_grad_(True)
+            p.data = p.data.float()
+            params.append(p)
+    if not params:
+        raise ValueError(f"lora.init_from {lora}: no LoRA weights of this transformer in it")
+    return params
+
+
 def lora_state_dict(transformer, full_state_dict: dict | None = None) -> dict[str, torch.Tensor]:
     """LoRA weights by peft name; `full_state_dict` = a gathered state dict (FSDP) to pick them from."""
     from peft.utils import get_peft_model_state_dict

@@ -27,9 +27,9 @@ from train.common.nan_guard import check_finite
 from train.common.validation import (ValidationConfig, Validator, check_validation, enabled, select_tasks,
                                      stream_tasks_setup)
 from train.visualcloze.inputs import GridLatents, collate, encode_grid, encode_prompts, grid_tokens
-from train.visualcloze.model import (PerSampleRopeAttnProcessor, add_lora, load_lora_state_dict, load_text_encoders,
-                                     load_transformer, load_vae, lora_state_dict, predict_velocity, sample_timesteps,
-                                     torch_dtype, velocity_loss)
+from train.visualcloze.model import (PerSampleRopeAttnProcessor, add_lora, init_lora_from, load_lora_state_dict,
+                                     load_text_encoders, load_transformer, load_vae, lora_state_dict,
+                                     predict_velocity, sample_timesteps, torch_dtype, velocity_loss)
 from train.visualcloze.tiny import TinyFillConfig
 
 
@@ -50,6 +50,11 @@ class LoraSection:
     alpha: float = 256.0
     dropout: float = 0.0
     target_modules: list[str] | str = "all-linear"
+    # Continue from a LoRA instead of a fresh one (rank / alpha / targets then come from it): a
+    # train.fill lora folder, diffusers' visualcloze-lora-384.safetensors (a file, or a hub repo
+    # with init_weight_name), or the reference trainer's visualcloze-384-lora.pth.
+    init_from: str | None = None
+    init_weight_name: str | None = None
 
 
 @dataclass
@@ -237,7 +242,10 @@ def train(cfg: FillConfig) -> dict:
         acc.wait_for_everyone()
 
     transformer = load_transformer(cfg.model.pretrained, torch_dtype(cfg.model.dtype), cfg.model.revision)
-    add_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules, cfg.lora.dropout)
+    if cfg.lora.init_from:
+        init_lora_from(transformer, cfg.lora.init_from, cfg.lora.init_weight_name)
+    else:
+        add_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules, cfg.lora.dropout)
     transformer.set_attn_processor(PerSampleRopeAttnProcessor())
     if cfg.model.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
@@ -342,8 +350,12 @@ def train(cfg: FillConfig) -> dict:
         if acc.is_main_process:
             from diffusers import FluxFillPipeline
 
-            # diffusers' LoRA format: loads with FluxFillPipeline.load_lora_weights(lora_dir).
-            FluxFillPipeline.save_lora_weights(lora_dir, transformer_lora_layers=lora, safe_serialization=True)
+            # diffusers' LoRA format: loads with FluxFillPipeline / VisualClozePipeline.load_lora_weights(lora_dir).
+            # The adapter config rides in the file's metadata: without it diffusers assumes
+            # alpha = rank, and a LoRA trained with another alpha would load at the wrong scale.
+            config = par.unwrap(transformer).peft_config["default"].to_dict()
+            FluxFillPipeline.save_lora_weights(lora_dir, transformer_lora_layers=lora, safe_serialization=True,
+                                               transformer_lora_adapter_metadata=config)
     log.close()
     task_log.close()
     acc.wait_for_everyone()
