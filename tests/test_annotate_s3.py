@@ -156,7 +156,8 @@ def test_both_trainers_read_their_shards_from_s3_as_from_a_local_folder(
     folder, _ = annotated_shards
     remote = f"{bucket}/graph200k"
     _upload_folder(folder, remote)
-    assert manifest_cli.main(["--shards", remote]) == 0
+    # the same held-out split as the local fixture's manifest (conftest: test_fraction 0.05)
+    assert manifest_cli.main(["--shards", remote, "--test-fraction", "0.05"]) == 0
     common = ["train.tensorboard=false", "train.max_steps=2", "train.checkpoint_every=0",
               "validation.every=0"]
     losses = {}
