@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+# One moto S3 server for the whole session: a session fixture imported into several test
+# modules is registered once per module, and a second server on the same port never starts
+# (ThreadedMotoServer.start waits forever), so it is defined for every module here only.
+from annotate_helpers import s3_server  # noqa: F401
 from graph200k import fixtures
 from graph200k.manifest import Manifest
 from pipelines import ingest

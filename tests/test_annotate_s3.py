@@ -15,7 +15,6 @@ from annotate_helpers import (  # noqa: F401  (fixtures)
     annotate_args,
     make_source_shard,
     ray_local,
-    s3_server,
     write_config,
 )
 from graph200k import manifest as manifest_cli

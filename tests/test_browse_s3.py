@@ -9,14 +9,13 @@ import uuid
 import fsspec
 import pytest
 
-from annotate_helpers import s3_server  # noqa: F401  (fixture)
 from graph200k import storage
 from graph200k.browse.app import BrowseApp
 from graph200k.browse.catalog import Catalog, Filters
 
 
 @pytest.fixture
-def bucket(s3_server):  # noqa: F811
+def bucket(s3_server):
     name = f"g200k-browse-{uuid.uuid4().hex[:8]}"
     fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
     fsspec.filesystem("s3").invalidate_cache()

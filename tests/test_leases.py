@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from annotate_helpers import s3_server  # noqa: F401  (fixture)
 from pipelines import lease_store, leases
 
 TRIALS = 300
