@@ -44,7 +44,7 @@ class QualityOptions:
     dtype: str = AUTO
     max_variants: int = 8  # variants 0..max_variants-1 of each node are read when stored
     size: int = 256  # pixel checks and net inputs at size x size (the nets resize to 224 anyway)
-    batch_size: int = 32  # images per forward pass of each net
+    net_batch: int = 32  # images per forward pass of each net (batch_size: samples per call)
     blank_level: float = 8.0  # mean grey level below which an image is blank (black)
     uniform_std: float = 4.0  # grey-level std below which an image is near-uniform
     saturated_fraction: float = 0.5  # share of values at 0 or 255 above which it is saturated
@@ -65,10 +65,10 @@ class Quality(Annotator):
     def __init__(self, config: dict | None = None):
         super().__init__(config)
         o = self.options
-        if o.max_variants < 1 or o.size < 32 or o.batch_size < 1:
+        if o.max_variants < 1 or o.size < 32 or o.net_batch < 1:
             from annotators.base import ConfigError
 
-            raise ConfigError("stage 'quality': max_variants and batch_size must be >= 1, "
+            raise ConfigError("stage 'quality': max_variants and net_batch must be >= 1, "
                               "size >= 32")
         # every stored variant member, not only variant 0 (what node_type().members names)
         extra = [variant_member(slot.name, v) for n in VARIANT_NODES
@@ -141,9 +141,9 @@ class Quality(Annotator):
     def predict(self, inputs: list) -> list:
         o = self.options
         flat = {k: [x for i in inputs for x in i[k]] for k in ("images", "texts", "dino")}
-        clip_i = features.clip_images(self.clip, flat["images"], o.batch_size, self.device, self.dtype)
-        clip_t = features.clip_texts(self.clip, flat["texts"], o.batch_size, self.device)
-        dino = features.dino_images(self.dino, flat["dino"], o.batch_size, self.device, self.dtype)
+        clip_i = features.clip_images(self.clip, flat["images"], o.net_batch, self.device, self.dtype)
+        clip_t = features.clip_texts(self.clip, flat["texts"], o.net_batch, self.device)
+        dino = features.dino_images(self.dino, flat["dino"], o.net_batch, self.device, self.dtype)
         out, at = [], {"images": 0, "texts": 0, "dino": 0}
         for i in inputs:
             part = {}

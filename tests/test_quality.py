@@ -116,3 +116,20 @@ def test_an_unknown_gate_is_a_config_error():
 
     with pytest.raises(ConfigError, match="content_mn"):
         QualityGates.from_config({"style": {"content_mn": 0.5}})
+
+
+@pytest.mark.parametrize("name", ["annotate.yaml", "annotate-tiny.yaml"])
+def test_the_configs_run_quality_after_every_generative_stage(name):
+    from pathlib import Path
+
+    from pipelines.annotate_config import build_stage, dependency_levels, load_config
+
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / name)
+    wanted = ("depth", "instantstyle", "reduxstyle", "filledit", "depthedit", "quality")
+    stages = [build_stage(n, config["stages"][n]) for n in wanted]
+    levels = [[s.name for s in level] for level in dependency_levels(stages)]
+    at = {stage: i for i, level in enumerate(levels) for stage in level}
+    assert all(at["quality"] > at[g] for g in ("instantstyle", "reduxstyle", "filledit",
+                                               "depthedit")), levels
+    stage = stages[-1]
+    assert stage.cls(stage.config).options.net_batch >= 1
