@@ -96,3 +96,13 @@ def test_manifest_keeps_the_scores_and_sample_tasks_stats_prints_the_gates(tmp_p
 
 def test_the_default_task_config_has_every_gate_off():
     assert not TaskConfig.load().quality.active
+
+
+def test_the_pair_stream_keeps_the_gates():
+    from graph200k.stream import pair_config
+
+    config = TaskConfig.from_dict({**EDIT_TASK, "quality": {"reject_flags": True}})
+    paired = pair_config(config)
+    assert paired.quality.reject_flags
+    seen = drawn(TaskSampler(manifest("filledit"), paired, seed=0), "filledit")
+    assert all(v == int(k[1:]) % 4 for k, v in seen if k.startswith("k"))
