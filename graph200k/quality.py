@@ -93,3 +93,61 @@ def allowed_variants(gates: QualityGates, node: str, count: int, scores: dict,
         elif removed is not None:
             removed[f"{node}.{why}"] = removed.get(f"{node}.{why}", 0) + 1
     return out
+
+
+SCORES = ("style", "content", "clip_t", "background", "subject_change")
+BINS = 10  # histogram bins over [0, 1]; a negative cosine counts in the first
+BARS = " ▁▂▃▄▅▆▇█"
+
+
+def summarize(score_cells, gates: QualityGates | None = None) -> dict:
+    """Over a manifest's `quality_scores` cells: per (node, score) a histogram, per node
+    the variants scored and flagged, and what each gate of `gates` removes."""
+    gates = gates or QualityGates()
+    hist: dict[tuple[str, str], list[int]] = {}
+    scored: dict[str, int] = {}
+    flags: dict[str, dict[str, int]] = {}
+    removed: dict[str, int] = {}
+    for cell in score_cells:
+        per_node = parse_scores(cell)
+        for node, variants in per_node.items():
+            if not isinstance(variants, dict):
+                continue  # the entry's `descriptor`
+            scored[node] = scored.get(node, 0) + len(variants)
+            for s in variants.values():
+                for name in SCORES:
+                    value = s.get(name)
+                    if value is None:
+                        continue
+                    row = hist.setdefault((node, name), [0] * BINS)
+                    row[min(BINS - 1, max(0, int(float(value) * BINS)))] += 1
+                for f in s.get("flags") or []:
+                    flags.setdefault(node, {})[f] = flags.setdefault(node, {}).get(f, 0) + 1
+            if gates.active:
+                allowed_variants(gates, node, len(variants), per_node, removed)
+    return {"histograms": hist, "scored": scored, "flags": flags, "removed": removed,
+            "active": gates.active}
+
+
+def markdown(summary: dict) -> list[str]:
+    """The dataset card's section body (also what the browser shows)."""
+    if not summary["scored"]:
+        return ["No quality scores (the `quality` stage has not run, or no manifest).", ""]
+    lines = ["| node | variants scored | flagged (blank, uniform, saturated, duplicate, ...) |",
+             "|---|---|---|"]
+    for node, n in sorted(summary["scored"].items()):
+        f = summary["flags"].get(node, {})
+        lines.append(f"| {node} | {n} | {', '.join(f'{k} {v}' for k, v in sorted(f.items())) or '-'} |")
+    lines += ["", "Score histograms (10 bins over 0-1, left to right):", "",
+              "| node | score | histogram | counts |", "|---|---|---|---|"]
+    for (node, name), row in sorted(summary["histograms"].items()):
+        top = max(row) or 1
+        bars = "".join(BARS[round(v / top * (len(BARS) - 1))] for v in row)
+        lines.append(f"| {node} | {name} | `{bars}` | {' '.join(map(str, row))} |")
+    lines.append("")
+    if summary["active"]:
+        lines += ["| gate | variants removed |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(summary["removed"].items())] or ["| - | 0 |"]
+    else:
+        lines.append("Quality gates: off in the task config (every stored variant is drawn).")
+    return lines + [""]

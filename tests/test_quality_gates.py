@@ -106,3 +106,42 @@ def test_the_pair_stream_keeps_the_gates():
     assert paired.quality.reject_flags
     seen = drawn(TaskSampler(manifest("filledit"), paired, seed=0), "filledit")
     assert all(v == int(k[1:]) % 4 for k, v in seen if k.startswith("k"))
+
+
+def test_summary_histograms_and_gate_counts():
+    from graph200k.quality import QualityGates, markdown, summarize
+
+    cells = manifest().quality_scores.to_pylist()
+    s = summarize(cells, QualityGates.from_config({"reject_flags": True}))
+    assert s["scored"] == {"instantstyle": 9 * 4}
+    content = s["histograms"][("instantstyle", "content")]
+    assert content[1] == 8 * 3 + 4 and content[9] == 8 and sum(content) == 36
+    assert s["flags"]["instantstyle"] == {"uniform": 28}
+    assert s["removed"] == {"instantstyle.flags": 28}
+    text = "\n".join(markdown(s))
+    assert "| instantstyle.flags | 28 |" in text and "24 0 0 0 0 0 0 0 8" not in text
+    assert "| instantstyle | content |" in text
+    assert "gates: off" in "\n".join(markdown(summarize(cells)))
+
+
+def test_dataset_card_and_browse_show_histograms_and_gates(tmp_path):
+    from graph200k.browse.pages import quality_html
+    from graph200k.dataset_card import render
+    from graph200k.quality import QualityGates, summarize
+
+    manifest().save(tmp_path / "manifest.parquet")
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text(json.dumps({**STYLE_TASK, "quality": {"style": {"content_min": 0.5}}}))
+    card = render(tmp_path, tasks_path=tasks)
+    section = card.split("## Quality scores", 1)[1]
+    assert "| instantstyle.content_min | 28 |" in section
+    assert "| instantstyle | content |" in section
+
+    class Stub:
+        def quality_summary(self):
+            return summarize(manifest().quality_scores.to_pylist(),
+                             QualityGates.from_config({"reject_flags": True}))
+
+    html = quality_html(Stub())
+    assert "id=quality-gates" in html and "data-count=28" in html
+    assert "<td>content<td data-counts='0 28 0 0 0 0 0 0 0 8'>" in html
