@@ -1,8 +1,8 @@
 """The columnar manifest: one row per sample — key, shard, node availability bitmask,
 item, description, quality scores, the `quality` stage's scores of every generated
-variant (`quality_scores`: its meta entry as JSON text, '' where unscored), and how many variants of each generated node
-(`variants_instantstyle`, ...) the sample holds, and its split (`train` / `test`,
-graph200k.splits).
+variant (`quality_scores`: its meta entry as JSON text, '' where unscored), how many
+variants of each generated node (`variants_instantstyle`, ...) the sample holds, and its
+split (`train` / `test`, graph200k.splits).
 
 It is what the task sampler reads instead of one giant networkx graph: 200K samples
 cost a few tens of MB here (benchmarks/bench_sampler.py).
@@ -73,10 +73,10 @@ class Manifest:
         if not (len(self.keys) == len(self.masks) == len(self.items) == len(self.descriptions)
                 == len(self.quality) == len(self.splits) == n):
             raise ValueError("manifest columns differ in length")
-        self.quality_scores = (pa.array(quality_scores, pa.string())
-                               if quality_scores is not None and not isinstance(quality_scores, pa.Array)
-                               else quality_scores if quality_scores is not None
-                               else pa.array([""] * n, pa.string()))
+        if quality_scores is None:  # a manifest from before the quality stage: unscored
+            quality_scores = [""] * n
+        self.quality_scores = (quality_scores if isinstance(quality_scores, pa.Array)
+                               else pa.array(quality_scores, pa.string()))
         if len(self.quality_scores) != n:
             raise ValueError("manifest columns differ in length")
         self._key_index: dict[str, int] | None = None
