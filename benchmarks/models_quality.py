@@ -83,6 +83,8 @@ def run(args) -> list[tuple[str, float]]:
 
     from pipelines.stage_ops import run_inline
 
+    if args.gpu and not torch.cuda.is_available():
+        return [("quality.gpu", "skipped (no CUDA device)")]
     device = torch.device("cuda" if args.gpu else "cpu")
     dtype = torch.float16 if args.gpu else torch.float32
     n = args.images

@@ -133,3 +133,19 @@ def test_the_configs_run_quality_after_every_generative_stage(name):
                                                "depthedit")), levels
     stage = stages[-1]
     assert stage.cls(stage.config).options.net_batch >= 1
+
+
+def test_the_benchmark_skips_the_gpu_mode_without_one_and_other_stages(monkeypatch):
+    import argparse
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import models_quality
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = argparse.Namespace(gpu=True, images=2, batch_size=2, stages=[], rounds=1)
+    assert models_quality.run(args) == [("quality.gpu", "skipped (no CUDA device)")]
+    assert models_quality.run(argparse.Namespace(**{**vars(args), "stages": ["hed"]})) == []
