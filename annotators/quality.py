@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from annotators import features
-from annotators.base import Annotator, NotApplicable, Prepared, Result, Sample
+from annotators.base import Annotator, ConfigError, NotApplicable, Prepared, Result, Sample
 from annotators.models import AUTO, model_dir
 from graph200k.nodes import STYLES, VARIANT_NODES, node_type, variant_member
 from graph200k.shards import decode_image
@@ -66,8 +66,6 @@ class Quality(Annotator):
         super().__init__(config)
         o = self.options
         if o.max_variants < 1 or o.size < 32 or o.net_batch < 1:
-            from annotators.base import ConfigError
-
             raise ConfigError("stage 'quality': max_variants and net_batch must be >= 1, "
                               "size >= 32")
         # every stored variant member, not only variant 0 (what node_type().members names)
