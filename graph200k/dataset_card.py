@@ -139,6 +139,25 @@ def loading_section(members) -> list[str]:
     ]
 
 
+def quality_section(folder: Path, tasks_path: Path | None) -> list[str]:
+    """Score histograms and gate counts from the folder's manifest (`manifest.parquet`),
+    under the task config's `quality:` gates; a note when either is missing or unusable."""
+    from graph200k.manifest import Manifest
+    from graph200k.quality import QualityGates, markdown, summarize
+
+    path = Path(folder) / "manifest.parquet"
+    if not path.is_file():
+        return ["No manifest.parquet in the folder: build it (python -m graph200k.manifest) "
+                "to see the quality scores here.", ""]
+    try:
+        raw = load_raw(tasks_path) if tasks_path else {}
+        gates = QualityGates.from_config(raw.get("quality"), "tasks config: quality")
+    except (OSError, ValueError, TypeError, yaml.YAMLError):
+        gates = QualityGates()
+    cells = Manifest.load(path).quality_scores.to_pylist()
+    return markdown(summarize(cells, gates))
+
+
 def render(folder: Path, card_config: dict | None = None, tasks_path: Path | None = None) -> str:
     totals = collect(folder)
     families, note = read_families(tasks_path)
@@ -201,6 +220,8 @@ def render(folder: Path, card_config: dict | None = None, tasks_path: Path | Non
                   "and the last is the target."]
     else:
         lines.append(note or "No task families configured.")
+
+    lines += ["", "## Quality scores", ""] + quality_section(folder, tasks_path)
 
     if card_config.get("citation"):
         lines += ["", "## Citation", "", "```bibtex", str(card_config["citation"]).strip(), "```"]

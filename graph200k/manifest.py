@@ -1,7 +1,8 @@
 """The columnar manifest: one row per sample — key, shard, node availability bitmask,
-item, description, quality scores, and how many variants of each generated node
-(`variants_instantstyle`, ...) the sample holds, and its split (`train` / `test`,
-graph200k.splits).
+item, description, quality scores, the `quality` stage's scores of every generated
+variant (`quality_scores`: its meta entry as JSON text, '' where unscored), how many
+variants of each generated node (`variants_instantstyle`, ...) the sample holds, and its
+split (`train` / `test`, graph200k.splits).
 
 It is what the task sampler reads instead of one giant networkx graph: 200K samples
 cost a few tens of MB here (benchmarks/bench_sampler.py).
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from graph200k import storage
-from graph200k.dataset import ShardSet, is_annotation_member, part_fingerprint
+from graph200k.dataset import ShardSet, annotation_member, is_annotation_member, part_fingerprint
 from graph200k.nodes import (DEGRADATIONS, NODE_BIT, NODE_NAMES, VARIANT_NODES, available_nodes,
                              mask_of, variant_count)
 from graph200k.shards import ShardError, iter_members, shard_index
@@ -32,6 +33,8 @@ from graph200k.splits import DEFAULT_TEST_FRACTION, SPLITS, split_column
 
 QUALITY_FIELDS = ("compositeStructure", "objectConsistency", "imageQuality")
 VARIANT_FIELDS = tuple(f"variants_{n}" for n in VARIANT_NODES)
+QUALITY_SCORES = "quality_scores"  # annotations.quality of the sample, JSON text
+QUALITY_STAGE = "quality"
 MANIFEST_VERSION = 2
 META_KEY = "graph200k"  # parquet schema metadata: registry order, root, part fingerprints
 _TARGET_BIT = 1 << NODE_BIT["target"]
@@ -48,7 +51,7 @@ class Manifest:
 
     def __init__(self, keys, shards, masks, items, descriptions, quality, variants=None,
                  root: str | None = None, parts: dict | None = None, splits=None,
-                 test_fraction: float = DEFAULT_TEST_FRACTION):
+                 test_fraction: float = DEFAULT_TEST_FRACTION, quality_scores=None):
         self.keys = pa.array(keys, pa.string()) if not isinstance(keys, pa.Array) else keys
         self.shards = np.asarray(shards, dtype=np.int32)
         self.masks = np.asarray(masks, dtype=np.uint64)
@@ -70,6 +73,12 @@ class Manifest:
         if not (len(self.keys) == len(self.masks) == len(self.items) == len(self.descriptions)
                 == len(self.quality) == len(self.splits) == n):
             raise ValueError("manifest columns differ in length")
+        if quality_scores is None:  # a manifest from before the quality stage: unscored
+            quality_scores = [""] * n
+        self.quality_scores = (quality_scores if isinstance(quality_scores, pa.Array)
+                               else pa.array(quality_scores, pa.string()))
+        if len(self.quality_scores) != n:
+            raise ValueError("manifest columns differ in length")
         self._key_index: dict[str, int] | None = None
         # Which dataset and which bytes the manifest was built from: shard -> part
         # fingerprints (graph200k.dataset.part_fingerprint); checked by `check`.
@@ -85,7 +94,7 @@ class Manifest:
                      test_fraction: float = DEFAULT_TEST_FRACTION) -> "Manifest":
         """Records: {"key", "shard", "nodes": [...], "item", "description", "quality": {...},
         "variants": {node: count}} (variants: default 1 for each generated node present)."""
-        keys, shards, masks, items, descs, qual, var = [], [], [], [], [], [], []
+        keys, shards, masks, items, descs, qual, var, scores = [], [], [], [], [], [], [], []
         released: dict[int, str] = {}  # an imported release keeps its own split (meta.json)
         cache: dict[tuple, int] = {}  # many samples share one node set
         for r in records:
@@ -102,6 +111,7 @@ class Manifest:
             descs.append(r.get("description") or "")
             q = r.get("quality") or {}
             qual.append([int(q.get(f, -1)) for f in QUALITY_FIELDS])
+            scores.append(r.get("quality_scores") or "")
             v = r.get("variants") or {}
             var.append([min(255, int(v.get(n, n in nodes))) if n in nodes else 0
                         for n in VARIANT_NODES])
@@ -112,7 +122,7 @@ class Manifest:
                 splits[i] = split
         return cls(keys, shards, masks, items, descs, np.array(qual, dtype=np.int8).reshape(-1, 3),
                    np.array(var, dtype=np.uint8).reshape(-1, len(VARIANT_NODES)),
-                   splits=splits, test_fraction=test_fraction)
+                   splits=splits, test_fraction=test_fraction, quality_scores=scores)
 
     @classmethod
     def from_shards(cls, shards, test_fraction: float = DEFAULT_TEST_FRACTION) -> "Manifest":
@@ -137,6 +147,7 @@ class Manifest:
             **{f: self.quality[:, i] for i, f in enumerate(QUALITY_FIELDS)},
             **{f: self.variants[:, i] for i, f in enumerate(VARIANT_FIELDS)},
             "split": pa.array(self.splits.tolist(), pa.string()).dictionary_encode(),
+            QUALITY_SCORES: self.quality_scores,
         })
 
     def save(self, path):
@@ -170,7 +181,9 @@ class Manifest:
                    np.stack([t[f].to_numpy() for f in QUALITY_FIELDS], axis=1), variants,
                    root=meta.get("root"), parts=meta.get("parts"),
                    splits=(t["split"].cast(pa.string()).to_numpy(zero_copy_only=False)
-                           if "split" in t.column_names else None))
+                           if "split" in t.column_names else None),
+                   quality_scores=(t[QUALITY_SCORES].combine_chunks()
+                                   if QUALITY_SCORES in t.column_names else None))
 
     # ---- does it still describe the shards? -----------------------------------------
     def check(self, shards=None) -> list[str]:
@@ -207,6 +220,10 @@ class Manifest:
 
     def item(self, i: int) -> str:
         return self.items[i].as_py()
+
+    def scores(self, i: int) -> str:
+        """The quality stage's entry of row i as JSON text ('' where unscored)."""
+        return self.quality_scores[i].as_py() or ""
 
     def variant_count(self, i: int, node: str) -> int:
         """Variants of generated node `node` sample i holds (1 for any other node it has)."""
@@ -259,6 +276,16 @@ def scan_parts(shard_set: ShardSet, shard: int) -> tuple[list[dict], list[dict]]
                 if loc is not None:
                     f.seek(loc[0])
                     metas[key] = json.loads(f.read(loc[1]))
+        scores = {}
+        for part, index in zip(parts, indexes):
+            if part.stage != QUALITY_STAGE:
+                continue
+            with storage.open_read(part.url, block_size=1 << 20) as f:
+                for key in fields:
+                    loc = index.locate(key, annotation_member(QUALITY_STAGE))
+                    if loc is not None:
+                        f.seek(loc[0])
+                        scores[key] = f.read(loc[1]).decode()
     except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError, ShardError) as e:
         raise ShardError(f"shard {shard:06d} of {shard_set.root}: cannot scan it for the "
                          f"manifest ({e}); run `python -m graph200k.verify --shards "
@@ -269,6 +296,7 @@ def scan_parts(shard_set: ShardSet, shard: int) -> tuple[list[dict], list[dict]]
         records.append({"key": key, "shard": shard, "nodes": available_nodes(names),
                         "item": meta.get("item"), "description": meta.get("description"),
                         "quality": meta.get("quality"), "split": meta.get("split"),
+                        "quality_scores": scores.get(key, ""),
                         "variants": {n: variant_count(n, names) for n in VARIANT_NODES}})
     return records, [part_fingerprint(p) for p in parts]
 

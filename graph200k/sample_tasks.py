@@ -38,6 +38,15 @@ def histogram(tasks) -> str:
     return "\n".join(lines)
 
 
+def gate_report(config, removed: dict) -> str:
+    """What the task config's `quality:` gates removed, per node and gate."""
+    if not config.quality.active:
+        return "quality gates: off (every stored variant is drawn)"
+    lines = [f"quality gates: {sum(removed.values())} variant(s) removed"]
+    lines += [f"  {name:<40} {n:>7}" for name, n in sorted(removed.items())]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m graph200k.sample_tasks", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,6 +108,7 @@ def main(argv=None) -> int:
             print(f"sample_tasks: {len(tasks)} tasks from {len(manifest)} samples -> {args.out}")
     if args.stats:
         print(histogram(tasks))
+        print(gate_report(config, sampler.gate_counts))
     return 0
 
 

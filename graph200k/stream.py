@@ -102,7 +102,8 @@ def pair_config(config: TaskConfig) -> TaskConfig:
         if pairs:
             families[fam], weights[fam] = pairs, config.weights[fam]
     return TaskConfig(families, weights, row_counts=(1,), row_probs=(1.0,),
-                      reverse_mask_prob=0.0, prompt=config.prompt, unseen=config.unseen)
+                      reverse_mask_prob=0.0, prompt=config.prompt, unseen=config.unseen,
+                      quality=config.quality)
 
 
 class GridStream(IterableDataset):

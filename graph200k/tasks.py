@@ -8,6 +8,9 @@ shared by all rows, and the masked cell of the query row (the last row).
 A generated node (style, edit) is stored as several variants per sample: each row of a
 task uses one, drawn from the task's seed among those its sample holds and recorded in
 the row's cells (`"variant": i`), so reading the task back reads the same images.
+With `quality:` gates in the task config (graph200k.quality; default off), a variant a gate
+removes is never drawn, and a sample left with no variant of a node is not eligible for
+task variants that need that node; `gate_counts` says what each gate removed.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import yaml
 from graph200k.manifest import Manifest
 from graph200k.nodes import NODE_TYPES, SLOT_NODE, VARIANT_NODES, mask_of, node_type
 from graph200k.prompts import PromptConfig, build_prompt
+from graph200k.quality import QualityGates, allowed_variants, parse_scores
 
 DEFAULT_TASKS_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tasks.yaml"
 PATHS_FAMILY = "graph_paths"
@@ -78,6 +82,7 @@ class TaskConfig:
     reverse_mask_prob: float = 0.5
     prompt: PromptConfig = field(default_factory=PromptConfig)
     unseen: frozenset[str] = frozenset()
+    quality: QualityGates = field(default_factory=QualityGates)
 
     @property
     def variants(self) -> list[Variant]:
@@ -99,7 +104,7 @@ class TaskConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "<dict>") -> "TaskConfig":
-        known = {"families", "rows", "reverse_mask_prob", "prompt", "unseen"}
+        known = {"families", "rows", "reverse_mask_prob", "prompt", "unseen", "quality"}
         unknown = set(raw) - known
         if unknown:
             raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -134,7 +139,8 @@ class TaskConfig:
             raise ValueError(f"{source}: unseen variant {name!r} is not a variant of any family"
                              + (f"; did you mean {close[0]!r}?" if close else ""))
         return cls(families, weights, counts, probs, float(raw.get("reverse_mask_prob", 0.5)),
-                   PromptConfig.from_dict(raw.get("prompt")), unseen)
+                   PromptConfig.from_dict(raw.get("prompt")), unseen,
+                   QualityGates.from_config(raw.get("quality"), f"{source}: quality"))
 
     def with_paths(self, min_images: int = 2, max_images: int = 4, weight: float = 1.0):
         """Add every simple type-graph path of min..max images as the family `graph_paths`."""
@@ -145,7 +151,8 @@ class TaskConfig:
         fam = [Variant(PATHS_FAMILY, p) for p in enumerate_paths(min_images, max_images)]
         return TaskConfig({**self.families, PATHS_FAMILY: fam},
                           {**self.weights, PATHS_FAMILY: weight}, self.row_counts,
-                          self.row_probs, self.reverse_mask_prob, self.prompt, self.unseen)
+                          self.row_probs, self.reverse_mask_prob, self.prompt, self.unseen,
+                          self.quality)
 
 
 def load_raw(path, _seen: tuple = ()) -> dict:
@@ -242,6 +249,8 @@ class TaskSampler:
             raise ValueError(f"split must be one of {sorted(SAMPLE_SPLIT)}, not {split!r}")
         self._sample_split = SAMPLE_SPLIT[split]
         self._eligible: dict[int, list[int]] = {}
+        self.gate_counts: dict[str, int] = {}  # "<node>.<gate>" -> variants it removed
+        self._allowed = self._gate(manifest, self.config.quality)
         self.unsatisfiable: list[Variant] = []
         fams, weights = [], []
         for fam in wanted:
@@ -268,11 +277,27 @@ class TaskSampler:
         self._cum_weights = list(itertools.accumulate(weights))
         self._row_cum = list(itertools.accumulate(self.config.row_probs))
 
+    def _gate(self, manifest: Manifest, gates: QualityGates) -> dict[tuple[int, str], list[int]]:
+        """(row, node) -> the variants the gates leave, for scored rows (gates on only)."""
+        allowed: dict[tuple[int, str], list[int]] = {}
+        if not gates.active:
+            return allowed
+        for i in range(len(manifest)):
+            scores = parse_scores(manifest.scores(i))
+            for node in scores:
+                if node in VARIANT_NODES and manifest.variant_count(i, node):
+                    allowed[(i, node)] = allowed_variants(
+                        gates, node, manifest.variant_count(i, node), scores, self.gate_counts)
+        return allowed
+
     def _eligible_for(self, v: Variant) -> list[int]:
         m = v.required_mask
         e = self._eligible.get(m)
         if e is None:
-            e = self._eligible[m] = self.manifest.having(m, self._sample_split).tolist()
+            e = self.manifest.having(m, self._sample_split).tolist()
+            if self._allowed:  # a sample whose every variant of a node was gated out
+                e = [i for i in e if all(self._allowed.get((i, n), True) for n in v.nodes)]
+            self._eligible[m] = e
         return e
 
     def sample(self) -> Task:
@@ -297,8 +322,7 @@ class TaskSampler:
         rows = []
         for r, i in enumerate(picks):
             key = self.manifest.key(i)
-            chosen = {n: draw_variant(seed, r, n, self.manifest.variant_count(i, n))
-                      for n in variant.nodes if n in VARIANT_NODES}
+            chosen = {n: self._draw(seed, r, i, n) for n in variant.nodes if n in VARIANT_NODES}
             rows.append([{"key": key, "node": SLOT_NODE[s], "slot": s,
                           **({"variant": chosen[SLOT_NODE[s]]} if SLOT_NODE[s] in chosen else {})}
                          for s in columns])
@@ -306,6 +330,12 @@ class TaskSampler:
                     columns, rows, n_rows - 1, mask_col, prompt, seed)
         self.count += 1
         return task
+
+    def _draw(self, seed: int, row: int, i: int, node: str) -> int:
+        allowed = self._allowed.get((i, node))
+        if allowed is None:  # ungated (or unscored): the paper's draw
+            return draw_variant(seed, row, node, self.manifest.variant_count(i, node))
+        return allowed[draw_variant(seed, row, node, len(allowed))]
 
     def __iter__(self):
         while True:

@@ -108,6 +108,7 @@ class Catalog:
             TaskConfig.load(tasks_config) if tasks_config else TaskConfig.load())
         self.lock = threading.RLock()
         self._stats: Stats | None = None
+        self._quality: dict | None = None
         self._variant_table: list[dict] | None = None
         self._items: list[tuple[str, int]] | None = None
         self._freshness: list[str] | None = None
@@ -211,6 +212,16 @@ class Catalog:
             present = pc.is_in(self.manifest.keys, value_set=pa.array(keys, pa.string()))
             hit |= present.to_numpy(zero_copy_only=False)
         return hit
+
+    def quality_summary(self) -> dict:
+        """Score histograms and gate removals (graph200k.quality), computed once."""
+        with self.lock:
+            if self._quality is None:
+                from graph200k.quality import summarize
+
+                self._quality = summarize(self.manifest.quality_scores.to_pylist(),
+                                          self.tasks.quality)
+            return self._quality
 
     # ---- stats -----------------------------------------------------------------------
     def stats(self) -> Stats:

@@ -169,6 +169,8 @@ def overview(c: Catalog) -> str:
             for kind, cnt in (("filtered", ing["filtered"]), ("failed", ing["failed"])) if cnt)
                      + ".</p>")
 
+    parts.append(quality_html(c))
+
     table = c.variant_table()
     ok = [r for r in table if r["train"] and not r["unseen"]]
     parts.append(f"<h2>Task variants</h2><p><span id=sampleable data-count={len(ok)}>{len(ok)}"
@@ -194,6 +196,34 @@ def overview(c: Catalog) -> str:
                      f"<td class=n>{r['train']}<td class=n>{r['test']}<td>{draw}</tr>")
     parts.append("</table></details>")
     return layout("Overview", "".join(parts))
+
+
+def quality_html(c: Catalog) -> str:
+    """The quality stage's score histograms and what the task config's gates remove."""
+    q = c.quality_summary()
+    out = ["<h2>Quality scores</h2>"]
+    if not q["scored"]:
+        return out[0] + "<p class=muted id=quality>No quality scores in the manifest.</p>"
+    out.append("<table id=quality><tr><th>node<th>variants scored<th>flagged</tr>")
+    for node, n in sorted(q["scored"].items()):
+        flags = ", ".join(f"{h(k)} ×{v}" for k, v in sorted(q["flags"].get(node, {}).items()))
+        out.append(f"<tr><td>{h(node)}<td class=n>{n}<td>{flags or '-'}</tr>")
+    out.append("</table><table id=quality-histograms><tr><th>node<th>score"
+               "<th>histogram (0 → 1)</tr>")
+    for (node, name), row in sorted(q["histograms"].items()):
+        top = max(row) or 1
+        bars = "".join(f"<span class=bar title='{v}' style='width:6px;display:inline-block;"
+                       f"height:{max(1, round(24 * v / top))}px'></span>" for v in row)
+        out.append(f"<tr><td>{h(node)}<td>{h(name)}<td data-counts='{' '.join(map(str, row))}'>"
+                   f"{bars}</tr>")
+    out.append("</table>")
+    if q["active"]:
+        out.append("<table id=quality-gates><tr><th>gate<th>variants removed</tr>" + "".join(
+            f"<tr><td>{h(k)}<td class=n data-count={v}>{v}</tr>"
+            for k, v in sorted(q["removed"].items())) + "</table>")
+    else:
+        out.append("<p class=muted id=quality-gates>Quality gates: off in the task config.</p>")
+    return "".join(out)
 
 
 def _reasons(stage: str, status: str, counter) -> str:

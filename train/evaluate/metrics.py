@@ -31,6 +31,8 @@ import cv2
 import numpy as np
 import torch
 
+from annotators import features
+from annotators.features import rgb
 from train.evaluate.models import MANIQA_CROP, MetricModelsConfig, load_net
 
 
@@ -111,11 +113,6 @@ def resize_to(image: np.ndarray, like: np.ndarray) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if image.shape[0] > h else cv2.INTER_CUBIC)
 
 
-def rgb(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        return np.repeat(image[..., None], 3, axis=2)
-    # torch.from_numpy (inside the image processors) warns on read-only arrays (decoded PNGs)
-    return image if image.flags.writeable else image.copy()
 
 
 def chunks(indices: list[int], size: int):
@@ -192,36 +189,16 @@ class Scorer:
         self._edges = Canny().edges  # the canny annotator's own thresholds
 
     # ------------------------------------------------------------------ embeddings
-    @torch.no_grad()
+    # CLIP and DINOv2 go through annotators.features, the implementation the quality stage
+    # uses too: one definition of CLIP-I / CLIP-T / DINO for the dataset and the evaluation.
     def clip_images(self, images: list[np.ndarray]) -> np.ndarray:
-        model, processor = self.nets["clip"]
-        out = []
-        for part in chunks(list(range(len(images))), self.batch_size):
-            pixels = processor(images=[rgb(images[i]) for i in part], return_tensors="pt")["pixel_values"]
-            feats = model.get_image_features(pixel_values=pixels.to(self.device, self.dtype))
-            out.append(_unit(getattr(feats, "pooler_output", feats)))
-        return np.concatenate(out) if out else np.zeros((0, 0))
+        return features.clip_images(self.nets["clip"], images, self.batch_size, self.device, self.dtype)
 
-    @torch.no_grad()
     def clip_texts(self, texts: list[str]) -> np.ndarray:
-        model, processor = self.nets["clip"]
-        out = []
-        for part in chunks(list(range(len(texts))), self.batch_size):
-            tokens = processor.tokenizer([texts[i] for i in part], padding=True, truncation=True,
-                                         max_length=model.config.text_config.max_position_embeddings,
-                                         return_tensors="pt").to(self.device)
-            feats = model.get_text_features(**tokens)
-            out.append(_unit(getattr(feats, "pooler_output", feats)))
-        return np.concatenate(out) if out else np.zeros((0, 0))
+        return features.clip_texts(self.nets["clip"], texts, self.batch_size, self.device)
 
-    @torch.no_grad()
     def dino_images(self, images: list[np.ndarray]) -> np.ndarray:
-        model, processor = self.nets["dino"]
-        out = []
-        for part in chunks(list(range(len(images))), self.batch_size):
-            pixels = processor(images=[rgb(images[i]) for i in part], return_tensors="pt")["pixel_values"]
-            out.append(_unit(model(pixel_values=pixels.to(self.device, self.dtype)).pooler_output))
-        return np.concatenate(out) if out else np.zeros((0, 0))
+        return features.dino_images(self.nets["dino"], images, self.batch_size, self.device, self.dtype)
 
     @torch.no_grad()
     def inception_features(self, images: list[np.ndarray]) -> np.ndarray:
@@ -332,11 +309,6 @@ class Scorer:
                 p = SSIM_WINDOW // 2
                 out[part] = full[..., p:-p, p:-p].mean(dim=(1, 2, 3)).double().numpy()
         return out
-
-
-def _unit(x: torch.Tensor) -> np.ndarray:
-    x = x.float()
-    return (x / x.norm(dim=-1, keepdim=True)).cpu().numpy().astype(np.float64)
 
 
 def _at_least(image: np.ndarray, side: int) -> np.ndarray:

@@ -136,19 +136,15 @@ def _load(net: str, module: torch.nn.Module, state: dict, path: Path) -> torch.n
 
 # ---------------------------------------------------------------------------- loaders
 def load_clip(spec: str, revision: str | None = None):
-    from transformers import CLIPModel, CLIPProcessor
+    from annotators.features import load_clip as load
 
-    folder = _hub_folder("clip", spec, revision)
-    return (CLIPModel.from_pretrained(folder, local_files_only=True).eval(),
-            CLIPProcessor.from_pretrained(folder, local_files_only=True))
+    return load(_hub_folder("clip", spec, revision))
 
 
 def load_dino(spec: str, revision: str | None = None):
-    from transformers import AutoImageProcessor, AutoModel
+    from annotators.features import load_dino as load
 
-    folder = _hub_folder("dino", spec, revision)
-    return (AutoModel.from_pretrained(folder, local_files_only=True).eval(),
-            AutoImageProcessor.from_pretrained(folder, local_files_only=True))
+    return load(_hub_folder("dino", spec, revision))
 
 
 def load_depth(spec: str, revision: str | None = None):
