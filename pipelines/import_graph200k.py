@@ -48,9 +48,17 @@ class ReleaseImportError(ValueError):
 # -- loading ---------------------------------------------------------------------------------
 
 def _parquet_columns(files: list[str]) -> set[str]:
+    """The first file's column names; none when it is not a readable parquet file (ingest's
+    own reader then names what is wrong with it: empty, truncated, not parquet)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return set(pq.read_schema(files[0]).names) if files else set()
+    if not files:
+        return set()
+    try:
+        return set(pq.read_schema(files[0]).names)
+    except (pa.ArrowException, OSError):
+        return set()
 
 
 def looks_like_graph200k(source: str) -> bool:

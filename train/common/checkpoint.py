@@ -72,6 +72,25 @@ _UNREADABLE = ".unreadable"
 _STEP = re.compile(rf"{_PREFIX}(\d+)")
 
 
+def sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite a safetensors file's header with its `__metadata__` keys sorted, tensors untouched.
+
+    safetensors writes that map in hash order (a Rust HashMap): diffusers' LoRA files carry
+    two keys (`format`, `lora_adapter_metadata`), so the same LoRA came out as other bytes in
+    another process, and a resumed run's file differed from an uninterrupted run's."""
+    path = Path(path)
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}
+    text = json.dumps({**ordered, **header}, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads its header to 8 bytes with spaces
+    tmp = path.with_name(path.name + _TMP)
+    tmp.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n:])
+    os.replace(tmp, path)
+
+
 def capture_rng() -> dict:
     py = random.getstate()
     np_state = np.random.get_state()

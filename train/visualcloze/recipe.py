@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from train.common.checkpoint import CheckpointManager, SigtermHandler
+from train.common.checkpoint import CheckpointManager, SigtermHandler, sort_safetensors_metadata
 from train.common.config import (LoaderConfig, TrainConfig, check_loader, check_optim, check_train, parse_args,
                                  require, steps_of_accumulation, to_dict)
 from train.common.distributed import Parallel
@@ -349,6 +349,7 @@ def train(cfg: FillConfig) -> dict:
         lora = _trainable_state(par, transformer)  # every rank: FSDP gathers the shards
         if acc.is_main_process:
             from diffusers import FluxFillPipeline
+            from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
 
             # diffusers' LoRA format: loads with FluxFillPipeline / VisualClozePipeline.load_lora_weights(lora_dir).
             # The adapter config rides in the file's metadata: without it diffusers assumes
@@ -356,6 +357,7 @@ def train(cfg: FillConfig) -> dict:
             config = par.unwrap(transformer).peft_config["default"].to_dict()
             FluxFillPipeline.save_lora_weights(lora_dir, transformer_lora_layers=lora, safe_serialization=True,
                                                transformer_lora_adapter_metadata=config)
+            sort_safetensors_metadata(lora_dir / LORA_WEIGHT_NAME_SAFE)  # same bytes every run
     log.close()
     task_log.close()
     acc.wait_for_everyone()
