@@ -196,14 +196,18 @@ def load_subjects200k(source: str = HUB_ID, split: str = "train"):
     return ds
 
 
-def _image_bytes(value) -> bytes:
+def image_bytes(value) -> bytes | None:
+    """The encoded bytes of a `datasets` image value: an undecoded `{"bytes", "path"}` dict,
+    raw bytes, or a PIL image (PNG-encoded); None when it holds neither bytes nor a path.
+    Anything else is a TypeError naming its type (the Subjects200K reader and the Graph200K
+    import each turn it into their own error)."""
+    if value is None:
+        return None
     if isinstance(value, dict):
         data = value.get("bytes")
         if data is None and value.get("path"):
             with open(value["path"], "rb") as f:
                 data = f.read()
-        if data is None:
-            raise RowError("image has neither bytes nor a path")
         return data
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
@@ -211,7 +215,17 @@ def _image_bytes(value) -> bytes:
         buf = io.BytesIO()
         value.save(buf, format="PNG")
         return buf.getvalue()
-    raise RowError(f"image of unexpected type {type(value).__name__}")
+    raise TypeError(type(value).__name__)
+
+
+def _image_bytes(value) -> bytes:
+    try:
+        data = image_bytes(value)
+    except TypeError as e:
+        raise RowError(f"image of unexpected type {e}") from None
+    if data is None:
+        raise RowError("image has neither bytes nor a path")
+    return data
 
 
 def decode_composite(value) -> Image.Image:

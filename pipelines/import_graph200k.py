@@ -34,6 +34,7 @@ from graph200k.export_columns import (FILLEDIT_META, QUALITY_FIELDS,
                                       QWEN_META, SINGLE, SOURCE_NODES, STAGE_OF_NODE, VARIANT)
 from graph200k.shards import ShardWriter, json_bytes
 from graph200k.splits import SPLITS
+from graph200k.subjects200k import image_bytes
 
 REQUIRED = ("target", "ref", "description")
 HUB_NAME = "Graph200K"
@@ -139,20 +140,10 @@ class ImportStats:
 
 
 def _bytes_of(value, where: str, column: str) -> bytes | None:
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        data = value.get("bytes")
-        if data is None and value.get("path"):
-            data = Path(value["path"]).read_bytes()
-        return data
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, Image.Image):
-        buf = io.BytesIO()
-        value.save(buf, format="PNG")
-        return buf.getvalue()
-    raise ReleaseImportError(f"{where}: column {column!r} holds a {type(value).__name__}, not an image")
+    try:
+        return image_bytes(value)
+    except TypeError as e:
+        raise ReleaseImportError(f"{where}: column {column!r} holds a {e}, not an image") from None
 
 
 def sniff(data: bytes) -> str | None:
