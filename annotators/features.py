@@ -37,20 +37,28 @@ def _stack(parts: list, width: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, width))
 
 
-def clip_images(clip, images: list, batch_size: int = 16, device="cpu", dtype=None) -> np.ndarray:
-    """CLIP image embeddings (the projection; what CLIP-I, CLIP-T and CLIP style compare)."""
+def _image_rows(pair, images: list, batch_size: int, device, dtype, embed, width: str):
+    """Unit rows of `embed(model, pixel_values)` over the images, `batch_size` at a time."""
     import torch
 
-    model, processor = clip
+    model, processor = pair
     dtype = dtype or model.dtype
     out = []
     with torch.inference_mode():
         for part in _parts(len(images), batch_size):
             pixels = processor(images=[rgb(images[i]) for i in part],
                                return_tensors="pt")["pixel_values"]
-            feats = model.get_image_features(pixel_values=pixels.to(device, dtype))
-            out.append(unit_rows(getattr(feats, "pooler_output", feats)))
-    return _stack(out, model.config.projection_dim)
+            out.append(unit_rows(embed(model, pixels.to(device, dtype))))
+    return _stack(out, getattr(model.config, width))
+
+
+def clip_images(clip, images: list, batch_size: int = 16, device="cpu", dtype=None) -> np.ndarray:
+    """CLIP image embeddings (the projection; what CLIP-I, CLIP-T and CLIP style compare)."""
+    def embed(model, pixels):
+        feats = model.get_image_features(pixel_values=pixels)
+        return getattr(feats, "pooler_output", feats)
+
+    return _image_rows(clip, images, batch_size, device, dtype, embed, "projection_dim")
 
 
 def clip_texts(clip, texts: list[str], batch_size: int = 16, device="cpu") -> np.ndarray:
@@ -71,17 +79,9 @@ def clip_texts(clip, texts: list[str], batch_size: int = 16, device="cpu") -> np
 
 def dino_images(dino, images: list, batch_size: int = 16, device="cpu", dtype=None) -> np.ndarray:
     """DINOv2 CLS embeddings (the pooled, layer-normed CLS token: DreamBooth's DINO score)."""
-    import torch
-
-    model, processor = dino
-    dtype = dtype or model.dtype
-    out = []
-    with torch.inference_mode():
-        for part in _parts(len(images), batch_size):
-            pixels = processor(images=[rgb(images[i]) for i in part],
-                               return_tensors="pt")["pixel_values"]
-            out.append(unit_rows(model(pixel_values=pixels.to(device, dtype)).pooler_output))
-    return _stack(out, model.config.hidden_size)
+    return _image_rows(dino, images, batch_size, device, dtype,
+                       lambda model, pixels: model(pixel_values=pixels).pooler_output,
+                       "hidden_size")
 
 
 def load_clip(folder: str, revision: str | None = None):

@@ -132,3 +132,16 @@ def browse_server(browse_shards, tmp_path_factory):
     yield f"http://{host}:{port}", app
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def bucket(s3_server):
+    """A fresh bucket on the session's moto server, as an s3:// URL."""
+    import uuid
+
+    import fsspec
+
+    name = f"g200k-{uuid.uuid4().hex[:8]}"
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
+    fsspec.filesystem("s3").invalidate_cache()
+    return f"s3://{name}"

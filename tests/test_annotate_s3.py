@@ -4,10 +4,7 @@ reached by s3fs through the usual AWS_ENDPOINT_URL), no mocking of our code."""
 from __future__ import annotations
 
 import json
-import uuid
 
-import fsspec
-import pytest
 
 from annotate_helpers import (  # noqa: F401  (fixtures)
     CANNY,
@@ -24,14 +21,6 @@ from graph200k.stream import GridStream
 from pipelines import annotate
 
 WORDS = {"class": "annotate_helpers.WordCount", "batch_size": 3, "concurrency": 1}
-
-
-@pytest.fixture
-def bucket(s3_server):
-    name = f"g200k-{uuid.uuid4().hex[:8]}"
-    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
-    fsspec.filesystem("s3").invalidate_cache()
-    return f"s3://{name}"
 
 
 def test_annotate_manifest_tasks_stream_and_publish_on_s3(ray_local, bucket, tmp_path, capsys):

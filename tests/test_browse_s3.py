@@ -4,22 +4,11 @@ same pages and bytes as from the local copy, and nothing written to the bucket."
 from __future__ import annotations
 
 import os
-import uuid
 
-import fsspec
-import pytest
 
 from graph200k import storage
 from graph200k.browse.app import BrowseApp
 from graph200k.browse.catalog import Catalog, Filters
-
-
-@pytest.fixture
-def bucket(s3_server):
-    name = f"g200k-browse-{uuid.uuid4().hex[:8]}"
-    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
-    fsspec.filesystem("s3").invalidate_cache()
-    return f"s3://{name}"
 
 
 def call(app, path: str, query: str = "") -> tuple[str, bytes]:

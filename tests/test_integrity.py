@@ -6,50 +6,23 @@ and nothing corrupt is published."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
 from annotate_helpers import (  # noqa: F401  (ray_local is a fixture)
-    CANNY,
     SAMPLES,
     annotate_args,
     make_source_shard,
     ray_local,
     sidecar,
-    write_config,
 )
 from graph200k import manifest as manifest_cli
 from graph200k import publish, sample_tasks, verify
 from graph200k.manifest import Manifest
 from graph200k.reader import FetchError, SampleReader, StaleManifestError
 from graph200k.stream import GridStream
+from integrity_data import data, pristine  # noqa: F401  (fixtures: a canny dataset, a copy per test)
 from pipelines import annotate
-
-
-@pytest.fixture(scope="module")
-def pristine(ray_local, tmp_path_factory):
-    """Source shards 0-1 and a stages-layout dataset with canny, plus its manifest."""
-    root = tmp_path_factory.mktemp("integrity")
-    src, out = root / "source", root / "out"
-    for shard in (0, 1):
-        make_source_shard(src, shard, SAMPLES)
-    config = write_config(root, {"canny": CANNY})
-    assert annotate.main(annotate_args(src, out, config, "0-1")) == 0
-    assert manifest_cli.main(["--shards", str(out)]) == 0
-    return root, config
-
-
-@pytest.fixture
-def data(pristine, tmp_path):
-    root, config = pristine
-    shutil.copytree(root, tmp_path / "d")
-    d = tmp_path / "d"
-    # the layout file names the source folder: point the copy at its own source
-    (d / "out" / "graph200k.json").write_text(json.dumps({"version": 1,
-                                                          "source": str(d / "source")}))
-    assert manifest_cli.main(["--shards", str(d / "out")]) == 0  # a manifest of the copy
-    return d, config.replace(str(root), str(d))
 
 
 def _record(folder, shard, key, field):

@@ -143,17 +143,6 @@ def test_a_lease_file_appears_whole_or_not_at_all(tmp_path):
     assert lease_store.delete(path, lease_store.read(path)[1])
 
 
-@pytest.fixture
-def bucket(s3_server):
-    import uuid
-
-    import fsspec
-
-    name = f"leases-{uuid.uuid4().hex[:8]}"
-    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
-    return f"s3://{name}"
-
-
 def test_s3_conditional_writes_and_a_race(bucket):
     path = f"{bucket}/_leases/canny/000000/00000000.json"
     assert lease_store.create(path, b'{"a": 1}')
