@@ -6,15 +6,26 @@ modules may add their own fixtures here; keep them session-scoped when they are 
 
 from __future__ import annotations
 
-import pytest
+import os
+
+# The CPU suite runs on the CPU on every machine: stages default to `device: auto` (CUDA and
+# fp16 where a GPU is visible), and the suite's tolerances and byte-equality checks are
+# float32 CPU ones. Set before anything initialises CUDA (torch reads it once, at its first
+# CUDA call); subprocesses, Ray's raylet and its workers inherit it from this process.
+# `GRAPH200K_TEST_GPU=1` keeps the GPUs visible: the tests that pick a device themselves
+# (`-m weights`, the `cuda` parameters) then run there too.
+if os.environ.get("GRAPH200K_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import pytest  # noqa: E402
 
 # One moto S3 server for the whole session: a session fixture imported into several test
 # modules is registered once per module, and a second server on the same port never starts
 # (ThreadedMotoServer.start waits forever), so it is defined for every module here only.
-from annotate_helpers import s3_server  # noqa: F401
-from graph200k import fixtures
-from graph200k.manifest import Manifest
-from pipelines import ingest
+from annotate_helpers import s3_server  # noqa: E402,F401
+from graph200k import fixtures  # noqa: E402
+from graph200k.manifest import Manifest  # noqa: E402
+from pipelines import ingest  # noqa: E402
 
 MINI_ROWS = 12  # + 3 broken rows appended by the fixture writer
 SHARD_SIZE = 4

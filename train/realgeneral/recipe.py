@@ -169,8 +169,12 @@ def diffusion_loss(parts: dict, model: RealGeneralModel, pairs: list[TwoFramePai
     condition = encode_images(parts["vae"], frames["condition"], generator)
     target = encode_images(parts["vae"], frames["target"], generator)
 
-    noise = torch.randn(target.shape, generator=generator, device=device, dtype=target.dtype)
-    steps = torch.randint(0, scheduler.config.num_train_timesteps, (len(pairs),), generator=generator, device=device)
+    # Drawn where the generator lives, then moved: a CPU generator (the same draws on every
+    # machine) cannot draw on a GPU, and the CPU draws stay the bytes they were.
+    at = generator.device if generator is not None else device
+    noise = torch.randn(target.shape, generator=generator, device=at, dtype=target.dtype).to(device)
+    steps = torch.randint(0, scheduler.config.num_train_timesteps, (len(pairs),), generator=generator,
+                          device=at).to(device)
     noisy = scheduler.add_noise(target, noise, steps)
     velocity = scheduler.get_velocity(target, noise, steps)
     prediction = model(condition, noisy, text, steps, keyword, task_ids, context)

@@ -1,0 +1,235 @@
+"""Forwards as a GPU would run them, on a machine without one (`tests/fake_cuda.py`): the
+harness catches what a GPU raises on, and the Fill step, the RealGeneral loss and the dense
+stages' nets pass it. Fake tensors: shapes, dtypes and devices only, no numerics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+import torch
+
+from fake_cuda import HOST_READ, CudaMixError, FakeCuda, cuda_autocast
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# -- the harness itself ----------------------------------------------------------------------
+class _Net(torch.nn.Module):
+    def __init__(self, leak: str | None = None):
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 8)
+        self.register_buffer("offset", torch.ones(8))
+        self.table = torch.ones(8)  # a plain attribute: `Module.to` leaves it on the CPU
+        self.leak = leak
+
+    def forward(self, x):
+        y = self.linear(x) + self.offset
+        if self.leak == "attribute":
+            y = y * self.table
+        if self.leak == "no_device":
+            y = y + torch.arange(8.0)  # made without device=
+        return y * torch.tensor(2.0)  # a 0-dim CPU tensor: allowed on a GPU too
+
+
+def test_a_forward_on_fake_cuda_runs_there_and_the_real_weights_come_back():
+    net = _Net()
+    weight = net.linear.weight
+    with FakeCuda(net, dtype=torch.float16) as gpu:
+        assert net.linear.weight.device.type == "cuda" and net.offset.dtype == torch.float16
+        out = net(gpu.tensor(torch.randn(2, 8), torch.float16))
+    assert out.device.type == "cuda" and out.dtype == torch.float16 and out.shape == (2, 8)
+    assert net.linear.weight is weight and net.offset.device.type == "cpu"
+
+
+@pytest.mark.parametrize("leak", ["attribute", "no_device"])
+def test_a_cpu_tensor_in_a_cuda_forward_fails(leak):
+    net = _Net(leak)
+    with pytest.raises(CudaMixError, match="cpu"), FakeCuda(net) as gpu:
+        net(gpu.tensor(torch.randn(2, 8)))
+
+
+def test_float32_input_into_a_float16_net_fails():
+    net = _Net()
+    with pytest.raises(CudaMixError, match="float16"), FakeCuda(net, dtype=torch.float16) as gpu:
+        net(gpu.tensor(torch.randn(2, 8)))  # what controlnet_aux's `.float()` feeds a half net
+
+
+def test_a_cpu_generator_drawing_on_cuda_fails_and_drawing_on_its_device_passes():
+    generator = torch.Generator().manual_seed(0)
+    with FakeCuda():
+        with pytest.raises(CudaMixError, match="cpu generator draws on cuda"):
+            torch.randn(4, generator=generator, device="cuda")
+        moved = torch.randn(4, generator=generator, device=generator.device).to("cuda")
+    assert moved.device.type == "cuda"
+
+
+def test_cuda_autocast_applies_on_fake_tensors():
+    net = torch.nn.Linear(8, 8)
+    with FakeCuda(net) as gpu, cuda_autocast(torch.bfloat16):
+        assert net(gpu.tensor(torch.randn(2, 8))).dtype == torch.bfloat16
+
+
+# -- the Fill transformer step ---------------------------------------------------------------
+def _fill_batch(transformer, layouts):
+    from train.visualcloze.inputs import GridLatents, collate, grid_position_ids
+
+    c4 = transformer.config.out_channels
+    m4 = transformer.config.in_channels - 2 * c4
+    g = torch.Generator().manual_seed(0)
+    grids = []
+    for rows in layouts:
+        ids = grid_position_ids(rows)
+        n = ids.shape[0]
+        grids.append(GridLatents(torch.randn(n, c4, generator=g), torch.randn(n, c4, generator=g),
+                                 torch.zeros(n, m4), ids, torch.tensor(rows)))
+    dim = transformer.config.joint_attention_dim
+    return collate(grids, torch.randn(len(layouts), 5, dim, generator=g),
+                   torch.randn(len(layouts), transformer.config.pooled_projection_dim, generator=g),
+                   ["t"] * len(layouts))
+
+
+@pytest.fixture(scope="module")
+def fill_transformer(tiny_fill_dir):
+    """The tiny FLUX-Fill transformer as train.fill builds it: bf16 base, LoRA, per-sample RoPE."""
+    from train.visualcloze.model import PerSampleRopeAttnProcessor, add_lora, load_transformer
+
+    transformer = load_transformer(str(tiny_fill_dir), torch.bfloat16)
+    add_lora(transformer, rank=4, alpha=4.0)
+    transformer.set_attn_processor(PerSampleRopeAttnProcessor())
+    return transformer
+
+
+SHARED = [[(4, 4)], [(4, 4)]]  # one layout: diffusers' shared position table
+MIXED = [[(4, 4)], [(4, 4), (2, 4)]]  # two layouts: per-sample RoPE and a key-padding mask
+
+
+@pytest.mark.parametrize("layouts", [SHARED, MIXED], ids=["shared", "per_sample"])
+def test_fill_step_runs_on_fake_cuda(fill_transformer, layouts):
+    from train.visualcloze.model import predict_velocity, sample_timesteps, velocity_loss
+
+    batch = _fill_batch(fill_transformer, layouts)
+    assert batch.shared_positions == (layouts is SHARED)
+    with FakeCuda(fill_transformer) as gpu, cuda_autocast(torch.bfloat16):
+        x0 = gpu.tensor(batch.latents)  # as train.fill: latents and timesteps moved, the rest in the step
+        t = sample_timesteps(x0.shape[0], batch.num_tokens, True).to("cuda")
+        noise = torch.randn_like(x0)
+        noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+        pred = predict_velocity(fill_transformer, batch, noisy, t, 1.0)
+        loss = velocity_loss(pred, noise, x0, batch.valid.to("cuda"))
+    assert pred.device.type == "cuda" and pred.shape == x0.shape and pred.dtype == torch.float32
+    assert loss.device.type == "cuda" and loss.shape == ()
+    assert fill_transformer.device.type == "cpu"  # the real weights are back
+
+
+def test_fill_step_with_a_cpu_table_fails(fill_transformer, monkeypatch):
+    """The harness on the real step: position ids left on the CPU (a plausible slip in
+    predict_velocity) reach the rotary embedding beside CUDA tensors."""
+    from train.visualcloze import model
+
+    batch = _fill_batch(fill_transformer, MIXED)
+    monkeypatch.setattr(model, "_rotate", lambda x, cos, sin: x * cos.cpu()[:, :, None, :])
+    with pytest.raises(CudaMixError), FakeCuda(fill_transformer) as gpu, cuda_autocast(torch.bfloat16):
+        x0 = gpu.tensor(batch.latents)
+        model.predict_velocity(fill_transformer, batch, x0, gpu.tensor(torch.tensor([0.5, 0.5])), 1.0)
+
+
+# -- RealGeneral: the CogVideoX forward and diffusion_loss -------------------------------------
+@pytest.fixture(scope="module")
+def realgeneral(tiny_cogvideox_dir):
+    from train.common.config import load_config
+    from train.realgeneral.recipe import CogVideoXConfig, build
+
+    cfg = load_config(CogVideoXConfig, "configs/train/cogvideox-tiny.yaml",
+                      [f"model.pretrained={tiny_cogvideox_dir}", "model.build_tiny=false", "model.dtype=bfloat16"])
+    return build(cfg, tasks=["canny"])
+
+
+def _pairs(n: int = 2, size: int = 32):
+    import cv2
+    from skimage import data
+
+    from graph200k.pair import TwoFramePair
+
+    photo = cv2.resize(data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
+    return [TwoFramePair(condition=photo[:, ::-1].copy(), target=photo, prompt="an astronaut in a white suit",
+                         subject="astronaut", task="canny") for _ in range(n)]
+
+
+def test_realgeneral_loss_on_fake_cuda_with_a_cpu_generator(realgeneral, monkeypatch):
+    """The recipe's tests pass a CPU generator to diffusion_loss; on a GPU it must draw there
+    and move the draw (issue 33 item 2)."""
+    from train.realgeneral import recipe
+    from train.realgeneral.recipe import diffusion_loss
+
+    parts, model = realgeneral
+    # token ids are made and searched on the host: real tensors, moved by the recipe itself
+    monkeypatch.setattr(recipe, "tokenize", FakeCuda.on_host(recipe.tokenize))
+    monkeypatch.setattr(model.uce, "keyword_mask", FakeCuda.on_host(model.uce.keyword_mask))
+    # the FCD mask checks its own rows once per shape (a value read, `nonzero`): built real
+    from train.realgeneral import fcd
+    from train.realgeneral import model as realgeneral_model
+
+    monkeypatch.setattr(realgeneral_model, "fcd_mask", lambda *a, device=None: FakeCuda.on_host(fcd.fcd_mask)(
+        *a, device="cpu").to(device))
+    scheduler = parts["scheduler"]
+    table = scheduler.alphas_cumprod
+    try:
+        with FakeCuda(parts["text_encoder"], parts["vae"], model) as gpu, cuda_autocast(torch.bfloat16):
+            scheduler.alphas_cumprod = gpu.tensor(table)  # where build() puts it: the device
+            loss = diffusion_loss(parts, model, _pairs(), torch.Generator().manual_seed(0), drop=[True, False])
+    finally:
+        scheduler.alphas_cumprod = table
+        model._mask_cache.clear()  # it holds the fake CUDA mask
+    assert loss.device.type == "cuda" and loss.dtype == torch.float32 and loss.shape == ()
+
+
+def test_realgeneral_loss_draws_the_same_on_the_generators_device(realgeneral):
+    """Drawing on the generator's device then moving keeps CPU runs byte-identical."""
+    from train.realgeneral.recipe import diffusion_loss
+
+    parts, model = realgeneral
+    with torch.no_grad():
+        a = diffusion_loss(parts, model, _pairs(), torch.Generator().manual_seed(3))
+        b = diffusion_loss(parts, model, _pairs(), torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+# -- the dense stages' nets --------------------------------------------------------------------
+@pytest.mark.parametrize("test_id", ["hed", "mlsd", "openpose", "normal", "midas_normal", "normalbae", "depth",
+                                     "uniformer"])
+def test_dense_stage_forward_on_fake_cuda_in_half_precision(test_id, tiny_models):
+    """What `device: auto` / `dtype: auto` give on a GPU (CUDA, float16): the stage's own
+    forward (normalising, the net, the fusion on the device) up to its first host read."""
+    from dense_helpers import SIZE, make_stage
+
+    stage = make_stage(test_id, tiny_models)
+    stage.load()  # float32 on the CPU, then what load() does on a GPU
+    stage.device, stage.dtype = torch.device("cuda"), torch.float16
+    stage.model.to(torch.float16)
+    if hasattr(stage.model, "keep_refinement_float32"):
+        stage.model.keep_refinement_float32()
+    net, seen = stage.model, []
+
+    def recorded(*args, **kwargs):
+        out = net(*args, **kwargs)
+        leaves = list(out.values()) if isinstance(out, Mapping) else out  # transformers' ModelOutput
+        seen.extend(t for t in torch.utils._pytree.tree_leaves(leaves) if isinstance(t, torch.Tensor))
+        return out
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    stage.model = recorded
+    try:
+        with FakeCuda(net) as gpu:
+            x = gpu.tensor(torch.from_numpy(pixels)).permute(0, 3, 1, 2).to(stage.dtype)  # as predict()
+            try:
+                stage.forward(x, (SIZE, SIZE))
+            except HOST_READ:
+                pass  # the outputs are on their way to the host: the GPU part is done
+            except RuntimeError as e:
+                if "numpy() is not supported" not in str(e):
+                    raise
+    finally:
+        stage.model = net
+    assert seen and all(t.device.type == "cuda" for t in seen)
