@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+import fake_steps
 from fake_cuda import HOST_READ, CudaMixError, FakeCuda, cuda_autocast
+from fake_steps import MIXED, SHARED
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -72,128 +74,48 @@ def test_cuda_autocast_applies_on_fake_tensors():
 
 
 # -- the Fill transformer step ---------------------------------------------------------------
-def _fill_batch(transformer, layouts):
-    from train.visualcloze.inputs import GridLatents, collate, grid_position_ids
-
-    c4 = transformer.config.out_channels
-    m4 = transformer.config.in_channels - 2 * c4
-    g = torch.Generator().manual_seed(0)
-    grids = []
-    for rows in layouts:
-        ids = grid_position_ids(rows)
-        n = ids.shape[0]
-        grids.append(GridLatents(torch.randn(n, c4, generator=g), torch.randn(n, c4, generator=g),
-                                 torch.zeros(n, m4), ids, torch.tensor(rows)))
-    dim = transformer.config.joint_attention_dim
-    return collate(grids, torch.randn(len(layouts), 5, dim, generator=g),
-                   torch.randn(len(layouts), transformer.config.pooled_projection_dim, generator=g),
-                   ["t"] * len(layouts))
-
-
 @pytest.fixture(scope="module")
 def fill_transformer(tiny_fill_dir):
-    """The tiny FLUX-Fill transformer as train.fill builds it: bf16 base, LoRA, per-sample RoPE."""
-    from train.visualcloze.model import PerSampleRopeAttnProcessor, add_lora, load_transformer
-
-    transformer = load_transformer(str(tiny_fill_dir), torch.bfloat16)
-    add_lora(transformer, rank=4, alpha=4.0)
-    transformer.set_attn_processor(PerSampleRopeAttnProcessor())
-    return transformer
-
-
-SHARED = [[(4, 4)], [(4, 4)]]  # one layout: diffusers' shared position table
-MIXED = [[(4, 4)], [(4, 4), (2, 4)]]  # two layouts: per-sample RoPE and a key-padding mask
+    return fake_steps.fill_transformer(tiny_fill_dir)
 
 
 @pytest.mark.parametrize("layouts", [SHARED, MIXED], ids=["shared", "per_sample"])
 def test_fill_step_runs_on_fake_cuda(fill_transformer, layouts):
-    from train.visualcloze.model import predict_velocity, sample_timesteps, velocity_loss
-
-    batch = _fill_batch(fill_transformer, layouts)
+    batch = fake_steps.fill_batch(fill_transformer, layouts)
     assert batch.shared_positions == (layouts is SHARED)
     with FakeCuda(fill_transformer) as gpu, cuda_autocast(torch.bfloat16):
-        x0 = gpu.tensor(batch.latents)  # as train.fill: latents and timesteps moved, the rest in the step
-        t = sample_timesteps(x0.shape[0], batch.num_tokens, True).to("cuda")
-        noise = torch.randn_like(x0)
-        noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
-        pred = predict_velocity(fill_transformer, batch, noisy, t, 1.0)
-        loss = velocity_loss(pred, noise, x0, batch.valid.to("cuda"))
-    assert pred.device.type == "cuda" and pred.shape == x0.shape and pred.dtype == torch.float32
+        pred, loss = fake_steps.fill_step(fill_transformer, batch, gpu)
+    assert pred.device.type == "cuda" and pred.shape == batch.latents.shape and pred.dtype == torch.float32
     assert loss.device.type == "cuda" and loss.shape == ()
     assert fill_transformer.device.type == "cpu"  # the real weights are back
 
 
 def test_fill_step_with_a_cpu_table_fails(fill_transformer, monkeypatch):
-    """The harness on the real step: position ids left on the CPU (a plausible slip in
-    predict_velocity) reach the rotary embedding beside CUDA tensors."""
+    """The harness on the real step: a rotary table taken back to the CPU (a plausible slip in
+    the per-sample RoPE path) meets CUDA activations."""
     from train.visualcloze import model
 
-    batch = _fill_batch(fill_transformer, MIXED)
+    batch = fake_steps.fill_batch(fill_transformer, MIXED)
     monkeypatch.setattr(model, "_rotate", lambda x, cos, sin: x * cos.cpu()[:, :, None, :])
     with pytest.raises(CudaMixError), FakeCuda(fill_transformer) as gpu, cuda_autocast(torch.bfloat16):
-        x0 = gpu.tensor(batch.latents)
-        model.predict_velocity(fill_transformer, batch, x0, gpu.tensor(torch.tensor([0.5, 0.5])), 1.0)
+        fake_steps.fill_step(fill_transformer, batch, gpu)
 
 
 # -- RealGeneral: the CogVideoX forward and diffusion_loss -------------------------------------
 @pytest.fixture(scope="module")
 def realgeneral(tiny_cogvideox_dir):
-    from train.common.config import load_config
-    from train.realgeneral.recipe import CogVideoXConfig, build
-
-    cfg = load_config(CogVideoXConfig, "configs/train/cogvideox-tiny.yaml",
-                      [f"model.pretrained={tiny_cogvideox_dir}", "model.build_tiny=false", "model.dtype=bfloat16"])
-    return build(cfg, tasks=["canny"])
-
-
-def _pairs(n: int = 2, size: int = 32):
-    import cv2
-    from skimage import data
-
-    from graph200k.pair import TwoFramePair
-
-    photo = cv2.resize(data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
-    return [TwoFramePair(condition=photo[:, ::-1].copy(), target=photo, prompt="an astronaut in a white suit",
-                         subject="astronaut", task="canny") for _ in range(n)]
+    return fake_steps.realgeneral(tiny_cogvideox_dir)
 
 
 def test_realgeneral_loss_on_fake_cuda_with_a_cpu_generator(realgeneral, monkeypatch):
-    """The recipe's tests pass a CPU generator to diffusion_loss; on a GPU it must draw there
-    and move the draw (issue 33 item 2)."""
-    from train.realgeneral import recipe
+    """The recipe's tests pass a CPU generator to diffusion_loss; on a GPU it must draw where
+    the generator is and move the draw (issue 33 item 2: it raised there)."""
     from train.realgeneral.recipe import diffusion_loss
 
     parts, model = realgeneral
-    # token ids are made and searched on the host: real tensors, moved by the recipe itself
-    monkeypatch.setattr(recipe, "tokenize", FakeCuda.on_host(recipe.tokenize))
-    monkeypatch.setattr(model.uce, "keyword_mask", FakeCuda.on_host(model.uce.keyword_mask))
-    # the FCD mask checks its own rows once per shape (a value read, `nonzero`): built real
-    from train.realgeneral import fcd
-    from train.realgeneral import model as realgeneral_model
-
-    monkeypatch.setattr(realgeneral_model, "fcd_mask", lambda *a, device=None: FakeCuda.on_host(fcd.fcd_mask)(
-        *a, device="cpu").to(device))
-    scheduler = parts["scheduler"]
-    table = scheduler.alphas_cumprod
-    try:
-        with FakeCuda(parts["text_encoder"], parts["vae"], model) as gpu, cuda_autocast(torch.bfloat16):
-            scheduler.alphas_cumprod = gpu.tensor(table)  # where build() puts it: the device
-            loss = diffusion_loss(parts, model, _pairs(), torch.Generator().manual_seed(0), drop=[True, False])
-    finally:
-        scheduler.alphas_cumprod = table
-        model._mask_cache.clear()  # it holds the fake CUDA mask
+    with fake_steps.realgeneral_on_fake_cuda(parts, model, monkeypatch):
+        loss = diffusion_loss(parts, model, fake_steps.pairs(), torch.Generator().manual_seed(0), drop=[True, False])
     assert loss.device.type == "cuda" and loss.dtype == torch.float32 and loss.shape == ()
-
-
-def test_realgeneral_loss_draws_the_same_on_the_generators_device(realgeneral):
-    """Drawing on the generator's device then moving keeps CPU runs byte-identical."""
-    from train.realgeneral.recipe import diffusion_loss
-
-    parts, model = realgeneral
-    with torch.no_grad():
-        a = diffusion_loss(parts, model, _pairs(), torch.Generator().manual_seed(3))
-        b = diffusion_loss(parts, model, _pairs(), torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
 
 
 # -- the dense stages' nets --------------------------------------------------------------------
