@@ -13,6 +13,7 @@ from annotators.mlsd import MLSD
 from annotators.normal import DSINE, MidasNormal, NormalBae
 from annotators.openpose import OpenPose
 from annotators.uniformer import Uniformer
+from devices import STAGE_DTYPE
 from graph200k.shards import encode_image
 
 SIZE = 128  # test images and detect resolution: small, and a multiple of 64
@@ -30,11 +31,14 @@ STAGES = {
 }
 
 
-def make_stage(test_id: str, tiny, **extra):
-    """The stage on its tiny model. `micro_batch` 64: a whole test batch in one forward
-    pass on the CPU too (the CPU default is one image per pass), as on a GPU."""
+def make_stage(test_id: str, tiny, device: str = "cpu", **extra):
+    """The stage on its tiny model, on `device` in the precision `dtype: auto` picks there
+    (explicit: the same test on a GPU box). `micro_batch` 64: a whole test batch in one
+    forward pass on the CPU too (the CPU default is one image per pass), as on a GPU."""
     cls, folder, options = STAGES[test_id]
-    return cls({"model": str(tiny(folder)), "micro_batch": 64, **options, **extra})
+    dtype = extra.pop("dtype", STAGE_DTYPE.get(device.split(":")[0], "float32"))
+    return cls({"model": str(tiny(folder)), "micro_batch": 64, "device": device, "dtype": dtype, **options,
+                **extra})
 
 
 def flat_sample(key: str, value: int = 77, size: int = SIZE) -> Sample:

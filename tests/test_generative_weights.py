@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from generative_helpers import generative_samples, pools
+from devices import DEVICES
 from hub_weights import needs_weights
 from annotators.depthedit import DepthEdit
 from annotators.filledit import FillEdit
@@ -35,9 +36,12 @@ def _run(stage, tmp_path, n=1):
 @needs_weights("stabilityai/stable-diffusion-xl-base-1.0", "unet/diffusion_pytorch_model.safetensors")
 @needs_weights("diffusers/controlnet-depth-sdxl-1.0", "diffusion_pytorch_model.safetensors")
 @needs_weights("h94/IP-Adapter", "sdxl_models/ip-adapter_sdxl.safetensors")
-def test_instantstyle_real_weights(tmp_path):
-    steps = 20 if torch.cuda.is_available() else 4
-    outs = _run(InstantStyle({"variants": 1, "steps": steps, "resolution": 512}), tmp_path)
+@pytest.mark.parametrize("device", DEVICES)
+def test_instantstyle_real_weights(tmp_path, device):
+    steps = 20 if device == "cuda" else 4
+    dtype = "float16" if device == "cuda" else "float32"  # explicit: auto is float64 on a CPU
+    outs = _run(InstantStyle({"variants": 1, "steps": steps, "resolution": 512, "device": device,
+                              "dtype": dtype}), tmp_path)
     assert outs[0].meta["variants"][0]["style"]
 
 
@@ -45,14 +49,14 @@ def test_instantstyle_real_weights(tmp_path):
 @needs_weights("black-forest-labs/FLUX.1-Depth-dev", "transformer/config.json")
 @needs_weights("black-forest-labs/FLUX.1-Redux-dev", "image_embedder/diffusion_pytorch_model.safetensors")
 def test_reduxstyle_real_weights(tmp_path):
-    _run(ReduxStyle({"variants": 2, "steps": 12, "resolution": 512}), tmp_path)
+    _run(ReduxStyle({"variants": 2, "steps": 12, "resolution": 512, "device": "cuda", "dtype": "bfloat16"}), tmp_path)
 
 
 @gpu
 @needs_weights("black-forest-labs/FLUX.1-Fill-dev", "transformer/config.json")
 @needs_weights("Qwen/Qwen2-VL-7B-Instruct", "config.json")
 def test_filledit_real_weights_with_the_vlm_rewrite(tmp_path):
-    outs = _run(FillEdit({"variants": 2, "steps": 12, "resolution": 512}), tmp_path)
+    outs = _run(FillEdit({"variants": 2, "steps": 12, "resolution": 512, "device": "cuda", "dtype": "bfloat16"}), tmp_path)
     edits = outs[0].meta["variants"]
     assert all(e["subject"].lower() != "astronaut" and e["caption"] for e in edits)
     target = decode_image(generative_samples(1, SIZE)[0].members["target.jpg"]).astype(int)
@@ -65,6 +69,6 @@ def test_filledit_real_weights_with_the_vlm_rewrite(tmp_path):
 @needs_weights("black-forest-labs/FLUX.1-Redux-dev", "image_embedder/diffusion_pytorch_model.safetensors")
 @needs_weights("Qwen/Qwen2-VL-7B-Instruct", "config.json")
 def test_depthedit_real_weights_with_the_vlm_rewrite(tmp_path):
-    outs = _run(DepthEdit({"steps": 12, "resolution": 512}), tmp_path)
+    outs = _run(DepthEdit({"steps": 12, "resolution": 512, "device": "cuda", "dtype": "bfloat16"}), tmp_path)
     v = outs[0].meta["variants"][0]  # VisualCloze §3.2: a new subject, as filledit's
     assert v["caption"] and v["subject"].strip().lower() not in ("", "astronaut")

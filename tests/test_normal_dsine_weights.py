@@ -9,6 +9,9 @@ import numpy as np
 
 from annotators.base import Sample
 from graph200k.shards import decode_image, encode_image
+import pytest
+
+from devices import DEVICES, stage_options
 from hub_weights import needs_weights
 from pipelines.stage_ops import run_inline
 
@@ -16,14 +19,15 @@ DSINE_REPO = "camenduru/DSINE"
 
 
 @needs_weights(DSINE_REPO, "dsine.pt")
-def test_dsine_colours_the_astronauts_face_and_backdrop_lavender():
+@pytest.mark.parametrize("device", DEVICES)  # CPU float32; CUDA float16 (refinement in float32)
+def test_dsine_colours_the_astronauts_face_and_backdrop_lavender(device):
     from skimage import data
 
     from annotators.normal import DSINE
 
     img = cv2.resize(data.astronaut(), (512, 512), interpolation=cv2.INTER_AREA)
     sample = Sample("astronaut", {"target.jpg": encode_image(img, "jpg", 95)})
-    (out,) = run_inline(DSINE({"model": DSINE_REPO}), [sample], batch_size=1)
+    (out,) = run_inline(DSINE({"model": DSINE_REPO, **stage_options(device)}), [sample], batch_size=1)
     assert out.ok, out.status
     rgb = decode_image(out.members["normal.png"], "RGB").astype(float)
     assert rgb.shape == (512, 512, 3)

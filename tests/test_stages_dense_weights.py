@@ -1,6 +1,8 @@
 """Smoke tests of the dense stages with the real weights (marked `weights`: skipped unless
 the files are in the local Hugging Face cache; docs/annotators-dense.md says how to fetch
-them). On real photos the outputs must look like what the prompts say they are."""
+them). On real photos the outputs must look like what the prompts say they are. Each runs on
+the CPU in float32 and, where a GPU is visible (`GRAPH200K_TEST_GPU=1`), on CUDA in float16:
+what `device: auto` / `dtype: auto` pick on each (tests/devices.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 from annotators.base import Sample
 from annotators.imaging import read_indexed_png
 from graph200k.shards import decode_image, encode_image
+from devices import DEVICES, float32_copy, maps_agree, stage_options
 from hub_weights import cached_file, needs_weights
 from pipelines.stage_ops import run_inline
 
@@ -39,28 +42,31 @@ def needs_hf_model(repo: str):
 
 
 @needs_weights(ANNOTATORS, "ControlNetHED.pth")
-def test_hed_edges_follow_the_photos_contours():
+@pytest.mark.parametrize("device", DEVICES)
+def test_hed_edges_follow_the_photos_contours(device):
     from annotators.hed import HED
 
-    out = ok(HED({"model": ANNOTATORS}), "astronaut")
+    out = ok(HED({"model": ANNOTATORS, **stage_options(device)}), "astronaut")
     hed = decode_image(out.members["hed.png"], "L").astype(float)
     canny = cv2.Canny(decode_image(photo_sample("astronaut").members["target.jpg"]), 100, 200)
     assert hed[canny > 0].mean() > 2 * hed[canny == 0].mean()
 
 
 @needs_weights(ANNOTATORS, "mlsd_large_512_fp32.pth")
-def test_mlsd_finds_the_rockets_straight_lines():
+@pytest.mark.parametrize("device", DEVICES)
+def test_mlsd_finds_the_rockets_straight_lines(device):
     from annotators.mlsd import MLSD
 
-    out = ok(MLSD({"model": ANNOTATORS}), "rocket")
+    out = ok(MLSD({"model": ANNOTATORS, **stage_options(device)}), "rocket")
     assert out.meta["segments"] >= 5
 
 
 @needs_weights(ANNOTATORS, "body_pose_model.pth")
-def test_openpose_finds_the_astronaut():
+@pytest.mark.parametrize("device", DEVICES)
+def test_openpose_finds_the_astronaut(device):
     from annotators.openpose import KEYPOINTS, OpenPose
 
-    out = ok(OpenPose({"model": ANNOTATORS}), "astronaut")
+    out = ok(OpenPose({"model": ANNOTATORS, **stage_options(device)}), "astronaut")
     person = max(out.meta["people"], key=lambda p: p["parts"])
     assert person["parts"] >= 8
     nose = person["keypoints"][KEYPOINTS.index("nose")]
@@ -68,10 +74,11 @@ def test_openpose_finds_the_astronaut():
 
 
 @needs_hf_model("depth-anything/Depth-Anything-V2-Large-hf")
-def test_depth_near_parts_bright():
+@pytest.mark.parametrize("device", DEVICES)
+def test_depth_near_parts_bright(device):
     from annotators.depth import Depth
 
-    out = ok(Depth({"model": "depth-anything/Depth-Anything-V2-Large-hf"}), "astronaut")
+    out = ok(Depth({"model": "depth-anything/Depth-Anything-V2-Large-hf", **stage_options(device)}), "astronaut")
     depth = cv2.imdecode(np.frombuffer(out.members["depth.png"], np.uint8), cv2.IMREAD_UNCHANGED)
     assert depth.dtype == np.uint8  # 8-bit grey, near bright, as Graph200K
     # the astronaut (centre-bottom) stands in front of the backdrop (top corners)
@@ -80,33 +87,37 @@ def test_depth_near_parts_bright():
 
 
 @needs_weights(ANNOTATORS, "dpt_hybrid-midas-501f0c75.pt")
-def test_midas_normal_matches_the_detector_with_real_weights():
+@pytest.mark.parametrize("device", DEVICES)
+def test_midas_normal_matches_the_detector_with_real_weights(device):
     from annotators.controlnet_nets import quiet_import
     from annotators.normal import MidasNormal
 
-    stage = MidasNormal({"model": ANNOTATORS})
+    stage = MidasNormal({"model": ANNOTATORS, **stage_options(device)})
     out = ok(stage, "coffee")
     ours = decode_image(out.members["normal.png"], "RGB")
-    theirs = quiet_import("controlnet_aux.midas").MidasDetector(stage.model)(
+    # the detector feeds `.float()` pixels: a float32 copy of the net, on the stage's device
+    theirs = quiet_import("controlnet_aux.midas").MidasDetector(float32_copy(stage.model))(
         decode_image(photo_sample("coffee").members["target.jpg"]), depth_and_normal=True,
         output_type="np")[1]
-    assert np.abs(ours.astype(int) - theirs).max() <= 1
+    assert maps_agree(ours, theirs, stage.options.dtype)
     assert ours.reshape(-1, 3).std(axis=0).min() > 5  # surfaces, not one flat colour
 
 
 @needs_weights(ANNOTATORS, "scannet.pt")
-def test_normalbae_runs_with_real_weights():
+@pytest.mark.parametrize("device", DEVICES)
+def test_normalbae_runs_with_real_weights(device):
     from annotators.normal import NormalBae
 
-    out = ok(NormalBae({"model": ANNOTATORS}), "coffee")
+    out = ok(NormalBae({"model": ANNOTATORS, **stage_options(device)}), "coffee")
     assert decode_image(out.members["normal.png"], "RGB").reshape(-1, 3).std(axis=0).min() > 5
 
 
 @needs_hf_model("openmmlab/upernet-convnext-small")
-def test_uniformer_labels_the_astronaut_a_person():
+@pytest.mark.parametrize("device", DEVICES)
+def test_uniformer_labels_the_astronaut_a_person(device):
     from annotators.uniformer import Uniformer
 
-    out = ok(Uniformer({"model": "openmmlab/upernet-convnext-small"}), "astronaut")
+    out = ok(Uniformer({"model": "openmmlab/upernet-convnext-small", **stage_options(device)}), "astronaut")
     person = [c for c in out.meta["classes"] if c["name"] == "person"]
     assert person and person[0]["fraction"] > 0.1
     ids = read_indexed_png(out.members["uniformer.png"])

@@ -15,6 +15,7 @@ import pytest
 
 from annotate_helpers import stage_samples
 from graph200k.shards import decode_image
+from devices import DEVICES, stage_options
 from hub_weights import needs_weights
 from pipelines.stage_ops import run_inline
 
@@ -25,18 +26,20 @@ RMBG_DIR = os.environ.get("RMBG_DIR", "models/RMBG-2.0")
 
 
 @needs_weights(SAM2, "sam2.1_hiera_large.pt")
-def test_real_sam2_finds_several_masks_on_photos():
+@pytest.mark.parametrize("device", DEVICES)
+def test_real_sam2_finds_several_masks_on_photos(device):
     from annotators.sam2_mask import SAM2AutoMask
 
-    out = run_inline(SAM2AutoMask({"model": SAM2}), stage_samples(2, 512), batch_size=2)
+    out = run_inline(SAM2AutoMask({"model": SAM2, **stage_options(device)}), stage_samples(2, 512), batch_size=2)
     assert all(o.ok and o.meta["masks"] >= 3 for o in out), [o.status for o in out]
 
 
 @needs_weights(RMBG_DIR, "model.safetensors")
-def test_real_rmbg_matte_separates_the_subject():
+@pytest.mark.parametrize("device", DEVICES)
+def test_real_rmbg_matte_separates_the_subject(device):
     from annotators.rmbg import RMBG
 
-    stage = RMBG({"model": RMBG_DIR, "trust_remote_code": True})
+    stage = RMBG({"model": RMBG_DIR, "trust_remote_code": True, **stage_options(device)})
     out = run_inline(stage, stage_samples(2, 512), batch_size=2)
     for o in out:
         matte = decode_image(o.members["rmbg.png"], "L")
@@ -50,7 +53,7 @@ def test_real_grounding_boxes_the_astronaut():
     from annotators.grounded_mask import GroundedMask
 
     samples = stage_samples(1, 512)  # the astronaut
-    out = run_inline(GroundedMask({"grounding_model": QWEN, "model": SAM2}), samples)[0]
+    out = run_inline(GroundedMask({"grounding_model": QWEN, "model": SAM2, **stage_options("cuda")}), samples)[0]
     assert out.ok, out.status
     subject = out.meta["objects"][out.meta["subject"]]
     assert out.meta["subject_match"] != "largest" and "astronaut" in subject["name"].lower()
