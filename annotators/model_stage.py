@@ -106,6 +106,9 @@ class ModelStage(Annotator):
                 for start in range(0, len(group), step):
                     rows = group[start:start + step]
                     x = torch.from_numpy(np.stack([inputs[i].pixels for i in rows]))
+                    # uint8 over the bus, then the net's own dtype on its device: every net here
+                    # takes float16 inputs on a GPU (tests/test_fake_cuda.py runs each one so);
+                    # controlnet_aux's detectors instead `.float()` theirs, which a half net refuses
                     x = x.to(self.device).permute(0, 3, 1, 2).to(self.dtype)
                     results = list(self.forward(x, out_size))
                     if len(results) != len(rows):
