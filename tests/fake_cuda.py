@@ -51,6 +51,21 @@ class CudaMixError(AssertionError):
     """A forward that would raise on a GPU: devices or dtypes mixed."""
 
 
+# torch's own checks of mixed operands (convolution checks dtypes before it dispatches)
+_MIX_MESSAGES = ("same device", "should be the same", "same dtype", "expected scalar type")
+
+
+def _run(func, args, kwargs):
+    try:
+        return func(*args, **kwargs)
+    except FakeTensorDeviceMismatchError as e:
+        raise CudaMixError(f"{func}: {e}") from None
+    except RuntimeError as e:
+        if any(m in str(e) for m in _MIX_MESSAGES):
+            raise CudaMixError(f"{getattr(func, '__name__', func)}: {e}") from None
+        raise
+
+
 def _tensors(args, kwargs) -> list[torch.Tensor]:
     return [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
 
@@ -69,18 +84,12 @@ class _Check(TorchDispatchMode):
                 tensors[0].device if tensors else torch.device("cpu"))
             if generator.device.type != device.type:
                 raise CudaMixError(f"{func}: a {generator.device.type} generator draws on {device}")
-        try:
-            return func(*args, **kwargs)
-        except FakeTensorDeviceMismatchError as e:
-            raise CudaMixError(f"{func}: {e}") from None
-        except RuntimeError as e:
-            if "same device" in str(e):
-                raise CudaMixError(f"{func}: {e}") from None
-            raise
+        return _run(func, args, kwargs)
 
 
-class _CheckAttention(TorchFunctionMode):
-    """Attention is decomposed to its math form under fake tensors (no GPU kernel is chosen),
+class _CheckFunctions(TorchFunctionMode):
+    """Mixes torch checks before dispatch (convolution's dtypes) come out as CudaMixError.
+    Attention is decomposed to its math form under fake tensors (no GPU kernel is chosen),
     which upcasts: q, k, v must agree before that, as the GPU kernels require."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -89,7 +98,7 @@ class _CheckAttention(TorchFunctionMode):
             q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")])[:3]
             if len({q.dtype, k.dtype, v.dtype}) > 1:
                 raise CudaMixError(f"scaled_dot_product_attention: q, k, v in {q.dtype}, {k.dtype}, {v.dtype}")
-        return func(*args, **kwargs)
+        return _run(func, args, kwargs)
 
 
 class FakeCuda:
@@ -131,7 +140,7 @@ class FakeCuda:
                         table[name] = (torch.nn.Parameter(fake, requires_grad=t.requires_grad)
                                        if isinstance(t, torch.nn.Parameter) else fake)
         self._stack.enter_context(self.mode)
-        self._stack.enter_context(_CheckAttention())
+        self._stack.enter_context(_CheckFunctions())
         self._stack.enter_context(_Check())
         return self
 

@@ -155,3 +155,18 @@ def test_dense_stage_forward_on_fake_cuda_in_half_precision(test_id, tiny_models
     finally:
         stage.model = net
     assert seen and all(t.device.type == "cuda" for t in seen)
+
+
+def test_controlnet_aux_detector_around_a_half_net_fails_as_on_a_gpu(tiny_models):
+    """Issue 33 item 1, reproduced without a GPU: controlnet_aux's HED detector `.float()`s
+    its pixels, which a float16 net on CUDA refuses (hence the tests' float32 references)."""
+    from annotators.controlnet_nets import quiet_import
+    from dense_helpers import SIZE, make_stage
+
+    stage = make_stage("hed", tiny_models)
+    stage.load()
+    net = stage.model.half()
+    detector = quiet_import("controlnet_aux.hed").HEDdetector(net)
+    image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    with pytest.raises(CudaMixError, match="conv2d: Input type \(float\) and bias type \(c10::Half\)"), FakeCuda(net):
+        detector(image, detect_resolution=SIZE, image_resolution=SIZE, output_type="np")
