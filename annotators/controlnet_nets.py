@@ -7,6 +7,16 @@ the checkpoint: the real files give the real networks; the tiny test models are
 reduced-width instances of the same classes, loaded by this same code. A checkpoint whose
 layer names do not match the class still fails (`load_state_dict(strict=True)`).
 
+Precision on a GPU, net by net: each is loaded in float32 here and cast by `ModelStage.load`
+to the stage's dtype (float16 under `dtype: auto`), and `ModelStage.predict` hands it inputs
+already in that dtype. HED, M-LSD, OpenPose, MiDaS DPT-Hybrid and NormalBae all run in
+float16 as they are: none makes a float32 tensor inside its forward (each passes the
+fake-CUDA forward of tests/test_fake_cuda.py in float16); the `.float()` calls that break
+float16 nets are in controlnet_aux's detector wrappers (`HEDdetector.__call__`, ...), which
+the stages do not use. What float16 does to their maps (HED's VGG activations on 0..255
+pixels are the likeliest to come near float16's range) is not measured yet: `make
+test-weights` on a GPU box compares them with the float32 detectors.
+
 Importing any `controlnet_aux.*` runs its package `__init__`, which imports every detector
 (~3 s) and warns about mediapipe (we never use it); `quiet_import` silences that noise.
 """
