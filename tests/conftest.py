@@ -15,6 +15,11 @@ import os
 # `GRAPH200K_TEST_GPU=1` keeps the GPUs visible: the tests that pick a device themselves
 # (`-m weights`, the `cuda` parameters) then run there too.
 if os.environ.get("GRAPH200K_TEST_GPU") != "1":
+    import sys
+
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_initialized():
+        raise RuntimeError("CUDA was initialised before tests/conftest.py could hide the GPUs "
+                           "(a pytest plugin?): run with CUDA_VISIBLE_DEVICES= set")
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import pytest  # noqa: E402
