@@ -19,6 +19,7 @@ from graph200k.shards import decode_image
 from pipelines.stage_ops import run_inline
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="FLUX.1 (12B) needs a GPU")
+FLUX_ON_GPU = {"device": "cuda", "dtype": "bfloat16"}  # explicit: what `auto` picks on a GPU
 SIZE = 512
 
 
@@ -49,14 +50,14 @@ def test_instantstyle_real_weights(tmp_path, device):
 @needs_weights("black-forest-labs/FLUX.1-Depth-dev", "transformer/config.json")
 @needs_weights("black-forest-labs/FLUX.1-Redux-dev", "image_embedder/diffusion_pytorch_model.safetensors")
 def test_reduxstyle_real_weights(tmp_path):
-    _run(ReduxStyle({"variants": 2, "steps": 12, "resolution": 512, "device": "cuda", "dtype": "bfloat16"}), tmp_path)
+    _run(ReduxStyle({"variants": 2, "steps": 12, "resolution": 512, **FLUX_ON_GPU}), tmp_path)
 
 
 @gpu
 @needs_weights("black-forest-labs/FLUX.1-Fill-dev", "transformer/config.json")
 @needs_weights("Qwen/Qwen2-VL-7B-Instruct", "config.json")
 def test_filledit_real_weights_with_the_vlm_rewrite(tmp_path):
-    outs = _run(FillEdit({"variants": 2, "steps": 12, "resolution": 512, "device": "cuda", "dtype": "bfloat16"}), tmp_path)
+    outs = _run(FillEdit({"variants": 2, "steps": 12, "resolution": 512, **FLUX_ON_GPU}), tmp_path)
     edits = outs[0].meta["variants"]
     assert all(e["subject"].lower() != "astronaut" and e["caption"] for e in edits)
     target = decode_image(generative_samples(1, SIZE)[0].members["target.jpg"]).astype(int)
@@ -69,6 +70,6 @@ def test_filledit_real_weights_with_the_vlm_rewrite(tmp_path):
 @needs_weights("black-forest-labs/FLUX.1-Redux-dev", "image_embedder/diffusion_pytorch_model.safetensors")
 @needs_weights("Qwen/Qwen2-VL-7B-Instruct", "config.json")
 def test_depthedit_real_weights_with_the_vlm_rewrite(tmp_path):
-    outs = _run(DepthEdit({"steps": 12, "resolution": 512, "device": "cuda", "dtype": "bfloat16"}), tmp_path)
+    outs = _run(DepthEdit({"steps": 12, "resolution": 512, **FLUX_ON_GPU}), tmp_path)
     v = outs[0].meta["variants"][0]  # VisualCloze §3.2: a new subject, as filledit's
     assert v["caption"] and v["subject"].strip().lower() not in ("", "astronaut")
