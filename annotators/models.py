@@ -61,6 +61,21 @@ def resolve_device(stage: str, device: str = AUTO):
     return dev
 
 
+def require_gpu(stage: str, num_gpus: float, device: str = AUTO) -> None:
+    """An actor given GPUs (`num_gpus` > 0) that sees no CUDA stops here, before loading
+    weights: on the CPU a GPU-sized model would crawl (or fill the RAM) without a word.
+    `device: cpu` in the stage's block runs it on the CPU on purpose."""
+    if not num_gpus or str(device) == "cpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"stage {stage!r}: num_gpus: {num_gpus:g} but this actor sees no CUDA "
+                          "GPU (torch.cuda.is_available() is False: a CPU-only torch, or no "
+                          "driver on the node); fix the node, or set device: cpu in the stage's "
+                          "block to run it on the CPU on purpose")
+
+
 def resolve_dtype(stage: str, dtype: str, device):
     import torch
 
