@@ -87,8 +87,12 @@ class CrashOnceOptions:
     marker: str = ""
 
 
+_POISONED: list = []  # this process's "CUDA context" is broken: every later call fails
+
+
 class CrashOnce(Annotator):
-    """A model stage whose first predict call (no marker file yet) hits a sticky CUDA error."""
+    """A model stage whose first predict call (no marker file yet) hits a sticky CUDA error:
+    every later call of the same process fails too, as on a real GPU; a new process works."""
 
     name = "crashonce"
     produces = ()
@@ -102,6 +106,8 @@ class CrashOnce(Annotator):
         marker = Path(self.options.marker)
         if not marker.exists():
             marker.write_text("crashed")
+            _POISONED.append(True)
+        if _POISONED:
             raise RuntimeError(ILLEGAL_ADDRESS)
         return [n % 251 for n in inputs]
 

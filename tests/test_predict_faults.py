@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from annotate_helpers import stage_samples
+from annotate_helpers import ray_local, stage_samples  # noqa: F401  (a fixture)
 from annotators.base import ConfigError, Prepared, Result
 from annotators.model_stage import ImageInput, ModelStage, ModelStageOptions
 from annotators.models import require_gpu
@@ -183,3 +183,28 @@ def test_the_predict_actor_checks_before_loading_weights():
     assert loaded == []
     PredictActor(Loading, {"device": "cpu"}, 0, {}, num_gpus=1)
     assert loaded == [True]
+
+
+def test_ray_restarts_an_actor_that_exits_on_a_cuda_error_and_reruns_its_batch(ray_local,
+                                                                                 tmp_path):
+    import json
+
+    from annotate_helpers import (SAMPLES, annotate_args, joined, make_source_shard,
+                                  stage_stats, write_config)
+    from pipelines import annotate
+
+    src = tmp_path / "source"
+    make_source_shard(src, 0, SAMPLES)
+    marker = tmp_path / "crashed-once"
+    config = write_config(tmp_path, {"crashonce": {
+        "class": "device_fault_stages.CrashOnce", "marker": str(marker), "batch_size": 3,
+        "concurrency": 1, "num_cpus": 0.5}})
+    assert annotate.main(annotate_args(src, tmp_path / "out", config, "0")) == 0
+    assert marker.read_text() == "crashed"  # the actor did exit once
+    stats = stage_stats(tmp_path / "out", "crashonce", 0)
+    assert (stats["ok"], stats["failed"]) == (SAMPLES, 0)  # its batch was rerun, not lost
+    samples = joined(tmp_path / "out", 0)
+    assert len(samples) == SAMPLES
+    for s in samples:
+        entry = json.loads(s["meta.json"])["annotations"]["crashonce"]
+        assert entry == {"bytes_mod_251": len(s["target.jpg"]) % 251}
