@@ -53,6 +53,7 @@ class GenerationOptions(ModelOptions):
 
 
 OFFLOADS = ("none", "model", "sequential")
+DTYPES = (AUTO, "float32", "float16", "bfloat16")
 
 
 def check_generation_options(stage: str, o: GenerationOptions, multiple_of: int = 16) -> None:
@@ -65,6 +66,9 @@ def check_generation_options(stage: str, o: GenerationOptions, multiple_of: int 
                           f"{multiple_of} (the latent packing needs it)")
     if o.offload not in OFFLOADS:
         raise ConfigError(f"stage {stage!r}: offload {o.offload!r} is not one of {OFFLOADS}")
+    if o.dtype not in DTYPES:
+        raise ConfigError(f"stage {stage!r}: dtype {o.dtype!r} is not one of {', '.join(DTYPES)}"
+                          " (float64 never: FLUX alone would take 96 GB)")
 
 
 def actor_device(stage: str, o: GenerationOptions):

@@ -379,3 +379,58 @@ def test_missing_weights_say_how_to_fetch_them(tiny_dir, tmp_path):
     cls, cfg = block("depthedit", tiny_dir, model=str(tmp_path / "absent"))
     with pytest.raises(FileNotFoundError, match="model folder .*absent does not exist"):
         cls(cfg).load()
+
+
+def _generated(st, samples) -> np.ndarray:
+    """Every variant image of the samples, in one predict call (uint8, as generated)."""
+    out = st.predict([st.prepare(s).inputs for s in samples])
+    return np.stack([img for o in out for img in o["images"]]).astype(np.int16)
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_vae_slicing_and_tiling_reach_the_vae(name, tiny_dir):
+    vae = stage(name, tiny_dir).pipe.vae
+    assert (vae.use_slicing, vae.use_tiling) == (True, False)  # the defaults
+    vae = stage(name, tiny_dir, vae_slicing=False, vae_tiling=True).pipe.vae
+    assert (vae.use_slicing, vae.use_tiling) == (False, True)
+
+
+@pytest.mark.parametrize("name", ["instantstyle", "filledit"])
+def test_vae_slicing_keeps_the_pixels(name, tiny_dir, side):
+    samples = generative_samples(2, SIZE, side=side)
+    sliced = _generated(stage(name, tiny_dir, images_per_call=4), samples)
+    whole = _generated(stage(name, tiny_dir, images_per_call=4, vae_slicing=False), samples)
+    # one decode (and Fill's masked-image encode) per image: float32 on the CPU may round
+    # a value the other way than the batched call, nothing more
+    assert sliced.shape == whole.shape == (4, 16, 16, 3)
+    assert np.abs(sliced - whole).max() <= 1
+
+
+def test_vae_tiling_decodes_in_tiles_within_tolerance(tiny_dir, side):
+    samples = generative_samples(1, SIZE, side=side)
+    images = {}
+    for tiling in (False, True):
+        st = stage("depthedit", tiny_dir, resolution=64, vae_tiling=tiling)
+        vae = st.pipe.vae
+        vae.tile_sample_min_size = 32  # 64² in overlapping tiles of 32²
+        vae.tile_latent_min_size = 32 // st.pipe.vae_scale_factor
+        images[tiling] = _generated(st, samples)
+    diff = np.abs(images[True] - images[False])
+    assert diff.max() > 0  # the tiles did run
+    # a random tiny VAE blends its seams badly (real weights: far less); still the image
+    assert diff.mean() < 16
+
+
+def test_a_generative_stage_runs_on_the_cpu_only_when_told_to_and_never_in_float64(tiny_dir):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: device auto takes it")
+    cls, cfg = block("filledit", tiny_dir, device="auto")
+    st = cls(cfg)  # CPU tasks build the class too: the GPU is the actor's business
+    with pytest.raises(ConfigError, match=r"^stage 'filledit': device: auto and no CUDA GPU is "
+                                          r"visible; .* set device: cpu in the stage's block"):
+        st.load()
+    assert st.pipe is None  # refused before any weights load
+    loaded = stage("filledit", tiny_dir)  # the tiny config says device: cpu
+    assert loaded.pipe.transformer.dtype == loaded.pipe.vae.dtype == torch.float32
+    with pytest.raises(ConfigError, match="dtype 'float64' is not one of auto, float32"):
+        cls({**cfg, "device": "cpu", "dtype": "float64"})
