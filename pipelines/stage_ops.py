@@ -301,9 +301,12 @@ class StageRunner:
         return None, None
 
     def _oom_status(self, e: BaseException) -> str:
+        """The error first (statuses read "Type: message"; reports group by it), then why
+        no retry is left: the input ran out of memory alone, at the smallest call size."""
         option, size = self._per_call()
-        at = f"{option} {size}" if option else f"{self.max_inputs or 'all'} inputs per call"
-        return f"{FAILED}: out of GPU memory at {at}, alone in its call ({device_faults.first_line(e)})"
+        at = f"{option} {size or 'all'}" if option else "one input per call"
+        return (f"{FAILED}: {device_faults.first_line(e, 160)} (out of GPU memory alone in its "
+                f"call, at {at})")
 
     def _shrink(self, n_inputs: int) -> bool:
         """Halve the size of a model call; False when it is one image already."""

@@ -51,8 +51,8 @@ def test_an_input_that_does_not_fit_alone_fails_with_the_reason_and_its_neighbou
     stage = FakeGenerator({"images_per_call": 4, "fits": 4, "too_big": [samples[2].key]})
     outs = run_inline(stage, samples, batch_size=4)
     assert [o.status for o in outs[:2] + outs[3:]] == ["ok"] * 3
-    assert outs[2].status.startswith("failed: out of GPU memory at images_per_call 1, alone in "
-                                     "its call (OutOfMemoryError: CUDA out of memory. Tried")
+    assert outs[2].status.startswith("failed: OutOfMemoryError: CUDA out of memory. Tried")
+    assert outs[2].status.endswith("(out of GPU memory alone in its call, at images_per_call 1)")
     assert "\n" not in outs[2].status and outs[2].meta is None
     assert _alive(stage) == []
 
