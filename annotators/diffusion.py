@@ -13,10 +13,11 @@ would take 96 GB of RAM). The CPU runs a generative stage only when its block sa
 `device: cpu` (tests, the tiny demo): `device: auto` without a visible GPU is refused, as
 an actor that landed on a GPU-less node would otherwise load FLUX on the CPU and crawl.
 
-Determinism on the CPU. In float32, oneDNN picks convolution and group-norm kernels by
-batch size and memory layout, which moves pixels by ~1e-6 between a batch of 8 and a
-batch of 1: enough to flip a few uint8 values, so the JPEG bytes may differ with the
-batch composition. The same image in the same call size gives the same bytes.
+Determinism. A seed gives the same bytes for the same batch composition. In float32,
+oneDNN picks convolution and matmul kernels by batch size and memory layout, which moves
+values by ~1e-6 between a batch of 8 and a batch of 1: enough to flip a uint8 value now
+and then (docs/annotators-generative.md has the measured rate), as half precision does on
+a GPU.
 
 Memory. `vae_slicing` (default on) decodes (and encodes) the images of a call one at a
 time: the decode at 1024² is the peak of a call (SDXL's VAE runs in float32), and one

@@ -177,16 +177,28 @@ def test_depthedit_is_the_new_subjects_caption_under_redux_on_the_targets_depth(
     assert np.array_equal(a, st._generate([x], [Job(0, 0, seed, {"caption": captions[0]})])[0])
 
 
+def _pixels(members: dict) -> dict:
+    return {m: decode_image(v).astype(np.int16) for m, v in members.items()}
+
+
 @pytest.mark.parametrize("name", STAGES)
-def test_same_seed_same_bytes_whatever_the_batch(name, tiny_dir, side):
+def test_same_seed_same_bytes_in_the_same_batch_and_nearly_whatever_the_batch(name, tiny_dir,
+                                                                              side):
     samples = generative_samples(3, SIZE, side=side)
     st = stage(name, tiny_dir)
     together = run_inline(st, samples, batch_size=3)
+    assert [o.members for o in run_inline(st, samples, batch_size=3)] == [
+        o.members for o in together]  # a rerun of the same batch: the same bytes
     alone = run_inline(st, samples, batch_size=1)
     reversed_ = run_inline(st, samples[::-1], batch_size=2)[::-1]
     for a, b, c in zip(together, alone, reversed_):
         assert a.status == b.status == c.status == "ok"
-        assert a.members == b.members == c.members and a.meta == b.meta
+        assert a.meta == b.meta == c.meta and a.members.keys() == b.members.keys()
+        # float32 on the CPU: oneDNN's kernels depend on the batch size, so another batch
+        # composition may round a value the other way (measured: a few levels after JPEG)
+        for other in (b, c):
+            x, y = _pixels(a.members), _pixels(other.members)
+            assert all(np.abs(x[m] - y[m]).max() <= 8 for m in x)
     other = run_inline(st, generative_samples(1, SIZE, seed=1, side=side))[0]
     assert other.members[f"{name}.0.jpg"] != together[0].members[f"{name}.0.jpg"]
 
