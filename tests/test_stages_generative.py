@@ -295,7 +295,7 @@ def test_a_random_vlm_rewrite_does_not_parse_and_skips_the_sample(tiny_dir, side
         for o in outs:
             assert o.status.startswith("skipped: the rewrite does not parse"), o.status
             assert not o.members
-        # the reply (quoted in the reason) is the same batched or alone: greedy, float64
+        # the reply (quoted in the reason) is the same batched or alone: one prompt per call
         assert _statuses(run_inline(st, samples, batch_size=1)) == _statuses(outs)
 
 
