@@ -7,8 +7,6 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from annotators.base import Annotator, Prepared, Result
 
 OOM_TEXT = ("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of "
@@ -45,6 +43,8 @@ class FakeGenerator(Annotator):
         return self.options.images_per_call
 
     def predict(self, inputs):
+        import torch  # here: the Ray test's actor (CrashOnce) starts without it
+
         out = []
         step = self.per_call(len(inputs))
         for start in range(0, len(inputs), step):
