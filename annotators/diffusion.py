@@ -78,9 +78,9 @@ def actor_device(stage: str, o: GenerationOptions):
     device = resolve_device(stage, o.device)
     if o.device == AUTO and device.type != "cuda":
         raise ConfigError(f"stage {stage!r}: device: auto and no CUDA GPU is visible; a "
-                          "generative pipeline on the CPU takes hours per image: give the "
-                          "actor a GPU, or set device: cpu in the stage's block to run it on "
-                          "the CPU on purpose (tiny models, tests)")
+                          "generative pipeline on the CPU crawls (FLUX: ~1 h per image, "
+                          "estimated): give the actor a GPU, or set device: cpu in the stage's "
+                          "block to run it on the CPU on purpose (tiny models, tests)")
     if o.offload != "none" and device.type != "cuda":
         raise ConfigError(f"stage {stage!r}: offload: {o.offload} moves components between "
                           "the CPU and a GPU, and no GPU is visible; set offload: none")

@@ -8,6 +8,8 @@ it runs in, and the rules for checkpoints and remote code.
 - `device: auto` runs on CUDA when a GPU is visible, else on the CPU; `dtype: auto` is
   float16 on a GPU and float32 on the CPU. Asking for `cuda` or a half precision on a
   machine without a GPU fails when the stage is built, with a message saying so.
+  An actor given GPUs (`num_gpus`) that sees no CUDA refuses to load (`require_gpu`)
+  unless its block says `device: cpu`; no model runs in float64.
 - `.pth` checkpoints are read with `torch.load(weights_only=True)`: tensors only, never
   a full unpickle. `.safetensors` are preferred where a checkpoint exists in both forms.
 - Remote code (`trust_remote_code`) runs only from a local folder the user has vetted or
