@@ -23,7 +23,7 @@ from annotators.base import Annotator, ConfigError, NotApplicable, Prepared, Res
 from annotators.diffusion import (REFERENCE_SIDE, GenerationOptions, Job, actor_device,
                                   check_generation_options, depth_control, fit, flux_text,
                                   generators, jpeg, load_pipeline, outcome_images, pil, place,
-                                  to_uint8, torch_dtype)
+                                  to_uint8, torch_dtype, vae_memory)
 from annotators.filledit import SUBJECT_POOL, same_category_edits
 from annotators.reduxstyle import redux_prompt_embeds
 from annotators.rewrite import FILL, VLMOptions, VLMRewriter, predict_edits, rewrite_prompt
@@ -73,7 +73,8 @@ class DepthEdit(Annotator):
         o = self.options
         device = actor_device(self.name, o)
         dtype = torch_dtype(self.name, o.dtype, device, "bfloat16")
-        self.pipe = place(load_pipeline(FluxControlPipeline, self.name, o.model, o.revision, dtype),
+        self.pipe = place(vae_memory(load_pipeline(FluxControlPipeline, self.name, o.model,
+                                                   o.revision, dtype), o),
                           self.name, device, o.offload)
         if o.redux_model:
             self.redux = place(load_pipeline(FluxPriorReduxPipeline, self.name, o.redux_model,

@@ -7,13 +7,22 @@ with its own `torch.Generator` seeded from `sample.seed_for(variant)`. Generator
 the CPU (diffusers draws the noise there and moves it), so a seed gives the same starting
 noise on any device.
 
-Determinism on the CPU. In float32, oneDNN picks convolution and group-norm kernels by
-batch size and memory layout, which moves pixels by ~1e-6 between a batch of 8 and a
-batch of 1: enough to flip a few uint8 values, so the JPEG bytes differ. In float64 the
-same calls gave identical pixels for every batch composition (measured on the tiny
-pipelines), so `dtype: auto` computes in float64 on the CPU; `float32` may be asked for
-(faster, a few pixels off by one between batch compositions). GPUs default to bfloat16
-for FLUX (float16 overflows there) and float16 for SDXL.
+Precision and device. `dtype: auto` is bfloat16 for FLUX (float16 overflows there) and
+float16 for SDXL on a GPU, float32 on the CPU; never float64 (FLUX's 12B parameters alone
+would take 96 GB of RAM). The CPU runs a generative stage only when its block says
+`device: cpu` (tests, the tiny demo): `device: auto` without a visible GPU is refused, as
+an actor that landed on a GPU-less node would otherwise load FLUX on the CPU and crawl.
+
+Determinism. A seed gives the same bytes for the same batch composition. In float32,
+oneDNN picks convolution and matmul kernels by batch size and memory layout, which moves
+values by ~1e-6 between a batch of 8 and a batch of 1: enough to flip a uint8 value now
+and then (docs/annotators-generative.md has the measured rate), as half precision does on
+a GPU.
+
+Memory. `vae_slicing` (default on) decodes (and encodes) the images of a call one at a
+time: the decode at 1024² is the peak of a call (SDXL's VAE runs in float32), and one
+image at a time leaves it one image's worth, the same pixels. `vae_tiling` (off) decodes
+in overlapping tiles, for 24 GB cards; the seams are blended, pixels move slightly.
 """
 
 from __future__ import annotations
@@ -39,10 +48,13 @@ class GenerationOptions(ModelOptions):
     variants: int = 5
     images_per_call: int = 8  # (sample, variant) images per pipeline call
     offload: str = "none"  # none | model (one component on the GPU at a time) | sequential
+    vae_slicing: bool = True  # decode the images of a call one at a time (same pixels)
+    vae_tiling: bool = False  # decode in tiles (24 GB cards; pixels move slightly)
     jpeg_quality: int = 95
 
 
 OFFLOADS = ("none", "model", "sequential")
+DTYPES = (AUTO, "float32", "float16", "bfloat16")
 
 
 def check_generation_options(stage: str, o: GenerationOptions, multiple_of: int = 16) -> None:
@@ -55,12 +67,20 @@ def check_generation_options(stage: str, o: GenerationOptions, multiple_of: int 
                           f"{multiple_of} (the latent packing needs it)")
     if o.offload not in OFFLOADS:
         raise ConfigError(f"stage {stage!r}: offload {o.offload!r} is not one of {OFFLOADS}")
+    if o.dtype not in DTYPES:
+        raise ConfigError(f"stage {stage!r}: dtype {o.dtype!r} is not one of {', '.join(DTYPES)}"
+                          " (float64 never: FLUX alone would take 96 GB)")
 
 
 def actor_device(stage: str, o: GenerationOptions):
-    """The device `load` puts the pipelines on; a GPU-only option without a GPU is a
-    ConfigError saying so."""
+    """The device `load` puts the pipelines on; a GPU-only option without a GPU, or
+    `device: auto` without a GPU, is a ConfigError saying so."""
     device = resolve_device(stage, o.device)
+    if o.device == AUTO and device.type != "cuda":
+        raise ConfigError(f"stage {stage!r}: device: auto and no CUDA GPU is visible; a "
+                          "generative pipeline on the CPU crawls (FLUX: ~1 h per image, "
+                          "estimated): give the actor a GPU, or set device: cpu in the stage's "
+                          "block to run it on the CPU on purpose (tiny models, tests)")
     if o.offload != "none" and device.type != "cuda":
         raise ConfigError(f"stage {stage!r}: offload: {o.offload} moves components between "
                           "the CPU and a GPU, and no GPU is visible; set offload: none")
@@ -70,11 +90,9 @@ def actor_device(stage: str, o: GenerationOptions):
 def torch_dtype(stage: str, dtype: str, device, gpu_default: str):
     import torch
 
-    if dtype == AUTO:
-        return getattr(torch, gpu_default) if device.type == "cuda" else torch.float64
-    if dtype == "float64":
-        return torch.float64
-    return resolve_dtype(stage, dtype, device)
+    if dtype == AUTO and device.type == "cuda":
+        return getattr(torch, gpu_default)
+    return resolve_dtype(stage, dtype, device)  # auto on the CPU: float32
 
 
 def load_pipeline(cls, stage: str, model: str, revision, dtype, **components):
@@ -106,6 +124,16 @@ def place(pipe, stage: str, device, offload: str):
         pipe.enable_sequential_cpu_offload(device=device)
     else:
         pipe.to(device)
+    return pipe
+
+
+def vae_memory(pipe, o: GenerationOptions):
+    """The pipeline's VAE set to decode per image (`vae_slicing`) and in tiles
+    (`vae_tiling`), as the options say; a pipeline without a VAE is returned as it is."""
+    vae = getattr(pipe, "vae", None)
+    if vae is not None:
+        (vae.enable_slicing if o.vae_slicing else vae.disable_slicing)()
+        (vae.enable_tiling if o.vae_tiling else vae.disable_tiling)()
     return pipe
 
 

@@ -23,7 +23,7 @@ from annotators.base import (ANNOTATIONS, Annotator, ConfigError, NotApplicable,
 from annotators.diffusion import (GenerationOptions, Job, actor_device,
                                   check_generation_options, fit, generators, jpeg,
                                   load_pipeline, outcome_images, pil, place, to_uint8,
-                                  torch_dtype)
+                                  torch_dtype, vae_memory)
 from annotators.rewrite import FILL, VLMOptions, VLMRewriter, predict_edits, rewrite_prompt
 
 SUBJECT_POOL = "subject_pool"
@@ -209,7 +209,8 @@ class FillEdit(Annotator):
         o = self.options
         device = actor_device(self.name, o)
         dtype = torch_dtype(self.name, o.dtype, device, "bfloat16")
-        self.pipe = place(load_pipeline(FluxFillPipeline, self.name, o.model, o.revision, dtype),
+        self.pipe = place(vae_memory(load_pipeline(FluxFillPipeline, self.name, o.model,
+                                                   o.revision, dtype), o),
                           self.name, device, o.offload)
         if o.rewrite == "vlm":
             self.rewriter = VLMRewriter(self.name, o.rewrite_model, o.rewrite_revision, device,

@@ -20,7 +20,8 @@ from annotators.base import Annotator, ConfigError, Prepared, Result, Sample
 from annotators.diffusion import (REFERENCE_SIDE, GenerationOptions, Job, actor_device,
                                   check_generation_options, collect, cover, depth_control, fit,
                                   generators, jpeg, load_pipeline, outcome_images, pil, place,
-                                  prompt_of, run_jobs, to_uint8, torch_dtype)
+                                  prompt_of, run_jobs, to_uint8, torch_dtype,
+                                  vae_memory)
 from annotators.side_inputs import decode_rgb
 
 STYLE_POOL = "style_pool"
@@ -110,7 +111,7 @@ class InstantStyle(Annotator):
                              weight_name=o.ip_adapter_weights, revision=o.ip_adapter_revision)
         # InstantStyle: only the style block of the deepest up block sees the reference.
         pipe.set_ip_adapter_scale({"up": {"block_0": [0.0, o.style_scale, 0.0]}})
-        self.pipe = place(pipe, self.name, device, o.offload)
+        self.pipe = place(vae_memory(pipe, o), self.name, device, o.offload)
 
     def prepare(self, sample: Sample) -> Prepared:
         o = self.options

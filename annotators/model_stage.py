@@ -42,7 +42,9 @@ _DTYPES = (AUTO, "float32", "float16", "bfloat16")
 class ModelStageOptions(ModelOptions):
     """ModelOptions plus how many images go through the net per forward pass."""
 
-    micro_batch: int | None = None  # default: the whole group on a GPU, 1 on the CPU
+    # default: the whole group on a GPU, 1 on the CPU; out of GPU memory halves it for the
+    # actor's later batches (pipelines/stage_ops.py)
+    micro_batch: int | None = None
 
 
 class ImageInput(NamedTuple):

@@ -8,6 +8,8 @@ it runs in, and the rules for checkpoints and remote code.
 - `device: auto` runs on CUDA when a GPU is visible, else on the CPU; `dtype: auto` is
   float16 on a GPU and float32 on the CPU. Asking for `cuda` or a half precision on a
   machine without a GPU fails when the stage is built, with a message saying so.
+  An actor given GPUs (`num_gpus`) that sees no CUDA refuses to load (`require_gpu`)
+  unless its block says `device: cpu`; no model runs in float64.
 - `.pth` checkpoints are read with `torch.load(weights_only=True)`: tensors only, never
   a full unpickle. `.safetensors` are preferred where a checkpoint exists in both forms.
 - Remote code (`trust_remote_code`) runs only from a local folder the user has vetted or
@@ -59,6 +61,21 @@ def resolve_device(stage: str, device: str = AUTO):
         raise ConfigError(f"stage {stage!r}: device {device!r} asks for a GPU but none is "
                           "visible (torch.cuda.is_available() is False); use device: auto or cpu")
     return dev
+
+
+def require_gpu(stage: str, num_gpus: float, device: str = AUTO) -> None:
+    """An actor given GPUs (`num_gpus` > 0) that sees no CUDA stops here, before loading
+    weights: on the CPU a GPU-sized model would crawl (or fill the RAM) without a word.
+    `device: cpu` in the stage's block runs it on the CPU on purpose."""
+    if not num_gpus or str(device) == "cpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"stage {stage!r}: num_gpus: {num_gpus:g} but this actor sees no CUDA "
+                          "GPU (torch.cuda.is_available() is False: a CPU-only torch, or no "
+                          "driver on the node); fix the node, or set device: cpu in the stage's "
+                          "block to run it on the CPU on purpose")
 
 
 def resolve_dtype(stage: str, dtype: str, device):

@@ -18,7 +18,8 @@ from annotators.base import Annotator, ConfigError, Prepared, Result, Sample
 from annotators.diffusion import (REFERENCE_SIDE, GenerationOptions, Job, actor_device,
                                   check_generation_options, collect, depth_control, flux_text,
                                   generators, jpeg, load_pipeline, outcome_images, pil, place,
-                                  prompt_of, run_jobs, to_uint8, torch_dtype)
+                                  prompt_of, run_jobs, to_uint8, torch_dtype,
+                                  vae_memory)
 from annotators.instantstyle import STYLE_POOL, draw_references, stored_references
 
 PROMPTS = ("description", "none")
@@ -66,7 +67,8 @@ class ReduxStyle(Annotator):
         dtype = torch_dtype(self.name, o.dtype, device, "bfloat16")
         self.redux = place(load_pipeline(FluxPriorReduxPipeline, self.name, o.redux_model,
                                          o.redux_revision, dtype), self.name, device, o.offload)
-        self.pipe = place(load_pipeline(FluxControlPipeline, self.name, o.model, o.revision, dtype),
+        self.pipe = place(vae_memory(load_pipeline(FluxControlPipeline, self.name, o.model,
+                                                   o.revision, dtype), o),
                           self.name, device, o.offload)
 
     def prepare(self, sample: Sample) -> Prepared:

@@ -103,6 +103,7 @@ def random_stage(name: str, shapes, device: str, dtype: str, size: int, steps: i
     from transformers import CLIPImageProcessor
 
     from annotators.depthedit import DepthEdit
+    from annotators.diffusion import vae_memory
     from annotators.filledit import FillEdit
     from annotators.instantstyle import InstantStyle, per_image_style_sdxl
     from annotators.reduxstyle import ReduxStyle
@@ -145,6 +146,7 @@ def random_stage(name: str, shapes, device: str, dtype: str, size: int, steps: i
         if p is not None:
             p.to(device, torch_dtype)
             p.set_progress_bar_config(disable=True)
+    vae_memory(stage.pipe, stage.options)  # as `load` sets it: the decode peak is measured
     stage._loaded = True
     return stage
 

@@ -41,10 +41,15 @@ def encode_op(batch, cls, config, seed, side):
 
 
 class PredictActor:
-    """A model stage's actor: the annotator and its weights, loaded once."""
+    """A model stage's actor: the annotator and its weights, loaded once. An actor given
+    GPUs (`num_gpus`) that sees no CUDA refuses to load, unless its block says `device: cpu`."""
 
-    def __init__(self, cls, config, seed, side):
+    def __init__(self, cls, config, seed, side, num_gpus: float = 0.0):
+        from annotators.models import require_gpu
+
         self.runner = _runner(cls, config, seed, side)
+        options = getattr(self.runner.annotator, "options", None)
+        require_gpu(self.runner.stage, num_gpus, getattr(options, "device", "auto"))
         self.runner.annotator.ensure_loaded()
 
     def __call__(self, batch):
@@ -61,8 +66,17 @@ def _named(fn, name: str):
 
 # Ray Data retries a task whose worker died forever by default: a sample that crashes its
 # worker every time (a segfault in a native library) would loop. Bounding it takes
-# `max_retries` / `max_restarts`, which Ray 2.60 accepts only as deprecated `ray_remote_args`.
+# `max_retries` / `max_task_retries`, which Ray 2.60 accepts only as deprecated
+# `ray_remote_args`. An actor itself restarts without bound (Ray Data's default, which its
+# actor pool assumes): a long run may lose an actor to a sticky CUDA error more than a few
+# times (device_faults exits it), and each time its batch is rerun on the restarted actor,
+# at most `max_retries` times per batch (a batch that kills every actor fails its block).
 _RAY_REMOTE_ARGS_WARNING = ".*ray_remote_args. is deprecated"
+
+
+def actor_retries(max_retries: int) -> dict:
+    """Ray's restart settings of a model stage's actor pool (see above)."""
+    return {"max_restarts": -1 if max_retries else 0, "max_task_retries": max_retries}
 
 
 def build_wave(jobs: list[dict], stages: list[Stage], root: str, seed: int, side: dict,
@@ -103,11 +117,11 @@ def build_wave(jobs: list[dict], stages: list[Stage], root: str, seed: int, side
             if s.uses_actors:
                 ds = ds.map_batches(_named(prepare_op, f"{s.name}.prepare"), **task)
                 actor = type(s.name, (PredictActor,), {"__module__": __name__})
-                ds = ds.map_batches(actor, fn_constructor_kwargs=args, concurrency=s.concurrency,
-                                    num_gpus=s.num_gpus or None, resources=s.resources or None,
+                ds = ds.map_batches(actor, fn_constructor_kwargs=dict(args, num_gpus=s.num_gpus),
+                                    concurrency=s.concurrency, num_gpus=s.num_gpus or None,
+                                    resources=s.resources or None,
                                     accelerator_type=s.accelerator_type,
-                                    max_restarts=s.max_retries, max_task_retries=s.max_retries,
-                                    **common)
+                                    **actor_retries(s.max_retries), **common)
                 ds = ds.map_batches(_named(encode_op, f"{s.name}.encode"), **task)
             else:
                 ds = ds.map_batches(_named(annotate_op, s.name), **task)

@@ -27,15 +27,23 @@ loaded the model once) -> `encode` (CPU tasks). A CPU stage is one: `annotate`.
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import numpy as np
 
 from annotators.base import (ANNOTATIONS, FAILED, OK, SKIPPED, Annotator, NotApplicable,
                              Prepared, Result, Sample, failure_reason, json_text)
+from pipelines import device_faults
+from pipelines.device_faults import FATAL, OOM, OTHER
+
+log = logging.getLogger(__name__)
+# The option that sets how many images one model call holds: the generative stages'
+# `images_per_call`, a ModelStage's `micro_batch` (None: the whole group on a GPU).
+PER_CALL_OPTIONS = ("images_per_call", "micro_batch")
 
 KEY, META = "__key__", "__meta__"
 
@@ -134,6 +142,7 @@ class StageRunner:
         self.stage = annotator.name
         self.seed = int(seed)
         self.side = dict(side or {})
+        self.max_inputs: int | None = None  # inputs per predict call (None: the whole batch)
         annotator.side = self.side  # the model side reads side inputs too (in `predict`)
 
     # -- samples -------------------------------------------------------------------------
@@ -174,13 +183,7 @@ class StageRunner:
         return rows
 
     def _fail(self, batch: dict, i: int, exc: BaseException) -> None:
-        if isinstance(exc, NotApplicable):
-            status = f"{SKIPPED}: {str(exc)[:300]}"
-        elif isinstance(exc, _Absent):
-            status = f"{FAILED}: {exc}"
-        else:
-            status = f"{FAILED}: {failure_reason(exc)}"
-        _set(batch, status_column(self.stage), i, status, "")
+        _set(batch, status_column(self.stage), i, _status_of(exc), "")
 
     def _finish(self, batch: dict, i: int, result) -> None:
         result: Result = self.annotator.check_result(result)
@@ -239,34 +242,90 @@ class StageRunner:
         rows = self._todo(batch, only_with=_in(self.stage))
         inputs = [pickle.loads(cell_bytes(batch, _in(self.stage), i)) for i in rows]
         for i, output in zip(rows, self._predict_isolated(inputs)):
-            if isinstance(output, BaseException):
-                self._fail(batch, i, output)
+            if isinstance(output, _Failed):
+                _set(batch, status_column(self.stage), i, output.status, "")
             else:
                 _set(batch, _out(self.stage), i, pickle.dumps(output, protocol=5))
         batch.pop(_in(self.stage), None)  # the inputs do not travel on
         _add_seconds(batch, self.stage, rows, time.perf_counter() - start)
         return batch
 
+    # Out of memory: smaller calls until they fit (the smaller size stays for the actor's
+    # later batches: a generative stage's calls all have one size, what failed once would
+    # again), then input by input. A sticky CUDA error exits the process (device_faults).
     def _predict_isolated(self, inputs: list) -> list:
         if not inputs:
             return []
-        try:
-            outputs = list(self.annotator.predict(inputs))
-            if len(outputs) == len(inputs):
-                return outputs
-            failure: Exception = RuntimeError(
-                f"predict returned {len(outputs)} outputs for {len(inputs)} inputs")
-        except Exception as e:
-            failure = e
+        outputs, failure = self._call(inputs)
+        while failure is not None and failure.kind == OOM and self._shrink(len(inputs)):
+            outputs, failure = self._call(inputs)
+        if failure is None:
+            return outputs
         if len(inputs) == 1:
             return [failure]
-        out = []
-        for x in inputs:  # one input at a time: only the bad one fails
-            try:
-                out.append(list(self.annotator.predict([x]))[0])
-            except Exception as e:
-                out.append(e)
-        return out
+        return [self._alone(x) for x in inputs]  # only the bad inputs fail
+
+    def _alone(self, x):
+        outputs, failure = self._call([x])
+        return failure if failure is not None else outputs[0]
+
+    def _call(self, inputs: list) -> tuple[list | None, _Failed | None]:
+        """predict over `inputs` in calls of at most `max_inputs`; (outputs, None) or
+        (None, the failure as text: never the exception, which holds the batch)."""
+        step = self.max_inputs or len(inputs)
+        outputs: list = []
+        try:
+            for start in range(0, len(inputs), step):
+                chunk = inputs[start:start + step]
+                got = list(self.annotator.predict(chunk))
+                if len(got) != len(chunk):
+                    return None, _Failed(OTHER, f"{FAILED}: RuntimeError: predict returned "
+                                                f"{len(got)} outputs for {len(chunk)} inputs")
+                outputs.extend(got)
+            return outputs, None
+        except Exception as e:
+            kind = device_faults.kind(e)
+            if kind == FATAL:
+                device_faults.exit_for_restart(self.stage, device_faults.first_line(e))
+            failure = _Failed(kind, self._oom_status(e) if kind == OOM else _status_of(e))
+        outputs = []  # earlier chunks' results are redone with the rest: drop them too
+        if failure.kind == OOM:  # `e` is gone with its except clause: its frames can go
+            device_faults.free_device_memory()
+        return None, failure
+
+    def _per_call(self) -> tuple[str | None, int | None]:
+        options = getattr(self.annotator, "options", None)
+        for name in PER_CALL_OPTIONS:
+            if options is not None and hasattr(options, name):
+                return name, getattr(options, name)
+        return None, None
+
+    def _oom_status(self, e: BaseException) -> str:
+        """The error first (statuses read "Type: message"; reports group by it), then why
+        no retry is left: the input ran out of memory alone, at the smallest call size."""
+        option, size = self._per_call()
+        at = f"{option} {size or 'all'}" if option else "one input per call"
+        return (f"{FAILED}: {device_faults.first_line(e, 160)} (out of GPU memory alone in its "
+                f"call, at {at})")
+
+    def _shrink(self, n_inputs: int) -> bool:
+        """Halve the size of a model call; False when it is one image already."""
+        option, size = self._per_call()
+        if option is not None:
+            if size is not None and size <= 1:
+                return False
+            new = max(1, (size or n_inputs) // 2)
+            setattr(self.annotator.options, option, new)
+            what = f"{option} {size or 'all'} -> {new}"
+        else:
+            size = self.max_inputs or n_inputs
+            if size <= 1:
+                return False
+            self.max_inputs = new = max(1, size // 2)
+            what = f"inputs per predict call {size} -> {new}"
+        log.warning("stage %r: out of GPU memory; retrying with %s (kept for this actor)",
+                    self.stage, what)
+        return True
 
     def encode_batch(self, batch: dict) -> dict:
         start = time.perf_counter()
@@ -290,6 +349,21 @@ class StageRunner:
 
 class _Absent(ValueError):
     """A needed member is absent: the sample fails with that reason, no traceback type."""
+
+
+class _Failed(NamedTuple):
+    """An input's failed predict, as text: what its status column will say."""
+
+    kind: str  # device_faults.OOM | OTHER
+    status: str
+
+
+def _status_of(exc: BaseException) -> str:
+    if isinstance(exc, NotApplicable):
+        return f"{SKIPPED}: {str(exc)[:300]}"
+    if isinstance(exc, _Absent):
+        return f"{FAILED}: {exc}"
+    return f"{FAILED}: {failure_reason(exc)}"
 
 
 # -- in one process: tests and benchmarks -------------------------------------------------
