@@ -154,7 +154,7 @@ class Encoders:
         masks = masked_rows(grid)
         keys = [FeatureCache.key(m.pretrained, m.revision, m.dtype, row, mask) if cacheable_row(grid, r) else None
                 for r, (row, mask) in enumerate(zip(grid.rows, masks))]
-        rows = [self._cached_row(k, mask is not None) for k, mask in zip(keys, masks)]
+        rows = [self._cached_row(k) for k in keys]
         missing = [r for r, hit in enumerate(rows) if hit is None]
         if missing:
             vae = self.vae()
@@ -171,10 +171,8 @@ class Encoders:
                 rows[r] = self._row(entry, clean.device)
         return grid_latents(grid, rows, s)
 
-    def _cached_row(self, key, has_mask: bool):
+    def _cached_row(self, key):
         hit = self.latent_cache.get(key) if key else None
-        if hit is not None and has_mask != ("masked_latents" in hit):
-            hit = None  # same pixels, other mask: encode again (and overwrite)
         return None if hit is None else self._row(hit, self.device)
 
     @staticmethod
