@@ -67,7 +67,8 @@ def _child(args) -> None:
     rows = [_json.loads(line) for line in open(Path(args.out) / "logs" / "metrics.jsonl")]
     print("RESULT " + _json.dumps({"step_times": [r["step_time_s"] for r in rows],
                                    "tokens_per_s": [r["tokens_per_s"] for r in rows],
-                                   "peak_rss_gb": peak_memory_gb()}))
+                                   "peak_rss_gb": peak_memory_gb(),
+                                   **{k: sum(r.get(k, 0) for r in rows) for k in LAYOUT_COUNTS}}))
 
 
 def _run_variant(model: str, steps: int, out: Path, cache: Path | None, overrides=()) -> dict:
@@ -112,6 +113,59 @@ def bench_workers(steps: int, workers: int) -> dict:
     return {"inline": inline, "workers": with_workers}
 
 
+LAYOUT_COUNTS = ("micro_batches", "masked_micro_batches", "image_tokens", "padding_tokens")
+
+
+def _shares(counts: dict) -> tuple[float, float]:
+    """(share of micro-batches on the masked per-sample path, share of tokens that are padding)."""
+    masked = counts["masked_micro_batches"] / max(counts["micro_batches"], 1)
+    pad = counts["padding_tokens"] / max(counts["image_tokens"] + counts["padding_tokens"], 1)
+    return masked, pad
+
+
+def bench_layouts(num_grids: int = 400) -> dict:
+    """Masked-path and padding shares of the task mix, cut in stream order vs grouped by layout
+    (data only, no model): fill.yaml per rank (micro-batch 2 x 4 accumulation, 384 px cells,
+    <= 6912 tokens) and fill-tiny.yaml (micro-batch 2 x 2, 32 px cells, <= 512 tokens)."""
+    import itertools
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from annotated_shards import write_annotated_shards
+
+    from graph200k.manifest import Manifest
+    from train.common.config import load_config
+    from train.visualcloze import recipe as fill
+    from train.visualcloze.inputs import grid_tokens
+    from train.visualcloze.layouts import consecutive_micro_batches, layout_key, padding_stats, plan_micro_batches
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = Path(tmp) / "shards"
+        write_annotated_shards(shards, num_samples=32, per_shard=8, size=64)
+        manifest = Manifest.from_shards(shards).save(shards / "manifest.parquet")
+        config_tasks = {"fill": "tasks.yaml", "fill_tiny": "tasks-unseen.yaml"}  # as the configs say
+        # (config, VAE downscale, grids per rank and step)
+        for name, config, scale, per_step in (("fill", "fill.yaml", 8, 8), ("fill_tiny", "fill-tiny.yaml", 2, 4)):
+            cfg = load_config(fill.FillConfig, ROOT / "configs/train" / config,
+                              [f"data.shards={shards}", f"data.manifest={manifest}",
+                               f"data.tasks_config={ROOT / 'configs' / Path(config_tasks[name]).name}"])
+            grids = [g for g in itertools.islice(fill.grid_source(cfg.data), 2 * num_grids)
+                     if not cfg.data.max_tokens or grid_tokens(g, scale) <= cfg.data.max_tokens][:num_grids]
+            steps = [grids[i:i + per_step] for i in range(0, len(grids) - per_step + 1, per_step)]
+            size = cfg.data.micro_batch_size
+            plans = {"stream_order": lambda st: consecutive_micro_batches(len(st), size),
+                     "grouped": lambda st: plan_micro_batches([layout_key(g) for g in st], size)}
+            for variant, plan in plans.items():
+                counts = padding_stats([[st[i] for i in mb] for st in steps for mb in plan(st)], scale)
+                masked, pad = _shares(counts)
+                out[(name, variant)] = (masked, pad, counts["micro_batches"] / len(steps))
+                print(f"layout.{name}.{variant}.masked_path_share: {masked:.3f}")
+                print(f"layout.{name}.{variant}.padding_share: {pad:.3f}")
+                print(f"layout.{name}.{variant}.micro_batches_per_step: {counts['micro_batches'] / len(steps):.2f}")
+            print(f"layout.{name}.grids: {len(steps) * per_step} ({len(steps)} steps of {per_step} grids)")
+    return out
+
+
 def bench_cpu(steps: int, worker_steps: int = 12, workers: int = 1) -> None:
     from train.visualcloze.tiny import build_tiny_fill
 
@@ -120,11 +174,18 @@ def bench_cpu(steps: int, worker_steps: int = 12, workers: int = 1) -> None:
         model = str(build_tiny_fill(tmp / "model"))
         cache = tmp / "cache"
         runs = {
+            "stream_order": _run_variant(model, steps, tmp / "s", None, ["data.group_by_layout=false"]),
             "no_cache": _run_variant(model, steps, tmp / "a", None),
             "cache_cold": _run_variant(model, steps, tmp / "b", cache),
             "cache_warm": _run_variant(model, steps, tmp / "c", cache),
         }
-    print(f"steps: {steps} (global batch 4 = micro-batch 2 x 2 accumulation, 32 px cells, 1-2 rows)")
+    print(f"steps: {steps} (global batch 4 = micro-batch 2 x 2 accumulation, 32 px cells, 1-3 rows); "
+          "no_cache and the cache runs group each step's grids by layout, stream_order does not")
+    for name in ("stream_order", "no_cache"):
+        masked, pad = _shares(runs[name])
+        print(f"{name}.masked_path_share: {masked:.3f}")
+        print(f"{name}.padding_share: {pad:.3f}")
+        print(f"{name}.micro_batches_per_step: {runs[name]['micro_batches'] / steps:.2f}")
     for name, r in runs.items():
         # Median over steps after the first (which pays for lazy model loading).
         print(f"{name}.step_time_ms: {1000 * statistics.median(r['step_times'][1:]):.1f}")
@@ -132,10 +193,13 @@ def bench_cpu(steps: int, worker_steps: int = 12, workers: int = 1) -> None:
         print(f"{name}.tokens_per_s: {statistics.median(r['tokens_per_s'][1:]):.0f}")
         print(f"{name}.peak_rss_mb: {1024 * r['peak_rss_gb']:.0f}")
     base = statistics.median(runs["no_cache"]["step_times"][1:])
+    print(f"ratio.step_time.grouped_vs_stream_order: "
+          f"{base / statistics.median(runs['stream_order']['step_times'][1:]):.2f}")
     print(f"ratio.step_time.cache_warm_vs_no_cache: {statistics.median(runs['cache_warm']['step_times'][1:]) / base:.2f}")
     print(f"ratio.step_time.cache_cold_vs_no_cache: {statistics.median(runs['cache_cold']['step_times'][1:]) / base:.2f}")
     print(f"ratio.peak_rss.cache_warm_vs_no_cache: {runs['cache_warm']['peak_rss_gb'] / runs['no_cache']['peak_rss_gb']:.2f}")
     w = bench_workers(worker_steps, workers)
+    bench_layouts()
     print(f"ratio_step_time_workers_vs_inline: {w['workers'] / w['inline']:.2f}")
 
 
@@ -235,6 +299,105 @@ def bench_gpu(peak_tflops: float | None, iters: int, device: str = "cuda", tiny:
             print(f"gpu.mb{mb}.{k}: {results[mb][k]:.3f}")
     if {1, 2} <= set(results):
         print(f"ratio.gpu.tokens_per_s.mb2_vs_mb1: {2 * results[1]['step_time_s'] / results[2]['step_time_s']:.2f}")
+    return results
+
+
+def bench_gpu_step(device: str = "cuda", tiny: bool = False, steps: int = 6, warmup: int = 2,
+                   workers: int = 4) -> dict:
+    """The real train.fill step (train.visualcloze.recipe.train itself): data (GridStream over
+    annotated shards, DataLoader workers) -> VAE -> T5 + CLIP -> transformer forward/backward
+    (LoRA, gradient checkpointing, bf16) -> clip + AdamW, on the task mix at fill.yaml's sizes
+    (384 px cells, <= 6912 tokens, micro-batch 2 x 4 accumulation on one GPU), with the step's
+    grids cut in stream order (mixed layouts: padding + masked attention) and grouped by layout.
+    Full size: FLUX.1-Fill shapes with random bf16 weights (no download), handed to the recipe
+    in place of its from_pretrained loaders. `tiny`: the tiny model on `device` (the CPU test)."""
+    import gc
+    import json as _json
+
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        print("gpu.step: skipped (no CUDA device)")
+        return {}
+    sys.path.insert(0, str(ROOT / "tests"))
+    from annotated_shards import write_annotated_shards
+
+    from graph200k.manifest import Manifest
+    from train.common.config import load_config
+    from train.visualcloze import recipe as fill
+
+    gc.collect()  # what an earlier benchmark in this process left on the card
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    results, shared = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        shards = tmp / "shards"
+        write_annotated_shards(shards, num_samples=32, per_shard=8, size=64 if tiny else 512)
+        manifest = Manifest.from_shards(shards).save(shards / "manifest.parquet")
+        if tiny:
+            from train.visualcloze.tiny import build_tiny_fill
+
+            model, config = build_tiny_fill(tmp / "model"), "fill-tiny.yaml"
+            extra = ["data.micro_batch_size=2", "train.global_batch_size=8"]
+            loaders = {}
+        else:
+            model, config = tmp / "model", "fill.yaml"
+            extra = ["train.global_batch_size=8", f"data.num_workers={workers}"]
+            components = _full_size_components(device)
+            components["vae"].save_config(model / "vae")  # the recipe reads the VAE's downscale from it
+            shared = {k: components[k] for k in ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")}
+            del components  # each run gets a fresh transformer (LoRA is added to it)
+
+            def transformer(*_a, **_k):
+                from diffusers import FluxTransformer2DModel
+
+                default = torch.get_default_dtype()
+                torch.set_default_dtype(torch.bfloat16)
+                torch.manual_seed(0)
+                with torch.device(device):
+                    t = FluxTransformer2DModel(**FULL)
+                torch.set_default_dtype(default)
+                return t
+
+            loaders = {"load_transformer": transformer, "load_vae": lambda *a, **k: shared["vae"],
+                       "load_text_encoders": lambda *a, **k: (shared["tokenizer"], shared["text_encoder"],
+                                                              shared["tokenizer_2"], shared["text_encoder_2"])}
+        real = {name: getattr(fill, name) for name in loaders}
+        for variant, grouped in (("stream_order", False), ("grouped", True)):
+            out = tmp / variant
+            cfg = load_config(fill.FillConfig, ROOT / "configs/train" / config, [
+                f"model.pretrained={model}", f"data.shards={shards}", f"data.manifest={manifest}",
+                f"data.tasks_config={ROOT / 'configs/tasks.yaml'}", f"train.out_dir={out}",
+                f"train.max_steps={warmup + steps}", "train.checkpoint_every=0", "train.tensorboard=false",
+                "validation.every=0", f"data.group_by_layout={str(grouped).lower()}", *extra])
+            try:
+                for name, fn in loaders.items():
+                    setattr(fill, name, fn)
+                if device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                fill.train(cfg)
+            finally:
+                for name, fn in real.items():
+                    setattr(fill, name, fn)
+            rows = [_json.loads(x) for x in open(out / "logs" / "metrics.jsonl")][warmup:]
+            counts = {k: sum(r[k] for r in rows) for k in LAYOUT_COUNTS}
+            masked, pad = _shares(counts)
+            results[variant] = r = {
+                "step_time_s": statistics.median(x["step_time_s"] for x in rows),
+                "tokens_per_s": statistics.median(x["tokens_per_s"] for x in rows),
+                "masked_path_share": masked, "padding_share": pad,
+                "micro_batches_per_step": counts["micro_batches"] / len(rows),
+                "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")}
+            for k, v in r.items():
+                print(f"gpu.step.{variant}.{k}: {v:.3f}")
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    print(f"gpu.step.device: {torch.cuda.get_device_name() if device == 'cuda' else device}")
+    print(f"gpu.step.steps: {steps} timed after {warmup} warm-up; 8 grids a step (micro-batch 2 x 4 accumulation)")
+    print(f"ratio.gpu.step.tokens_per_s.grouped_vs_stream_order: "
+          f"{results['grouped']['tokens_per_s'] / results['stream_order']['tokens_per_s']:.2f}")
     return results
 
 
@@ -353,6 +516,9 @@ def main(argv=None):
     p.add_argument("--workers-only", action="store_true", help="only the workers vs inline comparison")
     p.add_argument("--iters", type=int, default=5, help="--gpu: timed steps per micro-batch size")
     p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--gpu-steps", type=int, default=6, help="--gpu: timed real train.fill steps per variant")
+    p.add_argument("--workers-gpu", type=int, default=4, help="--gpu: DataLoader workers of the real step")
+    p.add_argument("--layouts", action="store_true", help="only the masked-path / padding shares (data only)")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -365,7 +531,10 @@ def main(argv=None):
         bench_infer("cuda" if args.gpu else "cpu", full=args.gpu, repeats=args.repeats,
                     steps=args.infer_steps or (28 if args.gpu else 4))
     elif args.gpu:
-        bench_gpu(args.peak_tflops, args.iters)
+        if bench_gpu(args.peak_tflops, args.iters):  # transformer alone, one layout: the upper bound
+            bench_gpu_step(steps=args.gpu_steps, workers=args.workers_gpu)  # the real step: its ratio last
+    elif args.layouts:
+        bench_layouts()
     elif args.workers_only:
         w = bench_workers(args.worker_steps, args.workers)
         print(f"ratio_step_time_workers_vs_inline: {w['workers'] / w['inline']:.2f}")
