@@ -1,7 +1,8 @@
 """train.fill throughput, side by side in one run.
 
-CPU (default): the tiny recipe (configs/train/fill-tiny.yaml) without caching, with a cold
-cache (encode + write) and with a warm cache (read; VAE and text encoders never loaded);
+CPU (default): the tiny recipe (configs/train/fill-tiny.yaml) with each step's grids cut in
+stream order (data.group_by_layout=false: mixed layouts, padding, masked attention), grouped by
+layout without caching, with a cold cache (encode + write) and with a warm cache (read);
 then the data on the critical path against DataLoader workers, side by side, at the paper's
 grid size: 512 px photos (Subjects200K's panel size) composed into grids of 384 px cells
 (up to data.max_tokens = 6912 tokens, fill.yaml's), a tiny transformer behind a VAE that
@@ -12,12 +13,18 @@ in its own process so peak RSS is its own.
 
     python benchmarks/bench_fill.py [--steps 20] [--worker-steps 12] [--workers 1]
 
-GPU (--gpu): the full-size FluxTransformer2DModel (FLUX.1 config, random bf16 weights,
-Fill in_channels 384) + LoRA rank 256 + gradient checkpointing, one 3x3 grid at 384²
-(5184 image + 512 text tokens), micro-batch 1 and 2: step time, tokens/s, MFU, peak memory.
-Skips (exit 0) when no CUDA device is present.
+GPU (--gpu): first the full-size FluxTransformer2DModel alone (FLUX.1 config, random bf16
+weights, Fill in_channels 384) + LoRA rank 256 + gradient checkpointing, one 3x3 grid at 384²
+(5184 image + 512 text tokens), micro-batch 1 and 2: step time, tokens/s, MFU, peak memory —
+the upper bound (one layout, no VAE, no T5). Then the real step (`bench_gpu_step`): the recipe's
+own loop on shards of the task mix at fill.yaml's sizes, data -> VAE -> T5/CLIP -> transformer
+fwd/bwd -> AdamW, in stream order and grouped by layout; its ratio is the last line.
+Refuses in one line (exit 0) when no CUDA device is present.
 
-    python benchmarks/bench_fill.py --gpu [--peak-tflops 989]
+    python benchmarks/bench_fill.py --gpu [--peak-tflops 989] [--gpu-steps 6] [--workers-gpu 4]
+
+Layouts (--layouts): the task mix's masked-path and padding shares, stream order vs grouped
+(data only, no model; also printed by the CPU run).
 
 Inference (--infer): seconds per grid of `train.infer_fill` (compose the grid from the images,
 encode, denoise, decode: `train.visualcloze.infer.solve`) against diffusers'
