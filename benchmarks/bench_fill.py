@@ -340,7 +340,8 @@ def bench_gpu_step(device: str = "cuda", tiny: bool = False, steps: int = 6, war
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shards = tmp / "shards"
-        write_annotated_shards(shards, num_samples=8 if tiny else 32, per_shard=4 if tiny else 8, size=64 if tiny else 512)
+        write_annotated_shards(shards, num_samples=8 if tiny else 32, per_shard=4 if tiny else 8,
+                               size=64 if tiny else 512)
         manifest = Manifest.from_shards(shards).save(shards / "manifest.parquet")
         if tiny:
             from train.visualcloze.tiny import build_tiny_fill

@@ -154,7 +154,8 @@ def check_row_sizes(grid: Grid, s: int) -> None:
 
 
 @torch.no_grad()
-def encode_rows(vae, rows: list[torch.Tensor], masks: list[np.ndarray | None]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def encode_rows(vae, rows: list[torch.Tensor],
+                masks: list[np.ndarray | None]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each row's (clean, masked) latents, (1, C, h, w) on the VAE's device, in as few VAE calls as
     there are row sizes: the rows of one size and the blanked copies of those that carry the
     masked cell go through one call. `masks[r]`: the row's {0, 1} pixel mask, None for a row

@@ -134,7 +134,7 @@ class Encoders:
 
     def __init__(self, cfg: FillConfig, device):
         self.cfg, self.device = cfg, device
-        self._vae = self._text = None
+        self._vae = self._text = self._scale = None
         cache = cfg.data.cache_dir
         self.latent_cache = FeatureCache(cache, "latents") if cache else None
         self.text_cache = FeatureCache(cache, "text") if cache else None
@@ -183,9 +183,9 @@ class Encoders:
 
     @property
     def vae_scale(self) -> int:
-        if self._vae is not None:
-            return vae_scale_factor(self._vae)
-        return _vae_scale(self.cfg)
+        if self._scale is None:  # from the VAE's config file: a warm cache never loads the VAE
+            self._scale = vae_scale_factor(self._vae) if self._vae is not None else _vae_scale(self.cfg)
+        return self._scale
 
     def text_models(self):
         """(clip tokenizer, CLIP, t5 tokenizer, T5), loaded once."""
