@@ -309,7 +309,7 @@ def bench_gpu(peak_tflops: float | None, iters: int, device: str = "cuda", tiny:
     return results
 
 
-def bench_gpu_step(device: str = "cuda", tiny: bool = False, steps: int = 6, warmup: int = 2,
+def bench_gpu_step(device: str = "cuda", small: bool = False, steps: int = 6, warmup: int = 2,
                    workers: int = 4) -> dict:
     """The real train.fill step (train.visualcloze.recipe.train itself): data (GridStream over
     annotated shards, DataLoader workers) -> VAE -> T5 + CLIP -> transformer forward/backward
@@ -317,7 +317,8 @@ def bench_gpu_step(device: str = "cuda", tiny: bool = False, steps: int = 6, war
     (384 px cells, <= 6912 tokens, micro-batch 2 x 4 accumulation on one GPU), with the step's
     grids cut in stream order (mixed layouts: padding + masked attention) and grouped by layout.
     Full size: FLUX.1-Fill shapes with random bf16 weights (no download), handed to the recipe
-    in place of its from_pretrained loaders. `tiny`: the tiny model on `device` (the CPU test)."""
+    in place of its from_pretrained loaders. `small`: the same route with tiny widths, float32,
+    64 px cells (tests/test_bench_gpu_paths.py runs it on the CPU)."""
     import gc
     import json as _json
 
@@ -340,41 +341,35 @@ def bench_gpu_step(device: str = "cuda", tiny: bool = False, steps: int = 6, war
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shards = tmp / "shards"
-        write_annotated_shards(shards, num_samples=8 if tiny else 32, per_shard=4 if tiny else 8,
-                               size=64 if tiny else 512)
+        write_annotated_shards(shards, num_samples=8 if small else 32, per_shard=4 if small else 8,
+                               size=64 if small else 512)
         manifest = Manifest.from_shards(shards).save(shards / "manifest.parquet")
-        if tiny:
-            from train.visualcloze.tiny import build_tiny_fill
+        model = tmp / "model"
+        extra = ["train.global_batch_size=8", f"data.num_workers={0 if small else workers}"]
+        if small:  # 64 px cells, 8x VAE, 2x2 patches: 16 tokens a cell (fill.yaml: 576 at 384 px)
+            extra += ["data.res=64", "data.max_tokens=192", "model.max_sequence_length=32", "model.dtype=float32",
+                      'train.mixed_precision="no"']
+        shared = _full_size_components(device, small=small, transformer=False)
+        shared["vae"].save_config(model / "vae")  # the recipe reads the VAE's downscale from it
 
-            model, config = build_tiny_fill(tmp / "model"), "fill-tiny.yaml"
-            extra = ["data.micro_batch_size=2", "train.global_batch_size=8"]
-            loaders = {}
-        else:
-            model, config = tmp / "model", "fill.yaml"
-            extra = ["train.global_batch_size=8", f"data.num_workers={workers}"]
-            components = _full_size_components(device)
-            components["vae"].save_config(model / "vae")  # the recipe reads the VAE's downscale from it
-            shared = {k: components[k] for k in ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")}
-            del components  # each run gets a fresh transformer (LoRA is added to it)
+        def transformer(*_a, **_k):  # a fresh one for each run: the recipe adds its LoRA to it
+            from diffusers import FluxTransformer2DModel
 
-            def transformer(*_a, **_k):
-                from diffusers import FluxTransformer2DModel
+            default = torch.get_default_dtype()
+            torch.set_default_dtype(torch.float32 if small else torch.bfloat16)
+            torch.manual_seed(0)
+            with torch.device(device):
+                t = FluxTransformer2DModel(**(TINY if small else FULL))
+            torch.set_default_dtype(default)
+            return t
 
-                default = torch.get_default_dtype()
-                torch.set_default_dtype(torch.bfloat16)
-                torch.manual_seed(0)
-                with torch.device(device):
-                    t = FluxTransformer2DModel(**FULL)
-                torch.set_default_dtype(default)
-                return t
-
-            loaders = {"load_transformer": transformer, "load_vae": lambda *a, **k: shared["vae"],
-                       "load_text_encoders": lambda *a, **k: (shared["tokenizer"], shared["text_encoder"],
-                                                              shared["tokenizer_2"], shared["text_encoder_2"])}
+        loaders = {"load_transformer": transformer, "load_vae": lambda *a, **k: shared["vae"],
+                   "load_text_encoders": lambda *a, **k: (shared["tokenizer"], shared["text_encoder"],
+                                                          shared["tokenizer_2"], shared["text_encoder_2"])}
         real = {name: getattr(fill, name) for name in loaders}
         for variant, grouped in (("stream_order", False), ("grouped", True)):
             out = tmp / variant
-            cfg = load_config(fill.FillConfig, ROOT / "configs/train" / config, [
+            cfg = load_config(fill.FillConfig, ROOT / "configs/train/fill.yaml", [
                 f"model.pretrained={model}", f"data.shards={shards}", f"data.manifest={manifest}",
                 f"data.tasks_config={ROOT / 'configs/tasks.yaml'}", f"train.out_dir={out}",
                 f"train.max_steps={warmup + steps}", "train.checkpoint_every=0", "train.tensorboard=false",
@@ -410,9 +405,11 @@ def bench_gpu_step(device: str = "cuda", tiny: bool = False, steps: int = 6, war
 
 
 # ----------------------------------------------------------------------------- inference
-def _full_size_components(device: str):
+def _full_size_components(device: str, small: bool = False, transformer: bool = True):
     """FLUX.1-Fill-dev's shapes with random bf16 weights (no download): transformer (Fill
-    in_channels 384), FLUX VAE, T5-XXL encoder, CLIP-L text model; small offline tokenizers."""
+    in_channels 384), FLUX VAE, T5-XXL encoder, CLIP-L text model; small offline tokenizers.
+    `small`: the same kinds and channel layout (16 latent channels, 8x downscale) at tiny widths,
+    float32, so the GPU code path runs on a CPU first; `transformer=False`: without it."""
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
@@ -424,25 +421,30 @@ def _full_size_components(device: str):
     clip_tok, _ = _fast_tokenizer(vocab, ["<|startoftext|>", "<|endoftext|>", "<unk>"], "<|startoftext|>",
                                   "<|endoftext|>", "<|endoftext|>", "<unk>", 77)
     default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(torch.float32 if small else torch.bfloat16)
     torch.manual_seed(0)
+    width = 32 if small else 4096  # T5 d_model = the transformer's joint_attention_dim
+    clip_width = 32 if small else 768  # CLIP's pooled output = pooled_projection_dim
     with torch.device(device):
-        transformer = FluxTransformer2DModel(**FULL)
+        model = FluxTransformer2DModel(**(TINY if small else FULL)) if transformer else None
         vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
-                            up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512],
-                            layers_per_block=2, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
-                            shift_factor=0.1159, scaling_factor=0.3611)
-        t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
-                                     num_heads=64, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
-                                     use_cache=False))
-        clip = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                            num_attention_heads=12, projection_dim=768, eos_token_id=1,
-                                            bos_token_id=0, pad_token_id=1))
+                            up_block_types=["UpDecoderBlock2D"] * 4,
+                            block_out_channels=[32] * 4 if small else [128, 256, 512, 512],
+                            layers_per_block=1 if small else 2, latent_channels=16, use_quant_conv=False,
+                            use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611)
+        t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=width, d_kv=8 if small else 64,
+                                     d_ff=64 if small else 10240, num_layers=1 if small else 24,
+                                     num_heads=4 if small else 64, feed_forward_proj="gated-gelu",
+                                     is_encoder_decoder=False, use_cache=False))
+        clip = CLIPTextModel(CLIPTextConfig(hidden_size=clip_width, intermediate_size=4 * clip_width,
+                                            num_hidden_layers=1 if small else 12,
+                                            num_attention_heads=4 if small else 12, projection_dim=clip_width,
+                                            eos_token_id=1, bos_token_id=0, pad_token_id=1))
     torch.set_default_dtype(default)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
                                                 max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
     return dict(scheduler=scheduler, vae=vae.eval(), text_encoder=clip.eval(), tokenizer=clip_tok,
-                text_encoder_2=t5.eval(), tokenizer_2=t5_tok, transformer=transformer.eval())
+                text_encoder_2=t5.eval(), tokenizer_2=t5_tok, transformer=model.eval() if model else None)
 
 
 def bench_infer(device: str = "cpu", full: bool = False, repeats: int = 5, steps: int = 4, res: int | None = None,

@@ -58,9 +58,9 @@ def test_fill_infer_benchmark_compares_the_same_image_and_refuses_gpu_without_cu
             bench.bench_infer(device="cuda", full=True)
 
 
-def test_fill_real_step_benchmark_runs_tiny_on_cpu_and_groups_layouts(capsys):
+def test_fill_real_step_benchmark_runs_small_shapes_on_cpu_and_groups_layouts(capsys):
     bench = _load("bench_fill")
-    results = bench.bench_gpu_step(device="cpu", tiny=True, steps=1, warmup=0)
+    results = bench.bench_gpu_step(device="cpu", small=True, steps=1, warmup=0)
     assert set(results) == {"stream_order", "grouped"}
     assert results["grouped"]["masked_path_share"] == 0 and results["grouped"]["padding_share"] == 0
     assert results["stream_order"]["masked_path_share"] > 0  # the task mix's layouts differ
