@@ -288,3 +288,44 @@ def test_compile_option_is_checked():
     cfg = load_config(fill.FillConfig, "configs/train/fill-tiny.yaml", ["model.compile=everything"])
     with pytest.raises(ConfigError, match="model.compile"):
         fill.check_config(cfg)
+
+
+# ----------------------------------------------------------------------------- host syncs
+def test_micro_step_reads_no_tensor_value_back(tiny_fill_dir, annotated_shards, tmp_path, monkeypatch):
+    # On a GPU, reading a value (item, float, bool, an `if mask.any()`) or copying to the host waits
+    # for every queued kernel. On the CPU the same calls show up as aten._local_scalar_dense (the
+    # op behind item/float/bool) and as Tensor.cpu/tolist/numpy: none may run in a micro-step.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from train.common.loader import Loaded, image_tensor
+    from train.visualcloze.model import PerSampleRopeAttnProcessor, load_transformer
+
+    class ScalarReads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default):
+                self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    cfg = _cfg(tiny_fill_dir, annotated_shards, tmp_path, "data.max_tokens=0")
+    grids = [g for g in itertools.islice(fill.grid_source(cfg.data), 12)]
+    pair = next([a, b] for a, b in itertools.combinations(grids, 2) if layout_key(a) == layout_key(b))
+    loaded = [Loaded(g, {"rows": [image_tensor(r) for r in g.rows]}) for g in pair]
+    encoders = fill.Encoders(cfg, torch.device("cpu"))
+    encoders.vae(), encoders.text_models()  # loading reads values; the step does not
+    transformer = load_transformer(str(tiny_fill_dir), torch.float32)
+    transformer.set_attn_processor(PerSampleRopeAttnProcessor())
+    host = []
+    for name in ("cpu", "tolist", "numpy", "item"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _n=name, _r=real, **k: host.append(_n) or _r(self, *a, **k))
+    with ScalarReads() as reads:
+        for obj in (cfg.objective, fill.ObjectiveConfig(loss_on="masked_cell", time_shift=True)):
+            loss = fill.flow_loss(transformer, fill.micro_batch(encoders, loaded), obj, torch.device("cpu"))
+            loss.backward()
+    assert reads.ops == [] and host == []
+    assert loss.ndim == 0 and loss.grad_fn is not None  # a device scalar, still in the graph

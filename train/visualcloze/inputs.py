@@ -141,7 +141,8 @@ def grid_pixels(grid: Grid, device, pixels: list[torch.Tensor] | None = None) ->
     3 x H x W tensors (train.common.loader makes them in its workers), else converted here."""
     out = []
     for r, row in enumerate(grid.rows):
-        out.append(row_to_tensor(row).to(device) if pixels is None else device_pixels(pixels[r], device))
+        out.append(row_to_tensor(row).to(device, non_blocking=True) if pixels is None
+                   else device_pixels(pixels[r], device))
     return out
 
 
@@ -167,7 +168,8 @@ def encode_rows(vae, rows: list[torch.Tensor],
     out: list = [None] * len(rows)
     for members in by_size.values():
         masked = [r for r in members if masks[r] is not None]
-        blanked = [rows[r] * (1 - torch.from_numpy(masks[r]).to(rows[r].device)[None, None]) for r in masked]
+        blanked = [rows[r] * (1 - torch.from_numpy(masks[r]).to(rows[r].device, non_blocking=True)[None, None])
+                   for r in masked]
         lat = _vae_encode(vae, torch.cat([rows[r] for r in members] + blanked))
         clean = dict(zip(members, lat[:len(members)].split(1)))
         blank = dict(zip(masked, lat[len(members):].split(1)))
@@ -214,10 +216,11 @@ def encode_prompts(prompts: list[str], tokenizer, text_encoder, tokenizer_2, tex
     """
     t5 = tokenizer_2(prompts, padding="max_length", max_length=max_sequence_length, truncation=True,
                      return_tensors="pt")
-    t5_embeds = text_encoder_2(t5.input_ids.to(text_encoder_2.device), output_hidden_states=False)[0]
+    t5_embeds = text_encoder_2(t5.input_ids.to(text_encoder_2.device, non_blocking=True), output_hidden_states=False)[0]
     clip = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt")
-    pooled = text_encoder(clip.input_ids.to(text_encoder.device), output_hidden_states=False).pooler_output
+    pooled = text_encoder(clip.input_ids.to(text_encoder.device, non_blocking=True),
+                          output_hidden_states=False).pooler_output
     return t5_embeds.float(), pooled.float()  # on the encoders' device: no copy back to the host
 
 

@@ -26,8 +26,9 @@ from train.common.metrics import JsonlLog, MetricLogger
 from train.common.nan_guard import check_finite
 from train.common.validation import (ValidationConfig, Validator, check_validation, enabled, select_tasks,
                                      stream_tasks_setup)
-from train.visualcloze.inputs import (GridLatents, check_row_sizes, collate, encode_grid, encode_prompts, encode_rows,
-                                      grid_latents, grid_pixels, grid_tokens, masked_rows, vae_scale_factor)
+from train.visualcloze.inputs import (FillBatch, GridLatents, check_row_sizes, collate, encode_grid, encode_prompts,
+                                      encode_rows, grid_latents, grid_pixels, grid_tokens, masked_rows,
+                                      vae_scale_factor)
 from train.visualcloze.layouts import consecutive_micro_batches, layout_key, padding_stats, plan_micro_batches
 from train.visualcloze.model import (PerSampleRopeAttnProcessor, add_lora, init_lora_from, load_lora_state_dict,
                                      load_text_encoders, load_transformer, load_vae, lora_state_dict,
@@ -276,6 +277,28 @@ class MicroBatches:
         return {**self.loader.state(), "skipped_over_budget": self.over_budget}
 
 
+def micro_batch(encoders: Encoders, loaded: list[Loaded]) -> FillBatch:
+    """A micro-batch's inputs on the device: the prompts' embeddings (one encoder call for all that
+    are not cached), each grid's latents (one VAE call per row size), collated."""
+    grids = [x.item for x in loaded]
+    text, pooled = encoders.text([g.prompt for g in grids])
+    return collate([encoders.latents(g, x.tensors.get("rows")) for g, x in zip(grids, loaded)], text, pooled,
+                   [g.task_id for g in grids])
+
+
+def flow_loss(transformer, batch: FillBatch, obj: ObjectiveConfig, device) -> torch.Tensor:
+    """Rectified-flow loss of one micro-batch, a device scalar. Nothing here waits for the GPU:
+    host tensors go over with non_blocking copies and no value is read back."""
+    x0 = batch.latents.to(device)
+    t = sample_timesteps(x0.shape[0], batch.num_tokens, obj.time_shift, base_shift=obj.base_shift,
+                         max_shift=obj.max_shift).to(device, non_blocking=True)
+    noise = torch.randn_like(x0)
+    noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+    pred = predict_velocity(transformer, batch, noisy, t, obj.guidance)
+    region = batch.valid if obj.loss_on == "grid" else batch.cell & batch.valid
+    return velocity_loss(pred, noise, x0, region.to(device, non_blocking=True))
+
+
 def check_config(cfg: FillConfig) -> None:
     """Nonsense values stop here, before any model is loaded (ConfigError naming the key)."""
     check_train(cfg.train)
@@ -399,24 +422,14 @@ def train(cfg: FillConfig) -> dict:
             shapes = padding_stats([[x.item for x in mb] for mb in micro_batches], scale)
             step_loss, task_ids = torch.zeros((), device=acc.device), []
             for micro, loaded in enumerate(micro_batches):
-                grids = [x.item for x in loaded]
-                text, pooled = encoders.text([g.prompt for g in grids])
-                batch = collate([encoders.latents(x.item, x.tensors.get("rows")) for x in loaded], text, pooled,
-                                [g.task_id for g in grids])
+                batch = micro_batch(encoders, loaded)
                 task_ids += batch.task_ids
                 share = len(loaded) / len(step_grids)  # the step's loss: the mean over its grids
-                x0 = batch.latents.to(acc.device)
-                t = sample_timesteps(x0.shape[0], batch.num_tokens, obj.time_shift, base_shift=obj.base_shift,
-                                     max_shift=obj.max_shift).to(acc.device)
-                noise = torch.randn_like(x0)
-                noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise  # rectified flow
                 # Gradients are all-reduced (DDP) / reduce-scattered (FSDP) on the last micro-batch only.
                 with par.no_sync(transformer, sync=micro == len(micro_batches) - 1), acc.autocast():
-                    pred = predict_velocity(transformer, batch, noisy, t, obj.guidance)
-                    region = batch.valid if obj.loss_on == "grid" else batch.cell & batch.valid
-                    loss = velocity_loss(pred, noise, x0, region.to(acc.device, non_blocking=True))
+                    loss = flow_loss(transformer, batch, obj, acc.device)
                     acc.backward(loss * share)
-                step_loss += loss.detach() * share
+                step_loss += loss.detach() * share  # on the device: read once per step, after the loop
 
             step_loss = acc.reduce(step_loss, "mean")
             # Before the update: NaN weights never reach a checkpoint; the last one stays good.
