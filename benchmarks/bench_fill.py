@@ -1,7 +1,8 @@
 """train.fill throughput, side by side in one run.
 
-CPU (default): the tiny recipe (configs/train/fill-tiny.yaml) without caching, with a cold
-cache (encode + write) and with a warm cache (read; VAE and text encoders never loaded);
+CPU (default): the tiny recipe (configs/train/fill-tiny.yaml) with each step's grids cut in
+stream order (data.group_by_layout=false: mixed layouts, padding, masked attention), grouped by
+layout without caching, with a cold cache (encode + write) and with a warm cache (read);
 then the data on the critical path against DataLoader workers, side by side, at the paper's
 grid size: 512 px photos (Subjects200K's panel size) composed into grids of 384 px cells
 (up to data.max_tokens = 6912 tokens, fill.yaml's), a tiny transformer behind a VAE that
@@ -12,12 +13,18 @@ in its own process so peak RSS is its own.
 
     python benchmarks/bench_fill.py [--steps 20] [--worker-steps 12] [--workers 1]
 
-GPU (--gpu): the full-size FluxTransformer2DModel (FLUX.1 config, random bf16 weights,
-Fill in_channels 384) + LoRA rank 256 + gradient checkpointing, one 3x3 grid at 384²
-(5184 image + 512 text tokens), micro-batch 1 and 2: step time, tokens/s, MFU, peak memory.
-Skips (exit 0) when no CUDA device is present.
+GPU (--gpu): first the full-size FluxTransformer2DModel alone (FLUX.1 config, random bf16
+weights, Fill in_channels 384) + LoRA rank 256 + gradient checkpointing, one 3x3 grid at 384²
+(5184 image + 512 text tokens), micro-batch 1 and 2: step time, tokens/s, MFU, peak memory —
+the upper bound (one layout, no VAE, no T5). Then the real step (`bench_gpu_step`): the recipe's
+own loop on shards of the task mix at fill.yaml's sizes, data -> VAE -> T5/CLIP -> transformer
+fwd/bwd -> AdamW, in stream order and grouped by layout; its ratio is the last line.
+Refuses in one line (exit 0) when no CUDA device is present.
 
-    python benchmarks/bench_fill.py --gpu [--peak-tflops 989]
+    python benchmarks/bench_fill.py --gpu [--peak-tflops 989] [--gpu-steps 6] [--workers-gpu 4]
+
+Layouts (--layouts): the task mix's masked-path and padding shares, stream order vs grouped
+(data only, no model; also printed by the CPU run).
 
 Inference (--infer): seconds per grid of `train.infer_fill` (compose the grid from the images,
 encode, denoise, decode: `train.visualcloze.infer.solve`) against diffusers'
@@ -67,7 +74,8 @@ def _child(args) -> None:
     rows = [_json.loads(line) for line in open(Path(args.out) / "logs" / "metrics.jsonl")]
     print("RESULT " + _json.dumps({"step_times": [r["step_time_s"] for r in rows],
                                    "tokens_per_s": [r["tokens_per_s"] for r in rows],
-                                   "peak_rss_gb": peak_memory_gb()}))
+                                   "peak_rss_gb": peak_memory_gb(),
+                                   **{k: sum(r.get(k, 0) for r in rows) for k in LAYOUT_COUNTS}}))
 
 
 def _run_variant(model: str, steps: int, out: Path, cache: Path | None, overrides=()) -> dict:
@@ -112,6 +120,59 @@ def bench_workers(steps: int, workers: int) -> dict:
     return {"inline": inline, "workers": with_workers}
 
 
+LAYOUT_COUNTS = ("micro_batches", "masked_micro_batches", "image_tokens", "padding_tokens")
+
+
+def _shares(counts: dict) -> tuple[float, float]:
+    """(share of micro-batches on the masked per-sample path, share of tokens that are padding)."""
+    masked = counts["masked_micro_batches"] / max(counts["micro_batches"], 1)
+    pad = counts["padding_tokens"] / max(counts["image_tokens"] + counts["padding_tokens"], 1)
+    return masked, pad
+
+
+def bench_layouts(num_grids: int = 400) -> dict:
+    """Masked-path and padding shares of the task mix, cut in stream order vs grouped by layout
+    (data only, no model): fill.yaml per rank (micro-batch 2 x 4 accumulation, 384 px cells,
+    <= 6912 tokens) and fill-tiny.yaml (micro-batch 2 x 2, 32 px cells, <= 512 tokens)."""
+    import itertools
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from annotated_shards import write_annotated_shards
+
+    from graph200k.manifest import Manifest
+    from train.common.config import load_config
+    from train.visualcloze import recipe as fill
+    from train.visualcloze.inputs import grid_tokens
+    from train.visualcloze.layouts import consecutive_micro_batches, layout_key, padding_stats, plan_micro_batches
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = Path(tmp) / "shards"
+        write_annotated_shards(shards, num_samples=32, per_shard=8, size=64)
+        manifest = Manifest.from_shards(shards).save(shards / "manifest.parquet")
+        config_tasks = {"fill": "tasks.yaml", "fill_tiny": "tasks-unseen.yaml"}  # as the configs say
+        # (config, VAE downscale, grids per rank and step)
+        for name, config, scale, per_step in (("fill", "fill.yaml", 8, 8), ("fill_tiny", "fill-tiny.yaml", 2, 4)):
+            cfg = load_config(fill.FillConfig, ROOT / "configs/train" / config,
+                              [f"data.shards={shards}", f"data.manifest={manifest}",
+                               f"data.tasks_config={ROOT / 'configs' / Path(config_tasks[name]).name}"])
+            grids = [g for g in itertools.islice(fill.grid_source(cfg.data), 2 * num_grids)
+                     if not cfg.data.max_tokens or grid_tokens(g, scale) <= cfg.data.max_tokens][:num_grids]
+            steps = [grids[i:i + per_step] for i in range(0, len(grids) - per_step + 1, per_step)]
+            size = cfg.data.micro_batch_size
+            plans = {"stream_order": lambda st: consecutive_micro_batches(len(st), size),
+                     "grouped": lambda st: plan_micro_batches([layout_key(g) for g in st], size)}
+            for variant, plan in plans.items():
+                counts = padding_stats([[st[i] for i in mb] for st in steps for mb in plan(st)], scale)
+                masked, pad = _shares(counts)
+                out[(name, variant)] = (masked, pad, counts["micro_batches"] / len(steps))
+                print(f"layout.{name}.{variant}.masked_path_share: {masked:.3f}")
+                print(f"layout.{name}.{variant}.padding_share: {pad:.3f}")
+                print(f"layout.{name}.{variant}.micro_batches_per_step: {counts['micro_batches'] / len(steps):.2f}")
+            print(f"layout.{name}.grids: {len(steps) * per_step} ({len(steps)} steps of {per_step} grids)")
+    return out
+
+
 def bench_cpu(steps: int, worker_steps: int = 12, workers: int = 1) -> None:
     from train.visualcloze.tiny import build_tiny_fill
 
@@ -120,11 +181,18 @@ def bench_cpu(steps: int, worker_steps: int = 12, workers: int = 1) -> None:
         model = str(build_tiny_fill(tmp / "model"))
         cache = tmp / "cache"
         runs = {
+            "stream_order": _run_variant(model, steps, tmp / "s", None, ["data.group_by_layout=false"]),
             "no_cache": _run_variant(model, steps, tmp / "a", None),
             "cache_cold": _run_variant(model, steps, tmp / "b", cache),
             "cache_warm": _run_variant(model, steps, tmp / "c", cache),
         }
-    print(f"steps: {steps} (global batch 4 = micro-batch 2 x 2 accumulation, 32 px cells, 1-2 rows)")
+    print(f"steps: {steps} (global batch 4 = micro-batch 2 x 2 accumulation, 32 px cells, 1-3 rows); "
+          "no_cache and the cache runs group each step's grids by layout, stream_order does not")
+    for name in ("stream_order", "no_cache"):
+        masked, pad = _shares(runs[name])
+        print(f"{name}.masked_path_share: {masked:.3f}")
+        print(f"{name}.padding_share: {pad:.3f}")
+        print(f"{name}.micro_batches_per_step: {runs[name]['micro_batches'] / steps:.2f}")
     for name, r in runs.items():
         # Median over steps after the first (which pays for lazy model loading).
         print(f"{name}.step_time_ms: {1000 * statistics.median(r['step_times'][1:]):.1f}")
@@ -132,10 +200,13 @@ def bench_cpu(steps: int, worker_steps: int = 12, workers: int = 1) -> None:
         print(f"{name}.tokens_per_s: {statistics.median(r['tokens_per_s'][1:]):.0f}")
         print(f"{name}.peak_rss_mb: {1024 * r['peak_rss_gb']:.0f}")
     base = statistics.median(runs["no_cache"]["step_times"][1:])
+    print(f"ratio.step_time.grouped_vs_stream_order: "
+          f"{base / statistics.median(runs['stream_order']['step_times'][1:]):.2f}")
     print(f"ratio.step_time.cache_warm_vs_no_cache: {statistics.median(runs['cache_warm']['step_times'][1:]) / base:.2f}")
     print(f"ratio.step_time.cache_cold_vs_no_cache: {statistics.median(runs['cache_cold']['step_times'][1:]) / base:.2f}")
     print(f"ratio.peak_rss.cache_warm_vs_no_cache: {runs['cache_warm']['peak_rss_gb'] / runs['no_cache']['peak_rss_gb']:.2f}")
     w = bench_workers(worker_steps, workers)
+    bench_layouts()
     print(f"ratio_step_time_workers_vs_inline: {w['workers'] / w['inline']:.2f}")
 
 
@@ -238,10 +309,107 @@ def bench_gpu(peak_tflops: float | None, iters: int, device: str = "cuda", tiny:
     return results
 
 
+def bench_gpu_step(device: str = "cuda", small: bool = False, steps: int = 6, warmup: int = 2,
+                   workers: int = 4) -> dict:
+    """The real train.fill step (train.visualcloze.recipe.train itself): data (GridStream over
+    annotated shards, DataLoader workers) -> VAE -> T5 + CLIP -> transformer forward/backward
+    (LoRA, gradient checkpointing, bf16) -> clip + AdamW, on the task mix at fill.yaml's sizes
+    (384 px cells, <= 6912 tokens, micro-batch 2 x 4 accumulation on one GPU), with the step's
+    grids cut in stream order (mixed layouts: padding + masked attention) and grouped by layout.
+    Full size: FLUX.1-Fill shapes with random bf16 weights (no download), handed to the recipe
+    in place of its from_pretrained loaders. `small`: the same route with tiny widths, float32,
+    64 px cells (tests/test_bench_gpu_paths.py runs it on the CPU)."""
+    import gc
+    import json as _json
+
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        print("gpu.step: skipped (no CUDA device)")
+        return {}
+    sys.path.insert(0, str(ROOT / "tests"))
+    from annotated_shards import write_annotated_shards
+
+    from graph200k.manifest import Manifest
+    from train.common.config import load_config
+    from train.visualcloze import recipe as fill
+
+    gc.collect()  # what an earlier benchmark in this process left on the card
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    results, shared = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        shards = tmp / "shards"
+        write_annotated_shards(shards, num_samples=8 if small else 32, per_shard=4 if small else 8,
+                               size=64 if small else 512)
+        manifest = Manifest.from_shards(shards).save(shards / "manifest.parquet")
+        model = tmp / "model"
+        extra = ["train.global_batch_size=8", f"data.num_workers={0 if small else workers}"]
+        if small:  # 64 px cells, 8x VAE, 2x2 patches: 16 tokens a cell (fill.yaml: 576 at 384 px)
+            extra += ["data.res=64", "data.max_tokens=192", "model.max_sequence_length=32", "model.dtype=float32",
+                      'train.mixed_precision="no"']
+        shared = _full_size_components(device, small=small, transformer=False)
+        shared["vae"].save_config(model / "vae")  # the recipe reads the VAE's downscale from it
+
+        def transformer(*_a, **_k):  # a fresh one for each run: the recipe adds its LoRA to it
+            from diffusers import FluxTransformer2DModel
+
+            default = torch.get_default_dtype()
+            torch.set_default_dtype(torch.float32 if small else torch.bfloat16)
+            torch.manual_seed(0)
+            with torch.device(device):
+                t = FluxTransformer2DModel(**(TINY if small else FULL))
+            torch.set_default_dtype(default)
+            return t
+
+        loaders = {"load_transformer": transformer, "load_vae": lambda *a, **k: shared["vae"],
+                   "load_text_encoders": lambda *a, **k: (shared["tokenizer"], shared["text_encoder"],
+                                                          shared["tokenizer_2"], shared["text_encoder_2"])}
+        real = {name: getattr(fill, name) for name in loaders}
+        for variant, grouped in (("stream_order", False), ("grouped", True)):
+            out = tmp / variant
+            cfg = load_config(fill.FillConfig, ROOT / "configs/train/fill.yaml", [
+                f"model.pretrained={model}", f"data.shards={shards}", f"data.manifest={manifest}",
+                f"data.tasks_config={ROOT / 'configs/tasks.yaml'}", f"train.out_dir={out}",
+                f"train.max_steps={warmup + steps}", "train.checkpoint_every=0", "train.tensorboard=false",
+                "validation.every=0", f"data.group_by_layout={str(grouped).lower()}", *extra])
+            try:
+                for name, fn in loaders.items():
+                    setattr(fill, name, fn)
+                if device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                fill.train(cfg)
+            finally:
+                for name, fn in real.items():
+                    setattr(fill, name, fn)
+            rows = [_json.loads(x) for x in open(out / "logs" / "metrics.jsonl")][warmup:]
+            counts = {k: sum(r[k] for r in rows) for k in LAYOUT_COUNTS}
+            masked, pad = _shares(counts)
+            results[variant] = r = {
+                "step_time_s": statistics.median(x["step_time_s"] for x in rows),
+                "tokens_per_s": statistics.median(x["tokens_per_s"] for x in rows),
+                "masked_path_share": masked, "padding_share": pad,
+                "micro_batches_per_step": counts["micro_batches"] / len(rows),
+                "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")}
+            for k, v in r.items():
+                print(f"gpu.step.{variant}.{k}: {v:.3f}")
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    print(f"gpu.step.device: {torch.cuda.get_device_name() if device == 'cuda' else device}")
+    print(f"gpu.step.steps: {steps} timed after {warmup} warm-up; 8 grids a step (micro-batch 2 x 4 accumulation)")
+    print(f"ratio.gpu.step.tokens_per_s.grouped_vs_stream_order: "
+          f"{results['grouped']['tokens_per_s'] / results['stream_order']['tokens_per_s']:.2f}")
+    return results
+
+
 # ----------------------------------------------------------------------------- inference
-def _full_size_components(device: str):
+def _full_size_components(device: str, small: bool = False, transformer: bool = True):
     """FLUX.1-Fill-dev's shapes with random bf16 weights (no download): transformer (Fill
-    in_channels 384), FLUX VAE, T5-XXL encoder, CLIP-L text model; small offline tokenizers."""
+    in_channels 384), FLUX VAE, T5-XXL encoder, CLIP-L text model; small offline tokenizers.
+    `small`: the same kinds and channel layout (16 latent channels, 8x downscale) at tiny widths,
+    float32, so the GPU code path runs on a CPU first; `transformer=False`: without it."""
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
@@ -253,25 +421,30 @@ def _full_size_components(device: str):
     clip_tok, _ = _fast_tokenizer(vocab, ["<|startoftext|>", "<|endoftext|>", "<unk>"], "<|startoftext|>",
                                   "<|endoftext|>", "<|endoftext|>", "<unk>", 77)
     default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(torch.float32 if small else torch.bfloat16)
     torch.manual_seed(0)
+    width = 32 if small else 4096  # T5 d_model = the transformer's joint_attention_dim
+    clip_width = 32 if small else 768  # CLIP's pooled output = pooled_projection_dim
     with torch.device(device):
-        transformer = FluxTransformer2DModel(**FULL)
+        model = FluxTransformer2DModel(**(TINY if small else FULL)) if transformer else None
         vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
-                            up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512],
-                            layers_per_block=2, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
-                            shift_factor=0.1159, scaling_factor=0.3611)
-        t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
-                                     num_heads=64, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
-                                     use_cache=False))
-        clip = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                            num_attention_heads=12, projection_dim=768, eos_token_id=1,
-                                            bos_token_id=0, pad_token_id=1))
+                            up_block_types=["UpDecoderBlock2D"] * 4,
+                            block_out_channels=[32] * 4 if small else [128, 256, 512, 512],
+                            layers_per_block=1 if small else 2, latent_channels=16, use_quant_conv=False,
+                            use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611)
+        t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=width, d_kv=8 if small else 64,
+                                     d_ff=64 if small else 10240, num_layers=1 if small else 24,
+                                     num_heads=4 if small else 64, feed_forward_proj="gated-gelu",
+                                     is_encoder_decoder=False, use_cache=False))
+        clip = CLIPTextModel(CLIPTextConfig(hidden_size=clip_width, intermediate_size=4 * clip_width,
+                                            num_hidden_layers=1 if small else 12,
+                                            num_attention_heads=4 if small else 12, projection_dim=clip_width,
+                                            eos_token_id=1, bos_token_id=0, pad_token_id=1))
     torch.set_default_dtype(default)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
                                                 max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
     return dict(scheduler=scheduler, vae=vae.eval(), text_encoder=clip.eval(), tokenizer=clip_tok,
-                text_encoder_2=t5.eval(), tokenizer_2=t5_tok, transformer=transformer.eval())
+                text_encoder_2=t5.eval(), tokenizer_2=t5_tok, transformer=model.eval() if model else None)
 
 
 def bench_infer(device: str = "cpu", full: bool = False, repeats: int = 5, steps: int = 4, res: int | None = None,
@@ -353,6 +526,9 @@ def main(argv=None):
     p.add_argument("--workers-only", action="store_true", help="only the workers vs inline comparison")
     p.add_argument("--iters", type=int, default=5, help="--gpu: timed steps per micro-batch size")
     p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--gpu-steps", type=int, default=6, help="--gpu: timed real train.fill steps per variant")
+    p.add_argument("--workers-gpu", type=int, default=4, help="--gpu: DataLoader workers of the real step")
+    p.add_argument("--layouts", action="store_true", help="only the masked-path / padding shares (data only)")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -365,7 +541,10 @@ def main(argv=None):
         bench_infer("cuda" if args.gpu else "cpu", full=args.gpu, repeats=args.repeats,
                     steps=args.infer_steps or (28 if args.gpu else 4))
     elif args.gpu:
-        bench_gpu(args.peak_tflops, args.iters)
+        if bench_gpu(args.peak_tflops, args.iters):  # transformer alone, one layout: the upper bound
+            bench_gpu_step(steps=args.gpu_steps, workers=args.workers_gpu)  # the real step: its ratio last
+    elif args.layouts:
+        bench_layouts()
     elif args.workers_only:
         w = bench_workers(args.worker_steps, args.workers)
         print(f"ratio_step_time_workers_vs_inline: {w['workers'] / w['inline']:.2f}")

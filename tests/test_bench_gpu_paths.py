@@ -56,3 +56,24 @@ def test_fill_infer_benchmark_compares_the_same_image_and_refuses_gpu_without_cu
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="needs a CUDA device"):
             bench.bench_infer(device="cuda", full=True)
+
+
+def test_fill_real_step_benchmark_runs_small_shapes_on_cpu_and_groups_layouts(capsys):
+    bench = _load("bench_fill")
+    results = bench.bench_gpu_step(device="cpu", small=True, steps=1, warmup=0)
+    assert set(results) == {"stream_order", "grouped"}
+    assert results["grouped"]["masked_path_share"] == 0 and results["grouped"]["padding_share"] == 0
+    assert results["stream_order"]["masked_path_share"] > 0  # the task mix's layouts differ
+    assert all(r["step_time_s"] > 0 and r["tokens_per_s"] > 0 for r in results.values())
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("ratio.gpu.step.tokens_per_s.grouped_vs_stream_order: ")
+
+
+def test_fill_gpu_benchmark_refuses_in_one_line_without_cuda(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the refusal is for machines without one")
+    bench = _load("bench_fill")
+    bench.main(["--gpu"])
+    assert capsys.readouterr().out.splitlines() == ["gpu: skipped (no CUDA device)"]

@@ -107,13 +107,17 @@ def test_token_budget_skips_and_counts(tiny_fill_dir, annotated_shards, tmp_path
 
 
 def test_nan_loss_stops_with_step_and_task_ids(tiny_fill_dir, annotated_shards, tmp_path, monkeypatch):
-    real_loss, calls = fill.velocity_loss, {"n": 0}
+    real_loss, real_draw, steps = fill.velocity_loss, fill.MicroBatches.draw, {"n": 0}
+
+    def counting_draw(self, accum):  # once per step (its micro-batch count varies with the layouts)
+        steps["n"] += 1
+        return real_draw(self, accum)
 
     def nan_at_step_4(*args):
-        calls["n"] += 1
         loss = real_loss(*args)
-        return loss * float("nan") if calls["n"] > 6 else loss  # 2 micro-batches per step
+        return loss * float("nan") if steps["n"] >= 4 else loss
 
+    monkeypatch.setattr(fill.MicroBatches, "draw", counting_draw)
     monkeypatch.setattr(fill, "velocity_loss", nan_at_step_4)
     cfg = _cfg(tiny_fill_dir, annotated_shards, tmp_path / "run", "train.max_steps=6", "train.checkpoint_every=2")
     with pytest.raises(NonFiniteLossError) as e:
@@ -127,13 +131,14 @@ def test_nan_loss_stops_with_step_and_task_ids(tiny_fill_dir, annotated_shards, 
     assert err.last_checkpoint.name == "step_00000002"
 
 
-def test_warm_cache_equals_uncached_without_loading_encoders(tiny_fill_dir, annotated_shards, tmp_path,
-                                                            monkeypatch):
-    steps = ["train.max_steps=2", "train.checkpoint_every=0"]
+def test_warm_cache_equals_cold_without_loading_encoders(tiny_fill_dir, annotated_shards, tmp_path, monkeypatch):
+    # Families without online degradations: every row is cacheable, so a warm run needs no encoder.
+    steps = ["train.max_steps=2", "train.checkpoint_every=0", "data.families=[conditional_generation,dense_prediction]"]
     plain = fill.train(_cfg(tiny_fill_dir, annotated_shards, tmp_path / "plain", *steps))["losses"]
     cache = f"data.cache_dir={tmp_path / 'cache'}"
     cold = fill.train(_cfg(tiny_fill_dir, annotated_shards, tmp_path / "cold", cache, *steps))
-    assert cold["losses"] == plain and cold["cache_hits"] < 2 * 4  # only grids that repeat by chance
+    # bf16 entries: the cached run is the plain one up to bf16 rounding of latents and embeddings.
+    assert cold["losses"] == pytest.approx(plain, rel=2e-2)
 
     def must_not_load(*a, **k):
         raise AssertionError("encoder loaded although every latent/prompt is cached")
@@ -141,4 +146,5 @@ def test_warm_cache_equals_uncached_without_loading_encoders(tiny_fill_dir, anno
     monkeypatch.setattr(fill, "load_vae", must_not_load)
     monkeypatch.setattr(fill, "load_text_encoders", must_not_load)
     warm = fill.train(_cfg(tiny_fill_dir, annotated_shards, tmp_path / "warm", cache, *steps))
-    assert warm["losses"] == plain and warm["cache_hits"] == 2 * 4
+    assert warm["losses"] == cold["losses"]  # bitwise: a cold run reads what it wrote
+    assert warm["cache_hits"] > cold["cache_hits"] and warm["cache_hits"] >= 2 * 4  # >= one row per grid

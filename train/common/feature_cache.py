@@ -5,8 +5,10 @@
 Files are written under a temporary name and renamed, so concurrent ranks and crashes
 never leave a half-written entry. Counts ``hits`` / ``misses``.
 
-Why: T5-XXL alone is ~12 GB; with every prompt and grid cached, a trainer never has to
-load the text encoders or the VAE (train.fill loads them lazily on the first miss).
+Why: T5-XXL alone is ~12 GB; with every prompt and image cached, a trainer never has to
+load the text encoders or the VAE (train.fill loads them lazily on the first miss). Callers
+choose keys that repeat: train.fill keys prompts and clean grid rows, never degraded pixels,
+and stores bf16 (train.visualcloze.recipe.Encoders).
 """
 
 from __future__ import annotations

@@ -136,31 +136,73 @@ def device_pixels(row: torch.Tensor, device) -> torch.Tensor:
     return row.to(device, non_blocking=True)[None].float().div(127.5).sub(1.0)
 
 
-@torch.no_grad()
-def encode_grid(grid: Grid, vae, pixels: list[torch.Tensor] | None = None) -> GridLatents:
-    """`pixels`: the rows as uint8 3 x H x W tensors (train.common.loader makes them in its
-    workers); without them the rows are converted here."""
-    s = vae_scale_factor(vae)
-    latents, masked, sizes = [], [], []
-    for r, (row, m) in enumerate(zip(grid.rows, row_masks(grid))):
+def grid_pixels(grid: Grid, device, pixels: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """The rows as float (1, 3, H, W) in [-1, 1] on `device`; `pixels`: the rows as uint8
+    3 x H x W tensors (train.common.loader makes them in its workers), else converted here."""
+    out = []
+    for r, row in enumerate(grid.rows):
+        out.append(row_to_tensor(row).to(device, non_blocking=True) if pixels is None
+                   else device_pixels(pixels[r], device))
+    return out
+
+
+def check_row_sizes(grid: Grid, s: int) -> None:
+    for r, row in enumerate(grid.rows):
         h, w = row.shape[:2]
         if h % (2 * s) or w % (2 * s):
             raise ValueError(f"grid {grid.task_id!r} row {r}: {h}x{w} px is not a multiple of {2 * s} "
                              "(2 x VAE downscale); compose grids with sides that are multiples of 16")
-        pixels_r = row_to_tensor(row) if pixels is None else device_pixels(pixels[r], vae.device)
-        mask = torch.from_numpy(m)[None, None].to(pixels_r.device)
-        clean = _vae_encode(vae, pixels_r)
-        # Rows without the masked cell: masked image == image, skip a second encode.
-        blank = _vae_encode(vae, pixels_r * (1 - mask)) if mask.any() else clean
-        latents.append(pack_latents(clean)[0])
-        masked.append(pack_latents(blank)[0])
-        sizes.append((clean.shape[2], clean.shape[3]))
+
+
+@torch.no_grad()
+def encode_rows(vae, rows: list[torch.Tensor],
+                masks: list[np.ndarray | None]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each row's (clean, masked) latents, (1, C, h, w) on the VAE's device, in as few VAE calls as
+    there are row sizes: the rows of one size and the blanked copies of those that carry the
+    masked cell go through one call. `masks[r]`: the row's {0, 1} pixel mask, None for a row
+    without the masked cell (its masked latents are its clean ones: no second encode). Which
+    rows need the second encode is read from the numpy masks, so the step never waits on the GPU."""
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for r, px in enumerate(rows):
+        by_size.setdefault(tuple(px.shape[-2:]), []).append(r)
+    out: list = [None] * len(rows)
+    for members in by_size.values():
+        masked = [r for r in members if masks[r] is not None]
+        blanked = [rows[r] * (1 - torch.from_numpy(masks[r]).to(rows[r].device, non_blocking=True)[None, None])
+                   for r in masked]
+        lat = _vae_encode(vae, torch.cat([rows[r] for r in members] + blanked))
+        clean = dict(zip(members, lat[:len(members)].split(1)))
+        blank = dict(zip(masked, lat[len(members):].split(1)))
+        for r in members:
+            out[r] = (clean[r], blank.get(r, clean[r]))
+    return out
+
+
+def masked_rows(grid: Grid) -> list[np.ndarray | None]:
+    """Per row, its {0, 1} float32 pixel mask when the row holds the masked cell, else None."""
+    return [m if m.any() else None for m in row_masks(grid)]
+
+
+def grid_latents(grid: Grid, rows: list[tuple[torch.Tensor, torch.Tensor]], s: int) -> GridLatents:
+    """A grid's inputs from its rows' (clean, masked) latents; the mask channels come from the
+    grid's own masks (never stored: cheap to rebuild, 4x the latents' width at s = 8)."""
+    sizes = [(clean.shape[2], clean.shape[3]) for clean, _ in rows]
     packed_masks = grid.latent_mask(vae_scale=s, patch=2)  # FluxFillPipeline.prepare_mask_latents' layout
     return GridLatents(
-        latents=torch.cat(latents).cpu(), masked_latents=torch.cat(masked).cpu(),
+        latents=torch.cat([pack_latents(c)[0] for c, _ in rows]),
+        masked_latents=torch.cat([pack_latents(m)[0] for _, m in rows]),
         mask=torch.from_numpy(np.concatenate(packed_masks)),
         img_ids=grid_position_ids(sizes), row_latent_sizes=torch.tensor(sizes),
     )
+
+
+def encode_grid(grid: Grid, vae, pixels: list[torch.Tensor] | None = None) -> GridLatents:
+    """The grid's inputs; latents stay on the VAE's device (the step moves nothing back to the host).
+    `pixels`: the rows as uint8 3 x H x W tensors (train.common.loader makes them in its workers);
+    without them the rows are converted here."""
+    s = vae_scale_factor(vae)
+    check_row_sizes(grid, s)
+    return grid_latents(grid, encode_rows(vae, grid_pixels(grid, vae.device, pixels), masked_rows(grid)), s)
 
 
 # --------------------------------------------------------------------------- text
@@ -174,11 +216,12 @@ def encode_prompts(prompts: list[str], tokenizer, text_encoder, tokenizer_2, tex
     """
     t5 = tokenizer_2(prompts, padding="max_length", max_length=max_sequence_length, truncation=True,
                      return_tensors="pt")
-    t5_embeds = text_encoder_2(t5.input_ids.to(text_encoder_2.device), output_hidden_states=False)[0]
+    t5_embeds = text_encoder_2(t5.input_ids.to(text_encoder_2.device, non_blocking=True), output_hidden_states=False)[0]
     clip = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt")
-    pooled = text_encoder(clip.input_ids.to(text_encoder.device), output_hidden_states=False).pooler_output
-    return t5_embeds.float().cpu(), pooled.float().cpu()
+    pooled = text_encoder(clip.input_ids.to(text_encoder.device, non_blocking=True),
+                          output_hidden_states=False).pooler_output
+    return t5_embeds.float(), pooled.float()  # on the encoders' device: no copy back to the host
 
 
 # --------------------------------------------------------------------------- batching
@@ -207,22 +250,30 @@ def collate(items: list[GridLatents], text: torch.Tensor, pooled: torch.Tensor, 
 
     When every grid has the same position ids (same layout) the batch keeps one shared
     (N, 3) id table and no padding — diffusers' fast path. Otherwise ids become per-sample
-    (B, N, 3) and `valid` masks the padding (keys) and the loss.
+    (B, N, 3) and `valid` masks the padding (keys) and the loss. Latents stay on their device
+    (the VAE's); ids, `valid` and `cell` are host tensors built from sizes and numpy masks.
     """
     n = max(it.num_tokens for it in items)
     b = len(items)
+    device = items[0].latents.device
     shared = all(it.num_tokens == n and torch.equal(it.img_ids, items[0].img_ids) for it in items)
-    c4, m4 = items[0].latents.shape[1], items[0].mask.shape[1]
-    latents = torch.zeros(b, n, c4)
-    hidden_masked = torch.zeros(b, n, c4 + m4)
-    ids = torch.zeros(b, n, 3)
-    valid = torch.zeros(b, n, dtype=torch.bool)
     cell = torch.zeros(b, n, dtype=torch.bool)
+    valid = torch.zeros(b, n, dtype=torch.bool)
+    for i, it in enumerate(items):
+        valid[i, :it.num_tokens] = True
+        cell[i, :it.num_tokens] = it.cell_tokens
+    if shared:  # no padding: one stack per field
+        latents = torch.stack([it.latents for it in items])
+        hidden_masked = torch.cat([torch.stack([it.masked_latents for it in items]),
+                                   torch.stack([it.mask for it in items]).to(device, non_blocking=True)], dim=-1)
+        return FillBatch(hidden_masked, latents, items[0].img_ids, valid, cell, text, pooled, list(task_ids))
+    c4, m4 = items[0].latents.shape[1], items[0].mask.shape[1]
+    latents = torch.zeros(b, n, c4, device=device)
+    hidden_masked = torch.zeros(b, n, c4 + m4, device=device)
+    ids = torch.zeros(b, n, 3)
     for i, it in enumerate(items):
         k = it.num_tokens
         latents[i, :k] = it.latents
-        hidden_masked[i, :k] = torch.cat([it.masked_latents, it.mask], dim=-1)
+        hidden_masked[i, :k] = torch.cat([it.masked_latents, it.mask.to(device, non_blocking=True)], dim=-1)
         ids[i, :k] = it.img_ids
-        valid[i, :k] = True
-        cell[i, :k] = it.cell_tokens
-    return FillBatch(hidden_masked, latents, ids[0] if shared else ids, valid, cell, text, pooled, list(task_ids))
+    return FillBatch(hidden_masked, latents, ids, valid, cell, text, pooled, list(task_ids))

@@ -175,17 +175,18 @@ def predict_velocity(transformer, batch: FillBatch, noisy: torch.Tensor, t: torc
     core = getattr(transformer, "module", transformer)
     device, dtype = noisy.device, core.dtype
     b, n_txt = noisy.shape[0], batch.text.shape[1]
-    txt_ids = text_position_ids(n_txt).to(device)
+    txt_ids = text_position_ids(n_txt).to(device, non_blocking=True)  # host tables: copies that don't wait
     kwargs = None
     if batch.shared_positions:
-        img_ids = batch.img_ids.to(device)
+        img_ids = batch.img_ids.to(device, non_blocking=True)
     else:
         # Per-sample ids: rotary tables built with the model's own pos_embed, sample by sample.
-        tables = [core.pos_embed(torch.cat([txt_ids, ids.to(device)])) for ids in batch.img_ids]
+        tables = [core.pos_embed(torch.cat([txt_ids, ids.to(device, non_blocking=True)]))
+                  for ids in batch.img_ids]
         cos = torch.stack([c for c, _ in tables]); sin = torch.stack([s for _, s in tables])
-        keys = torch.cat([torch.ones(b, n_txt, dtype=torch.bool), batch.valid], dim=1).to(device)
+        keys = torch.cat([torch.ones(b, n_txt, dtype=torch.bool), batch.valid], dim=1).to(device, non_blocking=True)
         kwargs = {"sample_rotary_emb": (cos, sin), "key_padding": keys}
-        img_ids = batch.img_ids[0].to(device)  # placeholder for the stock table; unused by the processor
+        img_ids = batch.img_ids[0].to(device, non_blocking=True)  # placeholder for the stock table, unused
     hidden = torch.cat([noisy, batch.hidden_masked.to(device)], dim=-1).to(dtype)
     out = transformer(
         hidden_states=hidden,

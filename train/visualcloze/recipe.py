@@ -26,11 +26,24 @@ from train.common.metrics import JsonlLog, MetricLogger
 from train.common.nan_guard import check_finite
 from train.common.validation import (ValidationConfig, Validator, check_validation, enabled, select_tasks,
                                      stream_tasks_setup)
-from train.visualcloze.inputs import GridLatents, collate, encode_grid, encode_prompts, grid_tokens
+from train.visualcloze.inputs import (FillBatch, GridLatents, check_row_sizes, collate, encode_grid, encode_prompts,
+                                      encode_rows, grid_latents, grid_pixels, grid_tokens, masked_rows,
+                                      vae_scale_factor)
+from train.visualcloze.layouts import consecutive_micro_batches, layout_key, padding_stats, plan_micro_batches
 from train.visualcloze.model import (PerSampleRopeAttnProcessor, add_lora, init_lora_from, load_lora_state_dict,
                                      load_text_encoders, load_transformer, load_vae, lora_state_dict,
                                      predict_velocity, sample_timesteps, torch_dtype, velocity_loss)
 from train.visualcloze.tiny import TinyFillConfig
+
+CACHE_DTYPE = torch.bfloat16  # half the bytes of fp32; the transformer reads its inputs in bf16 anyway
+
+
+def cacheable_row(grid, row: int) -> bool:
+    """A row is worth caching when every cell is a stored image: an online degradation draws new
+    pixels each time the task comes back, so its latents would never be read again."""
+    from graph200k.nodes import DEGRADATIONS
+
+    return not grid.cells or not any(c in DEGRADATIONS for c in grid.cells[row])
 
 
 # ----------------------------------------------------------------------------- config
@@ -42,6 +55,9 @@ class ModelConfig:
     gradient_checkpointing: bool = True
     max_sequence_length: int = 512  # T5 tokens
     build_tiny: bool = False  # build a tiny random model at `pretrained` first if it is missing
+    # "blocks": torch.compile each transformer block on its own (regional compilation: one
+    # compiled graph reused by the 19 + 38 blocks; gradient checkpointing and LoRA unchanged).
+    compile: str | bool = False
 
 
 @dataclass
@@ -89,8 +105,11 @@ class DataConfig(LoaderConfig):
     families: list[str] | None = None
     tasks_config: str = "configs/tasks.yaml"
     micro_batch_size: int = 1
+    # A step's grids are grouped into micro-batches of one layout (no padding, no masked
+    # attention); false: cut in stream order (the masked per-sample path for mixed layouts).
+    group_by_layout: bool = True
     max_tokens: int = 0  # grids with more image tokens are skipped and counted; 0 = no limit
-    cache_dir: str | None = None  # cache VAE latents + text embeddings here (safetensors)
+    cache_dir: str | None = None  # cache clean rows' VAE latents + prompts' text embeddings here (bf16)
 
 
 @dataclass
@@ -106,11 +125,17 @@ class FillConfig:
 
 
 class Encoders:
-    """VAE + text encoders, loaded on first use: with a warm cache they are never loaded."""
+    """VAE + text encoders, loaded on first use: with a warm cache they are never loaded.
+
+    The cache holds what repeats: a prompt's embeddings, and the latents of a grid row whose
+    cells are all stored images (a row showing an online degradation is random, so it is
+    encoded every time and never stored). Entries are bf16 and carry no mask channels; with a
+    cache every latent and embedding goes through bf16, so a cold run equals a warm one.
+    """
 
     def __init__(self, cfg: FillConfig, device):
         self.cfg, self.device = cfg, device
-        self._vae = self._text = None
+        self._vae = self._text = self._scale = None
         cache = cfg.data.cache_dir
         self.latent_cache = FeatureCache(cache, "latents") if cache else None
         self.text_cache = FeatureCache(cache, "text") if cache else None
@@ -125,13 +150,43 @@ class Encoders:
     def latents(self, grid, pixels=None) -> GridLatents:
         if self.latent_cache is None:
             return encode_grid(grid, self.vae(), pixels)
-        key = FeatureCache.key(self.cfg.model.pretrained, *grid.rows, *grid.masks, grid.mask_row, grid.mask_col)
-        hit = self.latent_cache.get(key)
-        if hit is not None:
-            return GridLatents.from_dict(hit)
-        out = encode_grid(grid, self.vae(), pixels)
-        self.latent_cache.put(key, out.to_dict())
-        return out
+        s, m = self.vae_scale, self.cfg.model
+        check_row_sizes(grid, s)
+        masks = masked_rows(grid)
+        keys = [FeatureCache.key(m.pretrained, m.revision, m.dtype, row, mask) if cacheable_row(grid, r) else None
+                for r, (row, mask) in enumerate(zip(grid.rows, masks))]
+        rows = [self._cached_row(k) for k in keys]
+        missing = [r for r, hit in enumerate(rows) if hit is None]
+        if missing:
+            vae = self.vae()
+            px = grid_pixels(grid, vae.device, pixels)
+            encoded = encode_rows(vae, [px[r] for r in missing], [masks[r] for r in missing])
+            for r, (clean, blank) in zip(missing, encoded):
+                if keys[r] is None:
+                    rows[r] = (clean, blank)
+                    continue
+                entry = {"latents": clean[0].to(CACHE_DTYPE)}
+                if masks[r] is not None:
+                    entry["masked_latents"] = blank[0].to(CACHE_DTYPE)
+                self.latent_cache.put(keys[r], {k: v.cpu() for k, v in entry.items()})
+                rows[r] = self._row(entry, clean.device)
+        return grid_latents(grid, rows, s)
+
+    def _cached_row(self, key):
+        hit = self.latent_cache.get(key) if key else None
+        return None if hit is None else self._row(hit, self.device)
+
+    @staticmethod
+    def _row(entry: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+        clean = entry["latents"].to(device).float()[None]
+        blank = entry["masked_latents"].to(device).float()[None] if "masked_latents" in entry else clean
+        return clean, blank
+
+    @property
+    def vae_scale(self) -> int:
+        if self._scale is None:  # from the VAE's config file: a warm cache never loads the VAE
+            self._scale = vae_scale_factor(self._vae) if self._vae is not None else _vae_scale(self.cfg)
+        return self._scale
 
     def text_models(self):
         """(clip tokenizer, CLIP, t5 tokenizer, T5), loaded once."""
@@ -142,18 +197,25 @@ class Encoders:
         return self._text
 
     def text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, D) T5 and (B, Dp) pooled CLIP embeddings on the device; every prompt not in the
+        cache (all of them without one) goes through the encoders in one batched call."""
         m = self.cfg.model
-        rows = []
-        for p in prompts:
-            key = FeatureCache.key(m.pretrained, m.max_sequence_length, p) if self.text_cache else None
-            hit = self.text_cache.get(key) if key else None
-            if hit is None:
-                t5_embeds, pooled = encode_prompts([p], *self.text_models(), max_sequence_length=m.max_sequence_length)
-                hit = {"text": t5_embeds[0], "pooled": pooled[0]}
-                if key:
-                    self.text_cache.put(key, hit)
-            rows.append(hit)
-        return torch.stack([r["text"] for r in rows]), torch.stack([r["pooled"] for r in rows])
+        keys = [FeatureCache.key(m.pretrained, m.revision, m.dtype, m.max_sequence_length, p) if self.text_cache
+                else None for p in prompts]
+        rows = [self.text_cache.get(k) if k else None for k in keys]
+        missing = list(dict.fromkeys(p for p, r in zip(prompts, rows) if r is None))  # each prompt once
+        if missing:
+            t5_embeds, pooled = encode_prompts(missing, *self.text_models(), max_sequence_length=m.max_sequence_length)
+            new = {}
+            for i, p in enumerate(missing):
+                entry = {"text": t5_embeds[i], "pooled": pooled[i]}
+                if self.text_cache:
+                    entry = {k: v.to(CACHE_DTYPE) for k, v in entry.items()}
+                    self.text_cache.put(keys[prompts.index(p)], {k: v.cpu() for k, v in entry.items()})
+                new[p] = entry
+            rows = [r if r is not None else new[p] for p, r in zip(prompts, rows)]
+        text = torch.stack([r["text"].to(self.device) for r in rows]).float()
+        return text, torch.stack([r["pooled"].to(self.device) for r in rows]).float()
 
 
 def grid_source(data_cfg: DataConfig, rank: int = 0, world_size: int = 1):
@@ -174,14 +236,19 @@ def grid_tensors(grid) -> dict:
 
 
 class MicroBatches:
-    """Micro-batches of loaded Grids; grids over the token budget are skipped and counted.
+    """A step's micro-batches of loaded Grids; grids over the token budget are skipped and counted.
 
+    `step(accum)` takes the step's accum x size grids in stream order and, with
+    `group_by_layout`, regroups them into micro-batches of one layout (train.visualcloze.layouts):
+    the step's grids and so its gradient are the same either way, only the padding goes.
     `state()` is the loader's (its stream position, tasks skipped by reason) plus the
     over-budget count: a resumed run starts the stream there without reading used grids.
     """
 
-    def __init__(self, loader: TaskLoader, size: int, max_tokens: int, scale: int, state: dict | None = None):
+    def __init__(self, loader: TaskLoader, size: int, max_tokens: int, scale: int, state: dict | None = None,
+                 group_by_layout: bool = True):
         self.loader, self.size, self.max_tokens, self.scale = loader, size, max_tokens, scale
+        self.group_by_layout = group_by_layout
         self.over_budget = int((state or {}).get("skipped_over_budget", 0))
 
     def next(self) -> list[Loaded]:
@@ -194,8 +261,42 @@ class MicroBatches:
             out.append(loaded)
         return out
 
+    def draw(self, accum: int) -> list[Loaded]:
+        """The step's grids, in stream order."""
+        return [x for _ in range(accum) for x in self.next()]
+
+    def plan(self, grids: list[Loaded], count: int = 0) -> list[list[Loaded]]:
+        """Micro-batches of `grids`; `count`: at least that many (every rank the same under FSDP)."""
+        if self.group_by_layout:
+            idx = plan_micro_batches([layout_key(x.item) for x in grids], self.size, count)
+        else:
+            idx = consecutive_micro_batches(len(grids), self.size)
+        return [[grids[i] for i in mb] for mb in idx]
+
     def state(self) -> dict:
         return {**self.loader.state(), "skipped_over_budget": self.over_budget}
+
+
+def micro_batch(encoders: Encoders, loaded: list[Loaded]) -> FillBatch:
+    """A micro-batch's inputs on the device: the prompts' embeddings (one encoder call for all that
+    are not cached), each grid's latents (one VAE call per row size), collated."""
+    grids = [x.item for x in loaded]
+    text, pooled = encoders.text([g.prompt for g in grids])
+    return collate([encoders.latents(g, x.tensors.get("rows")) for g, x in zip(grids, loaded)], text, pooled,
+                   [g.task_id for g in grids])
+
+
+def flow_loss(transformer, batch: FillBatch, obj: ObjectiveConfig, device) -> torch.Tensor:
+    """Rectified-flow loss of one micro-batch, a device scalar. Nothing here waits for the GPU:
+    host tensors go over with non_blocking copies and no value is read back."""
+    x0 = batch.latents.to(device)
+    t = sample_timesteps(x0.shape[0], batch.num_tokens, obj.time_shift, base_shift=obj.base_shift,
+                         max_shift=obj.max_shift).to(device, non_blocking=True)
+    noise = torch.randn_like(x0)
+    noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+    pred = predict_velocity(transformer, batch, noisy, t, obj.guidance)
+    region = batch.valid if obj.loss_on == "grid" else batch.cell & batch.valid
+    return velocity_loss(pred, noise, x0, region.to(device, non_blocking=True))
 
 
 def check_config(cfg: FillConfig) -> None:
@@ -204,6 +305,8 @@ def check_config(cfg: FillConfig) -> None:
     check_loader(cfg.data)
     check_optim(cfg.optim)
     require(cfg.data.max_tokens >= 0, "data.max_tokens", cfg.data.max_tokens, "must be >= 0 (0 = no limit)")
+    require(cfg.model.compile in (False, "blocks"), "model.compile", cfg.model.compile,
+            "must be false or 'blocks' (torch.compile each transformer block)")
     require(cfg.lora.rank >= 1, "lora.rank", cfg.lora.rank, "must be an integer >= 1")
     require(cfg.lora.alpha > 0, "lora.alpha", cfg.lora.alpha, "must be > 0")
     require(cfg.objective.loss_on in ("grid", "masked_cell"), "objective.loss_on", cfg.objective.loss_on,
@@ -211,6 +314,15 @@ def check_config(cfg: FillConfig) -> None:
     require(cfg.data.source == "shards", "data.source", cfg.data.source,
             "must be 'shards' (annotated Graph200K shards)")
     check_validation(cfg.validation)
+
+
+def compile_blocks(transformer) -> None:
+    """torch.compile every double- and single-stream block in place (nn.Module.compile): names,
+    LoRA layers, FSDP units and the checkpointed calls stay as they are; blocks of one class share
+    their compiled code, so the 57 blocks cost two compilations (plus one per new token count
+    until dynamo marks it dynamic), and the fused LoRA scale-adds run as generated kernels."""
+    for block in [*transformer.transformer_blocks, *transformer.single_transformer_blocks]:
+        block.compile()
 
 
 def fsdp_units(transformer) -> list:
@@ -249,6 +361,8 @@ def train(cfg: FillConfig) -> dict:
     transformer.set_attn_processor(PerSampleRopeAttnProcessor())
     if cfg.model.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
+    if cfg.model.compile == "blocks":
+        compile_blocks(transformer)
     encoders = Encoders(cfg, acc.device)
     set_seed(cfg.train.seed + acc.process_index)  # noise and timesteps: each rank its own
     scale = _vae_scale(cfg)  # from the VAE's config: no VAE weights needed when latents are cached
@@ -277,7 +391,8 @@ def train(cfg: FillConfig) -> dict:
 
     # ------------------------------------------------------------------------- data
     loader = TaskLoader(source, grid_tensors, cfg.data, cfg.train.seed + acc.process_index, data_state)
-    batches = MicroBatches(loader, cfg.data.micro_batch_size, cfg.data.max_tokens, scale, data_state)
+    batches = MicroBatches(loader, cfg.data.micro_batch_size, cfg.data.max_tokens, scale, data_state,
+                           cfg.data.group_by_layout)
 
     # ------------------------------------------------------------------------- loop
     log = MetricLogger(out_dir / "logs", cfg.train.max_steps, start, acc.is_main_process, cfg.train.tensorboard,
@@ -293,30 +408,28 @@ def train(cfg: FillConfig) -> dict:
         for step in range(start + 1, cfg.train.max_steps + 1):
             t0 = time.perf_counter()
             # The step's data first: a rank whose shards fail says so before any collective.
-            micro_batches = [batches.next() for _ in range(accum)]
-            seen, skipped, over_budget, tokens = par.sum([
+            step_grids = batches.draw(accum)
+            micro_batches = batches.plan(step_grids)
+            # Under FSDP every rank runs as many forwards (each gathers the parameters): the
+            # count goes into the same all-reduce as one-hot votes, fewer become more by splits.
+            votes = [float(len(micro_batches) == k) for k in range(1, len(step_grids) + 1)] if par.sharded else []
+            seen, skipped, over_budget, tokens, *votes = par.sum([
                 loader.consumed, loader.skipped_total, batches.over_budget,
-                sum(grid_tokens(x.item, scale) for mb in micro_batches for x in mb)])  # all ranks, one all-reduce
+                sum(grid_tokens(x.item, scale) for x in step_grids), *votes])  # all ranks, one all-reduce
+            if votes:
+                micro_batches = batches.plan(step_grids, max(k for k, v in enumerate(votes, 1) if v))
             loader.check_skipped(seen, skipped, cfg.data.shards)
+            shapes = padding_stats([[x.item for x in mb] for mb in micro_batches], scale)
             step_loss, task_ids = torch.zeros((), device=acc.device), []
             for micro, loaded in enumerate(micro_batches):
-                grids = [x.item for x in loaded]
-                text, pooled = encoders.text([g.prompt for g in grids])
-                batch = collate([encoders.latents(x.item, x.tensors.get("rows")) for x in loaded], text, pooled,
-                                [g.task_id for g in grids])
+                batch = micro_batch(encoders, loaded)
                 task_ids += batch.task_ids
-                x0 = batch.latents.to(acc.device)
-                t = sample_timesteps(x0.shape[0], batch.num_tokens, obj.time_shift, base_shift=obj.base_shift,
-                                     max_shift=obj.max_shift).to(acc.device)
-                noise = torch.randn_like(x0)
-                noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise  # rectified flow
+                share = len(loaded) / len(step_grids)  # the step's loss: the mean over its grids
                 # Gradients are all-reduced (DDP) / reduce-scattered (FSDP) on the last micro-batch only.
-                with par.no_sync(transformer, sync=micro == accum - 1), acc.autocast():
-                    pred = predict_velocity(transformer, batch, noisy, t, obj.guidance)
-                    region = batch.valid if obj.loss_on == "grid" else batch.cell & batch.valid
-                    loss = velocity_loss(pred, noise, x0, region.to(acc.device))
-                    acc.backward(loss / accum)
-                step_loss += loss.detach() / accum
+                with par.no_sync(transformer, sync=micro == len(micro_batches) - 1), acc.autocast():
+                    loss = flow_loss(transformer, batch, obj, acc.device)
+                    acc.backward(loss * share)
+                step_loss += loss.detach() * share  # on the device: read once per step, after the loop
 
             step_loss = acc.reduce(step_loss, "mean")
             # Before the update: NaN weights never reach a checkpoint; the last one stays good.
@@ -334,7 +447,7 @@ def train(cfg: FillConfig) -> dict:
             log.log(step, loss=float(step_loss), lr=lr_scheduler.get_last_lr()[0], grad_norm=grad_norm,
                     samples=cfg.train.global_batch_size, tokens=int(tokens), step_time=step_time,
                     skipped_over_budget=int(over_budget), skipped_tasks=int(skipped), tasks_seen=int(seen),
-                    **images)
+                    **shapes, **images)
             last = step == cfg.train.max_steps
             if ckpt.should_save(step, stop) or last:
                 ckpt.save(step, _trainable_state(par, transformer), optimizer, lr_scheduler, batches.state(),
