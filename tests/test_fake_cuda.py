@@ -168,5 +168,5 @@ def test_controlnet_aux_detector_around_a_half_net_fails_as_on_a_gpu(tiny_models
     net = stage.model.half()
     detector = quiet_import("controlnet_aux.hed").HEDdetector(net)
     image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-    with pytest.raises(CudaMixError, match="conv2d: Input type \(float\) and bias type \(c10::Half\)"), FakeCuda(net):
+    with pytest.raises(CudaMixError, match=r"conv2d: Input type \(float\) and bias type \(c10::Half\)"), FakeCuda(net):
         detector(image, detect_resolution=SIZE, image_resolution=SIZE, output_type="np")
