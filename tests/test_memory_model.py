@@ -32,7 +32,8 @@ def _explain(peak: mm.Peak) -> str:
 def test_shipped_config_fits_an_80gb_card(recipe, launcher):
     data, resident = mm.shipped(recipe)
     peak = mm.config_peak(recipe, launcher, data, resident)
-    assert peak.total < LIMIT, f"{recipe} under configs/accelerate/{launcher}.yaml: {_explain(peak)}"
+    assert peak.total * (1 + mm.EXTRAPOLATION_TOLERANCE) < LIMIT, \
+        f"{recipe} under configs/accelerate/{launcher}.yaml: {_explain(peak)}"
     # The pieces the estimate must hold, so that a tracker that lost one cannot pass: the
     # AdamW moments are twice the float32 LoRA (sharded 8 ways under FSDP).
     shards = mm.WORLD if launcher == "8gpu-fsdp" else 1
@@ -82,7 +83,8 @@ def test_extrapolation_matches_a_full_depth_run(fsdp):
         full = mm.fill_peak(mm.FLUX_FILL["num_layers"], mm.FLUX_FILL["num_single_layers"],
                             micro_batch=data["micro_batch_size"], tokens=data["max_tokens"],
                             fsdp_world=mm.WORLD if fsdp else None)
-    assert estimate.total == pytest.approx(full.total, rel=0.02), (_explain(estimate), _explain(full))
+    assert abs(estimate.total - full.total) <= mm.EXTRAPOLATION_TOLERANCE * full.total, \
+        (_explain(estimate), _explain(full))
 
 
 def _nothing():
