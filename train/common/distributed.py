@@ -15,10 +15,17 @@ Three modes, chosen by how the run was launched (``Parallel(accelerator).mode``)
               GPU runs. Frozen base weights keep their dtype (bf16 in the paper's setting),
               trainable weights stay float32 (the optimizer's master copy); the
               ``MixedPrecisionPolicy`` all-gathers both in the compute dtype and
-              reduce-scatters gradients in float32.
+              reduce-scatters gradients in float32. Forward inputs are *not* cast
+              (``cast_forward_inputs=False``): autocast already casts what the matmuls read,
+              and the RoPE tables stay float32 as they do under DDP and on one GPU.
 
 API
 ---
+``accelerator_kwargs(train) -> dict``  what the recipes pass to ``Accelerator(...)``: the mixed
+    precision, DDP's ``gradient_as_bucket_view=True`` (gradients live in DDP's buckets instead
+    of beside them: one copy of the LoRA gradients, not two) and the process-group timeout
+    ``train.collective_timeout_s`` (rank 0 writes and hashes the checkpoint while the others
+    wait in a barrier; NCCL's 10-minute default is short for slow storage).
 ``Parallel(accelerator, environ=os.environ)``
     ``.mode``, ``.sharded``, ``.world_size``, ``.rank``;
     ``.prepare_model(model, units)``  DDP: ``accelerator.prepare``; FSDP: ``fully_shard`` on
@@ -42,6 +49,7 @@ import contextlib
 import hashlib
 import os
 import warnings
+from datetime import timedelta
 from typing import Iterable, Mapping
 
 import torch
@@ -74,6 +82,15 @@ def check_launch(acc, environ: Mapping[str, str] = os.environ) -> None:
                       "for several CPU processes); for N processes on CPU run ACCELERATE_USE_CPU=true "
                       "torchrun --nproc_per_node N -m train.fill ... (or accelerate launch --multi_gpu "
                       "--num_processes N with ACCELERATE_USE_CPU=true)", stacklevel=2)
+
+
+def accelerator_kwargs(train) -> dict:
+    """Keyword arguments of `Accelerator(...)` from the recipe's `train:` section."""
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    return {"mixed_precision": train.mixed_precision,
+            "kwargs_handlers": [DistributedDataParallelKwargs(gradient_as_bucket_view=True),
+                                InitProcessGroupKwargs(timeout=timedelta(seconds=train.collective_timeout_s))]}
 
 
 def fsdp_settings(plugin, environ: Mapping[str, str] = os.environ) -> bool:
@@ -148,7 +165,9 @@ class Parallel:
         # autocast that is bf16; without autocast a bf16 base with float32 LoRA is gathered in bf16.
         param_dtype = torch.bfloat16 if mp == "bf16" else (min(dtypes, key=lambda d: torch.finfo(d).bits)
                                                             if len(dtypes) > 1 else None)
-        policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        # cast_forward_inputs=False: FSDP would cast every float input of every unit to param_dtype,
+        # RoPE tables included, and FSDP would train another function than DDP.
+        policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
         model.to(self.acc.device)
         for unit in units:
             fully_shard(unit, mp_policy=policy, reshard_after_forward=self.reshard_after_forward)

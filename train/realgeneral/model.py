@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from train.common.lora_inputs import autocast_lora_inputs
 from train.realgeneral.fcd import MASK_VARIANTS, additive, attention_kwargs, fcd_mask
 from train.realgeneral.sc_adaln import replace_adaln
 from train.realgeneral.uce import UnifiedConditionalEmbedding
@@ -131,6 +132,7 @@ class RealGeneralModel(nn.Module):
         )
         for name, param in self.transformer.named_parameters():
             param.requires_grad_("lora_" in name)
+        autocast_lora_inputs(self.transformer)
         self.uce.requires_grad_(True)
         self.lora = {"rank": rank, "alpha": alpha}
 

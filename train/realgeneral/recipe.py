@@ -26,7 +26,7 @@ from graph200k.pair import TwoFramePair
 from train.common.checkpoint import CheckpointManager, SigtermHandler
 from train.common.config import (LoaderConfig, TrainConfig, check_loader, check_optim, check_train, parse_args,
                                  require, steps_of_accumulation, to_dict)
-from train.common.distributed import Parallel
+from train.common.distributed import Parallel, accelerator_kwargs
 from train.common.loader import TaskLoader, image_tensor
 from train.common.metrics import JsonlLog, MetricLogger
 from train.common.nan_guard import check_finite
@@ -231,7 +231,7 @@ def train(cfg: CogVideoXConfig, pairs: Iterable[TwoFramePair] | None = None) -> 
     from accelerate.utils import set_seed
 
     check_config(cfg)
-    acc = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    acc = Accelerator(**accelerator_kwargs(cfg.train))
     par = Parallel(acc)  # single / DDP / FSDP, from the launch
     accum = steps_of_accumulation(cfg.train.global_batch_size, cfg.data.micro_batch_size, acc.num_processes)
     # Missing shards or manifest fail here, naming them, before any model is loaded.

@@ -4,7 +4,8 @@
   ``from_pretrained(id_or_path, subfolder=...)`` path for the hub id and a local folder
   (the tiny model of ``train.visualcloze.tiny`` goes through the same calls).
 - ``add_lora(transformer, rank, alpha, target_modules)``: LoRA on every ``nn.Linear`` of
-  the transformer by default (VisualCloze: rank 256), trainable params kept in fp32.
+  the transformer by default (VisualCloze: rank 256), trainable params kept in fp32, their
+  inputs left in the autocast dtype (``train.common.lora_inputs``).
 - ``PerSampleRopeAttnProcessor``: diffusers' Flux forward takes one (N, 3) position-id
   table for the whole batch; a batch that mixes grid layouts needs per-sample ids and a
   key-padding mask. This processor takes both through ``joint_attention_kwargs`` and
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
+from train.common.lora_inputs import autocast_lora_inputs
 from train.visualcloze.inputs import FillBatch, text_position_ids
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -72,6 +74,7 @@ def add_lora(transformer, rank: int, alpha: float, target_modules: list[str] | s
     params = [p for p in transformer.parameters() if p.requires_grad]
     for p in params:  # bf16 base, fp32 LoRA: AdamW updates of 1e-4 vanish in bf16
         p.data = p.data.float()
+    autocast_lora_inputs(transformer)
     return params
 
 
@@ -90,6 +93,7 @@ def init_lora_from(transformer, lora: str, weight_name: str | None = None) -> li
             params.append(p)
     if not params:
         raise ValueError(f"lora.init_from {lora}: no LoRA weights of this transformer in it")
+    autocast_lora_inputs(transformer)
     return params
 
 

@@ -19,7 +19,7 @@ import yaml
 from train.common.checkpoint import CheckpointManager, SigtermHandler, sort_safetensors_metadata
 from train.common.config import (LoaderConfig, TrainConfig, check_loader, check_optim, check_train, parse_args,
                                  require, steps_of_accumulation, to_dict)
-from train.common.distributed import Parallel
+from train.common.distributed import Parallel, accelerator_kwargs
 from train.common.feature_cache import FeatureCache
 from train.common.loader import Loaded, TaskLoader, image_tensor
 from train.common.metrics import JsonlLog, MetricLogger
@@ -336,7 +336,7 @@ def train(cfg: FillConfig) -> dict:
 
     check_config(cfg)
     # ------------------------------------------------------------------------- build
-    acc = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    acc = Accelerator(**accelerator_kwargs(cfg.train))
     par = Parallel(acc)  # single / DDP / FSDP, from the launch
     accum = steps_of_accumulation(cfg.train.global_batch_size, cfg.data.micro_batch_size, acc.num_processes)
     # Missing shards or manifest fail here, naming them, before any model is loaded.
