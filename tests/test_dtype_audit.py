@@ -140,8 +140,6 @@ def test_the_lora_check_passes_without_peft_s_input_cast(fill_transformer):
     _check(audit, FILL_FP32, FILL_FP64)
 
 
-@pytest.mark.xfail(strict=True, reason="train/visualcloze/model.py add_lora keeps peft's cast of LoRA inputs "
-                                       "to fp32 (issue 33 item 3); the fill-memory branch removes it")
 def test_fill_lora_layers_see_their_inputs_dtype(fill_transformer):
     assert not _lora_casts(_fill_audit(fill_transformer, fake_steps.SHARED))
 
@@ -171,7 +169,5 @@ def test_realgeneral_forward_computes_in_bf16_but_the_listed_ops(realgeneral, mo
         raise
 
 
-@pytest.mark.xfail(strict=True, reason="RealGeneralModel.add_lora keeps peft's cast of LoRA inputs to fp32, "
-                                       "as Fill's add_lora does (not in issue 33's fill-memory change)")
 def test_realgeneral_lora_layers_see_their_inputs_dtype(realgeneral, monkeypatch):
     assert not _lora_casts(_realgeneral_audit(*realgeneral, monkeypatch))
