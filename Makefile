@@ -20,7 +20,7 @@ EVAL_MODELS = $(foreach m,clip dino depth inception iqa,models.$(m)=$(DEMO)/eval
 EVAL_DEMO = $(DEMO_DATA) $(EVAL_MODELS)
 PORT   ?= 8000
 
-.PHONY: install demo test test-browser test-weights bench bench-gpu browse ingest annotate publish verify report clean
+.PHONY: install demo demo-source demo-tiny-models demo-steps demo-tasks demo-grid demo-sheet demo-verify demo-release demo-fill demo-cogvideox demo-eval-models demo-eval-fill demo-eval-cogvideox test test-browser test-weights bench bench-gpu browse ingest annotate publish verify report clean
 
 # Reinstalled whenever pyproject.toml changes (pins live there). pyiqa goes in without its
 # dependencies (pyproject.toml, extra `eval`, says why).
@@ -48,31 +48,54 @@ $(BROWSER_STAMP): | $(STAMP)
 	else echo "chromium could not be installed: tests/test_browse_browser.py will be skipped"; fi
 
 demo: $(STAMP) $(DEMO_ANNOTATE)
-	$(PY) -m graph200k.fixtures --out $(DEMO)/subjects200k-mini.parquet --rows 20 --bad
-	$(PY) -m pipelines.ingest --source $(DEMO)/subjects200k-mini.parquet --out $(DEMO)/shards/source --shard-size 8
-	@# Every stage of the tiny config, on tiny random models built from config (no hub).
-	OMP_NUM_THREADS=1 $(PY) -m annotators.tiny_models --out $(TINY)
+	@# The source shards and the tiny models side by side (each one thread).
+	@$(MAKE) --no-print-directory -j2 --output-sync=target demo-source demo-tiny-models
 	$(PY) -m pipelines.annotate --shards all --config $(DEMO_ANNOTATE) --src $(DEMO)/shards/source --out $(DEMO)/shards/graph200k --num-cpus 2
 	@# 40 % of the keys held out as split `test` (1 % by default): the demo's evaluation draws from them.
 	$(PY) -m graph200k.manifest --shards $(DEMO)/shards/graph200k --test-fraction 0.4
-	$(PY) -m graph200k.sample_tasks --manifest $(DEMO)/shards/graph200k/manifest.parquet --num 500 --seed 0 --out $(DEMO)/tasks.jsonl --stats
-	$(PY) -m graph200k.preview --tasks $(DEMO)/tasks.jsonl --task 7 --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --out $(DEMO)/grid.png
-	$(PY) -m graph200k.preview --key 0000004 --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --out $(DEMO)/sheet.png
-	$(PY) -m graph200k.verify --shards $(DEMO)/shards/graph200k
-	$(PY) -m graph200k.publish --src $(DEMO)/shards/graph200k --to file://$(abspath $(DEMO))/release
-	$(PY) -m graph200k.load_release $(DEMO)/release
-	@# Tiny random models built from config, trained a few steps on the demo shards. One
-	@# thread each: on 2 shared cores that is 5x faster than torch's default (measured).
-	OMP_NUM_THREADS=1 $(PY) -m train.fill --config configs/train/fill-tiny.yaml $(DEMO_DATA) model.pretrained=$(DEMO)/models/tiny-flux-fill train.out_dir=$(DEMO)/runs/fill-tiny
-	OMP_NUM_THREADS=1 $(PY) -m train.infer_fill --model $(DEMO)/models/tiny-flux-fill --lora $(DEMO)/runs/fill-tiny/lora --task $(DEMO)/tasks.jsonl --line 7 --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --res 32 --steps 4 --dtype float32 --max-sequence-length 32 --out $(DEMO)/infer_fill
-	OMP_NUM_THREADS=1 $(PY) -m train.cogvideox --config configs/train/cogvideox-tiny.yaml $(DEMO_DATA) model.pretrained=$(DEMO)/models/tiny-cogvideox train.out_dir=$(DEMO)/runs/cogvideox-tiny
-	OMP_NUM_THREADS=1 $(PY) -m train.infer_cogvideox --model $(DEMO)/models/tiny-cogvideox --lora $(DEMO)/runs/cogvideox-tiny/lora --shards $(DEMO)/shards/graph200k --manifest $(DEMO)/shards/graph200k/manifest.parquet --key 0000004 --node canny --resolution 32 --steps 4 --out $(DEMO)/infer_cogvideox/target.png
-	@# The papers' metric tables for both tiny LoRAs, on held-out tasks, tiny metric networks.
-	OMP_NUM_THREADS=1 $(PY) -m train.evaluate.tiny_models --out $(DEMO)/eval-models
-	OMP_NUM_THREADS=1 $(PY) -m train.evaluate --config configs/eval/fill-tiny.yaml $(EVAL_DEMO) model.pretrained=$(DEMO)/models/tiny-flux-fill "model.loras=[$(DEMO)/runs/fill-tiny/lora]" out_dir=$(DEMO)/eval
-	OMP_NUM_THREADS=1 $(PY) -m train.evaluate --config configs/eval/cogvideox-tiny.yaml $(EVAL_DEMO) model.pretrained=$(DEMO)/models/tiny-cogvideox "model.loras=[$(DEMO)/runs/cogvideox-tiny/lora]" out_dir=$(DEMO)/eval-cogvideox
+	@# The rest only reads the shards and the manifest, and nearly every step is one thread:
+	@# two at a time on 2 cores (demo-steps below), each step's output printed whole when done.
+	@$(MAKE) --no-print-directory -j2 --output-sync=target demo-steps
 	@echo "demo: shards, manifest, tasks, previews (grid.png, sheet.png), runs, inference outputs and eval*/metrics.md are in $(DEMO)/"
 	@echo "demo: look at it in a browser: make browse DEMO=$(DEMO)   (then open http://127.0.0.1:$(PORT)/)"
+
+# demo-source, demo-tiny-models, demo-steps: what `make demo` runs two at a time (`make
+# demo` runs them; demo-steps alone assumes the annotated shards and manifest are there).
+demo-source:
+	$(PY) -m graph200k.fixtures --out $(DEMO)/subjects200k-mini.parquet --rows 20 --bad
+	$(PY) -m pipelines.ingest --source $(DEMO)/subjects200k-mini.parquet --out $(DEMO)/shards/source --shard-size 8
+# Every stage of the tiny config, on tiny random models built from config (no hub).
+demo-tiny-models:
+	OMP_NUM_THREADS=1 $(PY) -m annotators.tiny_models --out $(TINY)
+DEMO_MANIFEST = $(DEMO)/shards/graph200k/manifest.parquet
+DEMO_READ = --shards $(DEMO)/shards/graph200k --manifest $(DEMO_MANIFEST)
+demo-steps: demo-eval-fill demo-eval-cogvideox demo-grid demo-sheet demo-verify demo-release
+demo-tasks:
+	$(PY) -m graph200k.sample_tasks --manifest $(DEMO_MANIFEST) --num 500 --seed 0 --out $(DEMO)/tasks.jsonl --stats
+demo-grid: demo-tasks
+	$(PY) -m graph200k.preview --tasks $(DEMO)/tasks.jsonl --task 7 $(DEMO_READ) --out $(DEMO)/grid.png
+demo-sheet:
+	$(PY) -m graph200k.preview --key 0000004 $(DEMO_READ) --out $(DEMO)/sheet.png
+demo-verify:
+	$(PY) -m graph200k.verify --shards $(DEMO)/shards/graph200k
+demo-release:
+	$(PY) -m graph200k.publish --src $(DEMO)/shards/graph200k --to file://$(abspath $(DEMO))/release
+	$(PY) -m graph200k.load_release $(DEMO)/release
+# Tiny random models built from config, trained a few steps on the demo shards. One thread
+# each: on 2 shared cores that is 5x faster than torch's default (measured).
+demo-fill: demo-tasks
+	OMP_NUM_THREADS=1 $(PY) -m train.fill --config configs/train/fill-tiny.yaml $(DEMO_DATA) model.pretrained=$(DEMO)/models/tiny-flux-fill train.out_dir=$(DEMO)/runs/fill-tiny
+	OMP_NUM_THREADS=1 $(PY) -m train.infer_fill --model $(DEMO)/models/tiny-flux-fill --lora $(DEMO)/runs/fill-tiny/lora --task $(DEMO)/tasks.jsonl --line 7 $(DEMO_READ) --res 32 --steps 4 --dtype float32 --max-sequence-length 32 --out $(DEMO)/infer_fill
+demo-cogvideox:
+	OMP_NUM_THREADS=1 $(PY) -m train.cogvideox --config configs/train/cogvideox-tiny.yaml $(DEMO_DATA) model.pretrained=$(DEMO)/models/tiny-cogvideox train.out_dir=$(DEMO)/runs/cogvideox-tiny
+	OMP_NUM_THREADS=1 $(PY) -m train.infer_cogvideox --model $(DEMO)/models/tiny-cogvideox --lora $(DEMO)/runs/cogvideox-tiny/lora $(DEMO_READ) --key 0000004 --node canny --resolution 32 --steps 4 --out $(DEMO)/infer_cogvideox/target.png
+# The papers' metric tables for both tiny LoRAs, on held-out tasks, tiny metric networks.
+demo-eval-models:
+	OMP_NUM_THREADS=1 $(PY) -m train.evaluate.tiny_models --out $(DEMO)/eval-models
+demo-eval-fill: demo-fill demo-eval-models
+	OMP_NUM_THREADS=1 $(PY) -m train.evaluate --config configs/eval/fill-tiny.yaml $(EVAL_DEMO) model.pretrained=$(DEMO)/models/tiny-flux-fill "model.loras=[$(DEMO)/runs/fill-tiny/lora]" out_dir=$(DEMO)/eval
+demo-eval-cogvideox: demo-cogvideox demo-eval-models
+	OMP_NUM_THREADS=1 $(PY) -m train.evaluate --config configs/eval/cogvideox-tiny.yaml $(EVAL_DEMO) model.pretrained=$(DEMO)/models/tiny-cogvideox "model.loras=[$(DEMO)/runs/cogvideox-tiny/lora]" out_dir=$(DEMO)/eval-cogvideox
 
 # The tiny annotate config with its build/demo paths pointing at $(DEMO).
 $(DEMO_ANNOTATE): $(TINY_CONFIG)

@@ -38,6 +38,12 @@ class RayOptions:
     # each pool wait this long for its minimum actors before the next pool starts (Ray
     # Data's gate: one pool after the other) and fail with a timeout after that.
     actor_start_timeout_s: float = 0.0
+    # true: each model stage runs in an actor pool of its own (its weights loaded once per
+    # actor). false: its predict runs inside the stage's tasks, the model kept per worker
+    # process, so one wave is one fused task per block and every stage shares a few
+    # reused workers. For tiny models (tests, the demo): there an actor's start — a
+    # process importing torch and the model libraries, ~5 s of CPU — is most of its work.
+    actors: bool = True
 
 
 @dataclass

@@ -17,11 +17,13 @@ import time
 import warnings
 from collections import Counter, defaultdict
 
+import numpy as np
+
 from pipelines import annotate_io, leases, ray_reaper
 from pipelines.annotate_config import Stage
 from pipelines.annotate_progress import Progress, summary_line
-from pipelines.stage_ops import (StageRunner, annot_column, do_column, seconds_column,
-                                 status_column)
+from pipelines.stage_ops import (KEY, StageRunner, annot_column, do_column,
+                                 seconds_column, status_column)
 
 
 def _runner(cls, config: dict, seed: int, side: dict) -> StageRunner:
@@ -38,6 +40,38 @@ def prepare_op(batch, cls, config, seed, side):
 
 def encode_op(batch, cls, config, seed, side):
     return _runner(cls, config, seed, side).encode_batch(batch)
+
+
+# (stage class, its config) -> its annotator with the model loaded, per worker process: a
+# model stage run as tasks (`ray.actors: false`) loads its weights once per worker, not
+# once per block. A run has one entry per model stage; the oldest go beyond that.
+_LOADED: dict = {}
+_MAX_LOADED = 32
+
+
+def model_op(batch, cls, config, seed, side, batch_size):
+    """prepare -> predict -> encode of a model stage in one task; predict sees `batch_size`
+    rows at a time, as the stage's actor would."""
+    ident = (cls, json.dumps(config, sort_keys=True, default=str))
+    annotator = _LOADED.get(ident)
+    if annotator is None:
+        annotator = cls(config)
+        annotator.ensure_loaded()
+        _LOADED[ident] = annotator
+        while len(_LOADED) > _MAX_LOADED:
+            _LOADED.pop(next(iter(_LOADED)))
+    runner = StageRunner(annotator, seed, side)  # this run's seed and side inputs
+    batch = runner.prepare_batch(batch)
+    n, step = len(batch[KEY]), max(1, int(batch_size))
+    if n > step:
+        parts = [runner.predict_batch({k: v[a:a + step] for k, v in batch.items()})
+                 for a in range(0, n, step)]
+        names = list(dict.fromkeys(k for p in parts for k in p))
+        batch = {k: np.concatenate([p[k] if k in p else np.full(len(p[KEY]), None, object)
+                                    for p in parts]) for k in names}
+    else:
+        batch = runner.predict_batch(batch)
+    return runner.encode_batch(batch)
 
 
 class PredictActor:
@@ -114,7 +148,11 @@ def build_wave(jobs: list[dict], stages: list[Stage], root: str, seed: int, side
             # i.e. up to batch_size slices (every slice of a small job) into one task.
             task = dict(common, batch_size=None, num_cpus=s.task_cpus, max_retries=retries,
                         fn_kwargs=args)
-            if s.uses_actors:
+            if s.uses_actors and not ray_options.actors:  # one task: the model per worker
+                ds = ds.map_batches(_named(model_op, s.name), **dict(
+                    task, fn_kwargs=dict(args, batch_size=s.batch_size),
+                    num_gpus=s.num_gpus or None, resources=s.resources or None))
+            elif s.uses_actors:
                 ds = ds.map_batches(_named(prepare_op, f"{s.name}.prepare"), **task)
                 actor = type(s.name, (PredictActor,), {"__module__": __name__})
                 ds = ds.map_batches(actor, fn_constructor_kwargs=dict(args, num_gpus=s.num_gpus),

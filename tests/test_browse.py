@@ -175,6 +175,44 @@ def test_a_warm_page_inlines_its_thumbnails(browse_server):
     assert shown["bbox"] == "/thumb/0000006/bbox" if uncached else shown["bbox"].startswith("data:")
 
 
+def test_image_pages_are_ascii(browse_server):
+    """The pages that carry inline thumbnails are pure ASCII (a character outside it is a
+    character reference), so encoding a ~200 kB page is a copy, not a transcoding."""
+    from html import unescape
+
+    from graph200k.browse import pages
+
+    assert pages.h("caf\u00e9 <b> \u2192") == "caf&#233; &lt;b&gt; &#8594;"
+    base, app = browse_server
+    for path in ("/samples", "/sample/0000000", "/sample/0000000?degradations=1"):
+        with urlopen(base + path, timeout=60) as r:
+            body = r.read()
+        assert body.isascii(), path
+    page = unescape(body.decode())
+    assert "target \u2194 node" in page and "\u2026degradations" in page  # as the browser shows it
+
+
+def test_thumbnail_names_follow_the_shard_fingerprint(browse_server):
+    _, app = browse_server
+    thumbs = app.thumbs
+    path = thumbs.path("0000004", "depth", 0, 0, 160)
+    assert path == thumbs.path("0000004", "depth", 0, 0, 160)  # stable
+    assert len({path, thumbs.path("0000004", "depth", 1, 0, 160),
+                thumbs.path("0000004", "depth", 0, 0, 320), thumbs.path("0000005", "depth", 0, 0, 160),
+                thumbs.path("0000004", "canny", 0, 0, 160)}) == 5
+    m = app.catalog.manifest
+    shard = int(m.shards[m.index_of("0000004")])
+    saved = m.parts.get(shard)
+    try:  # a re-annotated shard (new part fingerprints): new names
+        m.parts[shard] = {"changed": True}
+        thumbs._shard_hash.clear()
+        assert thumbs.path("0000004", "depth", 0, 0, 160) != path
+    finally:
+        m.parts[shard] = saved
+        thumbs._shard_hash.clear()
+    assert thumbs.path("0000004", "depth", 0, 0, 160) == path
+
+
 def test_thumbnails_are_cached_on_disk(browse_server, browse_shards):
     base, app = browse_server
     folder, _ = browse_shards

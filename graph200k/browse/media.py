@@ -58,26 +58,40 @@ class Thumbnails:
         os.makedirs(self.folder, exist_ok=True)
         self.root = catalog.shard_set.root
         self.hits = self.misses = 0
+        # shard -> the hash of (shard set, the shard's part fingerprints): the part of every
+        # name that one shard's thumbnails share, hashed once (a sample page names ~15)
+        self._shard_hash: dict[int, "hashlib._Hash"] = {}
 
     def path(self, key: str, slot: str, variant: int, seed: int, side: int) -> str:
         m = self.catalog.manifest
         shard = int(m.shards[m.index_of(key)])
         # Degradations depend on the seed; nothing else does (one cache file for any seed).
         seed = seed if NODE_TYPES[SLOT_NODE[slot]].kind == DEGRADATION else 0
-        ident = json.dumps([self.root, m.parts.get(shard), key, slot, variant, seed, side])
-        name = hashlib.sha1(ident.encode()).hexdigest()
+        base = self._shard_hash.get(shard)
+        if base is None:
+            ident = json.dumps([self.root, m.parts.get(shard)])
+            base = self._shard_hash[shard] = hashlib.sha1(ident.encode())
+        digest = base.copy()
+        # the key's length first: no two (key, slot, ...) give the same text
+        digest.update(f"{len(key)}:{key}/{slot}/{int(variant)}/{int(seed)}/{int(side)}".encode())
+        name = digest.hexdigest()
         return os.path.join(self.folder, name[:2], name + ".jpg")
 
     def cached(self, key: str, slot: str, variant: int = 0, seed: int = 0,
                side: int = THUMB_SIDES[0]) -> bytes | None:
         """The thumbnail's bytes when it is on disk already, else None."""
         try:
-            with open(self.path(key, slot, variant, seed, side), "rb") as f:
-                data = f.read()
+            fd = os.open(self.path(key, slot, variant, seed, side), os.O_RDONLY)
         except FileNotFoundError:
             return None
+        try:  # one read of a small file, without a buffered file object around it
+            chunks = []
+            while chunk := os.read(fd, 1 << 18):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
         self.hits += 1
-        return data
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def get(self, key: str, slot: str, variant: int = 0, seed: int = 0,
             side: int = THUMB_SIDES[0]) -> bytes:

@@ -7,6 +7,7 @@ value from the data is escaped.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 from html import escape
@@ -54,7 +55,9 @@ pre{background:#fff;border:1px solid #ddd;padding:8px;overflow:auto;max-height:3
 
 
 def h(value) -> str:
-    return escape(str(value), quote=True)
+    """Escaped, and ASCII: a character outside it becomes a character reference."""
+    text = escape(str(value), quote=True)
+    return text if text.isascii() else text.encode("ascii", "xmlcharrefreplace").decode()
 
 
 def url(path: str, **params) -> str:
@@ -64,7 +67,7 @@ def url(path: str, **params) -> str:
 
 
 def layout(title: str, body: str) -> str:
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{h(title)} · "
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{h(title)} &middot; "
             f"Graph200K browser</title><link rel=icon href='data:,'><style>{STYLE}</style>"
             f"</head><body><header><b>Graph200K</b><a href='/'>Overview</a>"
             f"<a href='/samples'>Samples</a><a href='/task'>Tasks</a></header>"
@@ -72,9 +75,12 @@ def layout(title: str, body: str) -> str:
 
 
 def img_url(key: str, slot: str, variant: int = 0, seed: int = 0, side: int | None = None):
-    path = f"/thumb/{quote(key)}/{quote(slot)}" if side else f"/img/{quote(key)}/{quote(slot)}"
-    return url(path, v=variant or None, seed=seed or None,
-               side=side if side and side != THUMB_SIDES[0] else None)
+    # built by hand, not with url(): a sample page makes one per image (urlencode's share
+    # of the warm page was measurable); slots are registry names, the rest whole numbers
+    query = "&".join(f"{k}={int(v)}" for k, v in (("v", variant), ("seed", seed), (
+        "side", side if side and side != THUMB_SIDES[0] else 0)) if v)
+    path = f"/{'thumb' if side else 'img'}/{quote(key)}/{slot}"
+    return f"{path}?{query}" if query else path
 
 
 def thumb_url(key: str, slot: str, variant: int = 0, seed: int = 0,
@@ -291,15 +297,15 @@ def samples(c: Catalog, f: Filters, error: str = "", src: Src = thumb_url) -> st
                         for s, st, _ in c.issues_of(key))
         body.append(f"<a class=tile href='/sample/{h(quote(key))}'><img alt='{h(key)}' "
                     f"src='{attr_src(src(key, 'target'))}' width=160 "
-                    f"height=160><div>{h(key)} · {h(m.item(int(i)))}</div>{flags}</a>")
+                    f"height=160><div>{h(key)} &middot; {h(m.item(int(i)))}</div>{flags}</a>")
     body.append("</div><p>")
     query = {"has": list(f.has), "missing": list(f.missing), "item": f.item, "split": f.split,
              "issue": f.issue, "q": f.q}
     if page > 1:
         body.append(f"<a id=prev href='{h(url('/samples', **query, page=page - 1))}'>"
-                    "← previous</a> ")
+                    "&larr; previous</a> ")
     if page < pages:
-        body.append(f"<a id=next href='{h(url('/samples', **query, page=page + 1))}'>next →</a>")
+        body.append(f"<a id=next href='{h(url('/samples', **query, page=page + 1))}'>next &rarr;</a>")
     body.append("</p>")
     return layout("Samples", "".join(body))
 
@@ -311,7 +317,8 @@ def sample(c: Catalog, key: str, degradations: bool = False, seed: int = 0,
     r = c.record(i)
     meta = c.meta(key)
     nodes = r["nodes"]
-    body = [f"<p><b>{h(r['item'])}</b> · shard {r['shard']:06d} · split {h(r['split'])} · "
+    body = [f"<p><b>{h(r['item'])}</b> &middot; shard {r['shard']:06d} &middot; split "
+            f"{h(r['split'])} &middot; "
             "quality " + ", ".join(f"{h(k)} {v}" for k, v in r["quality"].items())
             + f"</p><p>{h(r['description'])}</p>"]
     issues = c.issues_of(key)
@@ -319,9 +326,9 @@ def sample(c: Catalog, key: str, degradations: bool = False, seed: int = 0,
         body.append("<p class=warn>" + "; ".join(
             f"{h(st)} {'failed' if s == FAILED else 'not applicable'}: {h(why)}"
             for s, st, why in issues) + "</p>")
-    graph = type_graph_svg([n for n in nodes if NODE_TYPES[n].kind != DEGRADATION]
-                           + (["…degradations"] if any(NODE_TYPES[n].kind == DEGRADATION
-                                                       for n in nodes) else []))
+    graph = type_graph_svg(tuple([n for n in nodes if NODE_TYPES[n].kind != DEGRADATION]
+                                 + (["\u2026degradations"] if any(
+                                     NODE_TYPES[n].kind == DEGRADATION for n in nodes) else [])))
     body.append("<div class=top><div><h2>Target and grounding boxes</h2>"
                 + _boxed_target(key, meta, c.target_size(key), src) + "</div><div><h2>Type graph"
                 f"</h2>{graph}</div></div>")
@@ -402,8 +409,10 @@ def _boxed_target(key: str, meta: dict, size: tuple[int, int], src: Src) -> str:
             + ", ".join(h(o.get("name", "")) for o in objects) + "</p>")
 
 
-def type_graph_svg(nodes: list[str], width: int = 440, height: int = 300) -> str:
-    """The sample's type graph: `target` in the middle, an edge each way to every node."""
+@functools.lru_cache(maxsize=512)
+def type_graph_svg(nodes: tuple[str, ...], width: int = 440, height: int = 300) -> str:
+    """The sample's type graph: `target` in the middle, an edge each way to every node.
+    Kept per node set: many samples share one, and the drawing is a tenth of a page."""
     ring = [n for n in nodes if n != HUB]
     cx, c = width / 2, height / 2
     rx, ry = width / 2 - 110, height / 2 - 24  # labels sit left and right of the ring
@@ -425,9 +434,9 @@ def type_graph_svg(nodes: list[str], width: int = 440, height: int = 300) -> str
     parts.append(f"<circle cx={cx:.0f} cy={c:.0f} r=14 fill='{KIND_COLOURS['image']}' "
                  f"stroke='#333'/><text x={cx:.0f} y={c + 30:.0f} font-size=13 "
                  f"text-anchor=middle>{HUB}</text></svg>")
-    parts.append("<p class=muted>Every edge is target ↔ node in both directions: a task is a "
+    parts.append("<p class=muted>Every edge is target &harr; node in both directions: a task is a "
                  "path through target. Colours: " + ", ".join(
-                     f"<span style='color:{col}'>●</span> {k}" for k, col in KIND_COLOURS.items())
+                     f"<span style='color:{col}'>&#9679;</span> {k}" for k, col in KIND_COLOURS.items())
                  + "</p>")
     return "".join(parts)
 
