@@ -20,7 +20,7 @@ EVAL_MODELS = $(foreach m,clip dino depth inception iqa,models.$(m)=$(DEMO)/eval
 EVAL_DEMO = $(DEMO_DATA) $(EVAL_MODELS)
 PORT   ?= 8000
 
-.PHONY: install demo demo-source demo-tiny-models demo-steps demo-tasks demo-grid demo-sheet demo-verify demo-release demo-fill demo-cogvideox demo-eval-models demo-eval-fill demo-eval-cogvideox test test-browser test-weights bench bench-gpu browse ingest annotate publish verify report clean
+.PHONY: install demo demo-steps demo-tasks demo-grid demo-sheet demo-verify demo-release demo-fill demo-cogvideox demo-eval-models demo-eval-fill demo-eval-cogvideox test test-browser test-weights bench bench-gpu browse ingest annotate publish verify report clean
 
 # Reinstalled whenever pyproject.toml changes (pins live there). pyiqa goes in without its
 # dependencies (pyproject.toml, extra `eval`, says why).
@@ -48,8 +48,10 @@ $(BROWSER_STAMP): | $(STAMP)
 	else echo "chromium could not be installed: tests/test_browse_browser.py will be skipped"; fi
 
 demo: $(STAMP) $(DEMO_ANNOTATE)
-	@# The source shards and the tiny models side by side (each one thread).
-	@$(MAKE) --no-print-directory -j2 --output-sync=target demo-source demo-tiny-models
+	$(PY) -m graph200k.fixtures --out $(DEMO)/subjects200k-mini.parquet --rows 20 --bad
+	$(PY) -m pipelines.ingest --source $(DEMO)/subjects200k-mini.parquet --out $(DEMO)/shards/source --shard-size 8
+	@# Every stage of the tiny config, on tiny random models built from config (no hub).
+	OMP_NUM_THREADS=1 $(PY) -m annotators.tiny_models --out $(TINY)
 	$(PY) -m pipelines.annotate --shards all --config $(DEMO_ANNOTATE) --src $(DEMO)/shards/source --out $(DEMO)/shards/graph200k --num-cpus 2
 	@# 40 % of the keys held out as split `test` (1 % by default): the demo's evaluation draws from them.
 	$(PY) -m graph200k.manifest --shards $(DEMO)/shards/graph200k --test-fraction 0.4
@@ -59,14 +61,8 @@ demo: $(STAMP) $(DEMO_ANNOTATE)
 	@echo "demo: shards, manifest, tasks, previews (grid.png, sheet.png), runs, inference outputs and eval*/metrics.md are in $(DEMO)/"
 	@echo "demo: look at it in a browser: make browse DEMO=$(DEMO)   (then open http://127.0.0.1:$(PORT)/)"
 
-# demo-source, demo-tiny-models, demo-steps: what `make demo` runs two at a time (`make
-# demo` runs them; demo-steps alone assumes the annotated shards and manifest are there).
-demo-source:
-	$(PY) -m graph200k.fixtures --out $(DEMO)/subjects200k-mini.parquet --rows 20 --bad
-	$(PY) -m pipelines.ingest --source $(DEMO)/subjects200k-mini.parquet --out $(DEMO)/shards/source --shard-size 8
-# Every stage of the tiny config, on tiny random models built from config (no hub).
-demo-tiny-models:
-	OMP_NUM_THREADS=1 $(PY) -m annotators.tiny_models --out $(TINY)
+# demo-steps: what `make demo` runs after the manifest, as a graph of steps (`make demo`
+# runs them; alone they assume the annotated shards and manifest are there).
 DEMO_MANIFEST = $(DEMO)/shards/graph200k/manifest.parquet
 DEMO_READ = --shards $(DEMO)/shards/graph200k --manifest $(DEMO_MANIFEST)
 demo-steps: demo-eval-fill demo-eval-cogvideox demo-grid demo-sheet demo-verify demo-release
