@@ -3,6 +3,7 @@ manifest two at a time, and every path under DEMO."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -24,8 +25,11 @@ STEPS = {  # module -> how many times the demo runs it
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 def test_demo_runs_every_step_once_and_the_later_ones_side_by_side(tmp_path):
     demo = tmp_path / "demo"
+    # Under `make test` the parent make's variables would make this one a sub-make that prints
+    # "Entering/Leaving directory" lines: run it as a make of its own.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
     out = subprocess.run(["make", "-n", "demo", f"DEMO={demo}"], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout
+                         text=True, check=True, env=env).stdout
     runs = re.findall(r"-m ([\w.]+)", out)
     assert {m: runs.count(m) for m in STEPS} == STEPS
     assert "-j2" in out and "demo-steps" in out

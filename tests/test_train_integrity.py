@@ -249,20 +249,19 @@ def test_fill_workers_give_the_same_batches_and_resume_exactly(tiny_fill_dir, da
     assert workers["losses"] == inline["losses"]  # bitwise
     assert _rows(tmp_path / "w2" / "logs" / "tasks.rank0.jsonl") == _rows(tmp_path / "w0" / "logs" / "tasks.rank0.jsonl")
 
-    real_loss, calls = fill.velocity_loss, {"n": 0}
+    real_check = fill.check_finite
 
-    def preempted(*args):  # SIGTERM in step 2 (2 micro-batches a step), from the training process
-        calls["n"] += 1
-        if calls["n"] == 3:
+    def preempted(loss, step, *args):  # SIGTERM in step 2, from the training process
+        if step == 2:  # (a step's micro-batch count varies: grids are grouped by layout)
             os.kill(os.getpid(), signal.SIGTERM)
-        return real_loss(*args)
+        return real_check(loss, step, *args)
 
-    monkeypatch.setattr(fill, "velocity_loss", preempted)
+    monkeypatch.setattr(fill, "check_finite", preempted)
     cut = fill.train(_fill(tiny_fill_dir, damaged_shards, tmp_path / "cut", *steps, "data.manifest_check=ignore", "data.num_workers=2"))
     assert cut["last_step"] == 2
     state = CheckpointManager(tmp_path / "cut", 100).read(tmp_path / "cut" / "checkpoints" / "step_00000002")
     assert state.data_state["source"]["next_index"] == state.data_state["consumed"]  # one item per position
-    monkeypatch.setattr(fill, "velocity_loss", real_loss)
+    monkeypatch.setattr(fill, "check_finite", real_check)
     rest = fill.train(_fill(tiny_fill_dir, damaged_shards, tmp_path / "cut", *steps, "data.manifest_check=ignore", "data.num_workers=2",
                             "data.persistent_workers=false"))
     assert cut["losses"] + rest["losses"] == inline["losses"]
