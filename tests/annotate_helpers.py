@@ -96,6 +96,18 @@ def write_config(folder: Path, stages: dict, rows_per_block: int = 4, name="anno
     return str(path)
 
 
+def tiny_stages_config(folder: Path, stages, models_root: str, src: Path) -> str:
+    """The demo's blocks of `stages` (configs/annotate-tiny.yaml) pointed at the tiny models under
+    `models_root`, two rows per batch and per block, the side inputs read from `src`."""
+    tiny = yaml.safe_load((REPO / "configs" / "annotate-tiny.yaml").read_text())
+    blocks = {name: {**{k: (v.replace("build/tiny-models", models_root) if isinstance(v, str) else v)
+                        for k, v in tiny["stages"][name].items()}, "batch_size": 2} for name in stages}
+    return write_config(folder, blocks, rows_per_block=2, side_inputs={
+        "style_pool": {"kind": "shards", "path": str(src), "member": "reference.jpg"},
+        # depthedit's new subjects: the other items (one category here)
+        "subject_pool": {"kind": "records", "path": str(src)}})
+
+
 def sidecar(out, stage: str, shard: int) -> Path:
     return Path(out) / stage / f"{shard:06d}.tar"
 

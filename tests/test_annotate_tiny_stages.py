@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 
-import yaml
-
 from annotate_helpers import (  # noqa: F401  (ray_local is a fixture)
-    REPO,
     annotate_args,
     joined,
     make_source_shard,
     ray_local,
     stage_stats,
+    tiny_stages_config,
 )
 from graph200k.manifest import Manifest
 from pipelines import annotate
@@ -26,25 +24,12 @@ def test_tiny_model_stages_run_through_the_pipeline_in_waves(ray_local, tiny_mod
                                                            capsys):
     src, out = tmp_path / "source", tmp_path / "out"
     make_source_shard(src, 0, 3, size=64)
-    tiny = yaml.safe_load((REPO / "configs" / "annotate-tiny.yaml").read_text())
     models = {name: tiny_models(name) for name in
               ("hed", "depth", "rmbg", "sdxl", "sdxl-controlnet", "ip-adapter-sdxl",
                "flux-depth", "flux-redux", "sam2", "qwen2_vl_grounding")}
-    root = str(models["hed"].parent)
-    stages = {}
-    for name in STAGES:  # the demo's blocks, pointed at this session's tiny models
-        block = {k: (v.replace("build/tiny-models", root) if isinstance(v, str) else v)
-                 for k, v in tiny["stages"][name].items()}
-        stages[name] = {**block, "batch_size": 2}
-    config = tmp_path / "annotate.yaml"
-    config.write_text(yaml.safe_dump({
-        "ray": {"rows_per_block": 2}, "stages": stages,
-        "side_inputs": {"style_pool": {"kind": "shards", "path": str(src),
-                                       "member": "reference.jpg"},
-                        # depthedit's new subjects: the other items (one category here)
-                        "subject_pool": {"kind": "records", "path": str(src)}}}))
+    config = tiny_stages_config(tmp_path, STAGES, str(models["hed"].parent), src)
 
-    assert annotate.main(annotate_args(src, out, str(config), "0")) == 0
+    assert annotate.main(annotate_args(src, out, config, "0")) == 0
     log = capsys.readouterr().out
     assert "waves: depth+hed+mask+rmbg -> depthedit+instantstyle" in log
     for name in STAGES:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 
-import yaml
-
 from annotate_helpers import (  # noqa: F401  (ray_local is a fixture)
-    REPO,
     annotate_args,
     make_source_shard,
     ray_local,
     stage_stats,
+    tiny_stages_config,
 )
 from graph200k import sample_tasks
 from graph200k.manifest import Manifest
@@ -25,24 +23,12 @@ def test_quality_scores_every_variant_after_the_generative_stages(ray_local, tin
                                                                  tmp_path, capsys):
     src, out = tmp_path / "source", tmp_path / "out"
     make_source_shard(src, 0, 2, size=64)
-    tiny = yaml.safe_load((REPO / "configs" / "annotate-tiny.yaml").read_text())
     models = {name: tiny_models(name) for name in
               ("depth", "sdxl", "sdxl-controlnet", "ip-adapter-sdxl", "flux-depth", "flux-redux",
                "flux-fill", "sam2", "qwen2_vl_grounding", "clip", "dino")}
-    root = str(models["depth"].parent)
-    stages = {}
-    for name in STAGES:
-        block = {k: (v.replace("build/tiny-models", root) if isinstance(v, str) else v)
-                 for k, v in tiny["stages"][name].items()}
-        stages[name] = {**block, "batch_size": 2}
-    config = tmp_path / "annotate.yaml"
-    config.write_text(yaml.safe_dump({
-        "ray": {"rows_per_block": 2}, "stages": stages,
-        "side_inputs": {"style_pool": {"kind": "shards", "path": str(src),
-                                       "member": "reference.jpg"},
-                        "subject_pool": {"kind": "records", "path": str(src)}}}))
+    config = tiny_stages_config(tmp_path, STAGES, str(models["depth"].parent), src)
 
-    assert annotate.main(annotate_args(src, out, str(config), "0")) == 0
+    assert annotate.main(annotate_args(src, out, config, "0")) == 0
     assert "-> quality" in capsys.readouterr().out
     assert stage_stats(out, "quality", 0)["ok"] == 2, stage_stats(out, "quality", 0)
 
