@@ -21,7 +21,7 @@ from __future__ import annotations
 import gc
 import io
 import tempfile
-import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -186,12 +186,7 @@ def _per_image(name: str, net, processor, device: str):
 
 
 def _best(fn, rounds: int) -> float:
-    times = []
-    for _ in range(max(1, rounds)):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timeit.repeat(fn, setup="gc.enable()", number=1, repeat=max(1, rounds)))  # gc on, as in use
 
 
 def bench_stage(name: str, samples, batch_size: int, rounds: int, gpu: bool,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +39,7 @@ STAGES = ("sam2_mask", "rmbg", "vlm")
 
 
 def best_of(rounds: int, fn) -> float:
-    times = []
-    for _ in range(max(1, rounds)):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timeit.repeat(fn, setup="gc.enable()", number=1, repeat=max(1, rounds)))  # gc on, as in use
 
 
 def device_of(args) -> str:
