@@ -1,6 +1,7 @@
 """train.fill's step keeps the GPU busy: micro-batches of one layout, one VAE call per row size,
 batched text encoding, a feature cache keyed on what repeats (bf16, no mask channels)."""
 
+import dataclasses
 import itertools
 import os
 from pathlib import Path
@@ -219,7 +220,7 @@ def test_cache_skips_degraded_rows_and_stores_clean_rows_in_bf16(tiny_fill_dir, 
                         torch.device("cpu"))
     one.latents(clean[0])
     new = sum(f.stat().st_size for f in _entries(tmp_path / "one", "latents"))
-    save_file({k: v.contiguous() for k, v in plain[0].to_dict().items()}, str(tmp_path / "old.safetensors"))
+    save_file({k: v.contiguous() for k, v in dataclasses.asdict(plain[0]).items()}, str(tmp_path / "old.safetensors"))
     assert new < (tmp_path / "old.safetensors").stat().st_size / 3
 
 

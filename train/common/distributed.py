@@ -34,7 +34,8 @@ API
     ``.no_sync(model, sync)``  no gradient all-reduce / reduce-scatter unless ``sync``;
     ``.clip_grad_norm(params, max_norm) -> float``  the global norm, clipped on every rank alike;
     ``.full(state) -> dict``  DTensor shards gathered to full CPU tensors (a collective);
-    ``.sum(values) -> list[float]``  one all-reduce of a few numbers; ``.any(flag) -> bool``;
+    ``.sum(values) -> list[float]``  one all-reduce of a few numbers; ``.max(value) -> int``;
+    ``.any(flag) -> bool``;
     ``.gather(obj) -> list``  one object per rank.
 ``check_launch(accelerator, environ)``  raises :class:`LaunchError` when ``WORLD_SIZE > 1`` but
     accelerate is not distributed (each rank would train alone and write the same folder).
@@ -241,6 +242,16 @@ class Parallel:
             return [float(v) for v in values]
         t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.acc.device)
         return [float(v) for v in self.acc.reduce(t, reduction="sum").tolist()]
+
+    def max(self, value: int) -> int:
+        """The largest of one integer over ranks (e.g. a count every rank must then match)."""
+        if self.world_size == 1:
+            return int(value)
+        import torch.distributed as dist
+
+        t = torch.tensor([int(value)], dtype=torch.int64, device=self.acc.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
 
     def any(self, flag: bool) -> bool:
         """SIGTERM, bad data: reach ranks at different moments; all must act at the same step."""

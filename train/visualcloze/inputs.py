@@ -93,7 +93,7 @@ def row_masks(grid: Grid) -> list[np.ndarray]:
 
 @dataclass
 class GridLatents:
-    """One grid as Fill-transformer inputs (no batch dim). Cacheable: all tensors."""
+    """One grid as Fill-transformer inputs (no batch dim)."""
 
     latents: torch.Tensor  # (N, 4C) clean packed latents (normalised)
     masked_latents: torch.Tensor  # (N, 4C) packed latents of the rows with the masked cell blanked
@@ -109,13 +109,6 @@ class GridLatents:
     def cell_tokens(self) -> torch.Tensor:
         """(N,) bool: tokens that overlap the masked cell (the `loss_on: masked_cell` region)."""
         return self.mask.amax(dim=-1) > 0.5
-
-    def to_dict(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, k) for k in ("latents", "masked_latents", "mask", "img_ids", "row_latent_sizes")}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, torch.Tensor]) -> "GridLatents":
-        return cls(**{k: d[k] for k in ("latents", "masked_latents", "mask", "img_ids", "row_latent_sizes")})
 
 
 def vae_scale_factor(vae) -> int:

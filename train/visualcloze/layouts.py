@@ -16,7 +16,7 @@ step boundary. The bounded wait of a bucket is the step itself.
 from __future__ import annotations
 
 from graph200k.grid import Grid
-from train.visualcloze.inputs import row_tokens
+from train.visualcloze.inputs import grid_tokens
 
 
 def layout_key(grid: Grid) -> tuple[tuple[int, int], ...]:
@@ -51,7 +51,7 @@ def padding_stats(micro_batches: list[list[Grid]], s: int) -> dict[str, int]:
     path because their layouts differ), image tokens, and padding tokens that masked path adds."""
     masked = tokens = padded = 0
     for mb in micro_batches:
-        sizes = [sum(row_tokens(r.shape[0], r.shape[1], s) for r in g.rows) for g in mb]
+        sizes = [grid_tokens(g, s) for g in mb]
         if len({layout_key(g) for g in mb}) > 1:
             masked += 1
             padded += len(sizes) * max(sizes) - sum(sizes)

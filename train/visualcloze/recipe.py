@@ -27,8 +27,7 @@ from train.common.nan_guard import check_finite
 from train.common.validation import (ValidationConfig, Validator, check_validation, enabled, select_tasks,
                                      stream_tasks_setup)
 from train.visualcloze.inputs import (FillBatch, GridLatents, check_row_sizes, collate, encode_grid, encode_prompts,
-                                      encode_rows, grid_latents, grid_pixels, grid_tokens, masked_rows,
-                                      vae_scale_factor)
+                                      encode_rows, grid_latents, grid_pixels, grid_tokens, masked_rows)
 from train.visualcloze.layouts import consecutive_micro_batches, layout_key, padding_stats, plan_micro_batches
 from train.visualcloze.model import (PerSampleRopeAttnProcessor, add_lora, init_lora_from, load_lora_state_dict,
                                      load_text_encoders, load_transformer, load_vae, lora_state_dict,
@@ -135,7 +134,8 @@ class Encoders:
 
     def __init__(self, cfg: FillConfig, device):
         self.cfg, self.device = cfg, device
-        self._vae = self._text = self._scale = None
+        self._vae = self._text = None
+        self.vae_scale = _vae_scale(cfg)  # from the VAE's config file: a warm cache never loads the VAE
         cache = cfg.data.cache_dir
         self.latent_cache = FeatureCache(cache, "latents") if cache else None
         self.text_cache = FeatureCache(cache, "text") if cache else None
@@ -181,12 +181,6 @@ class Encoders:
         clean = entry["latents"].to(device).float()[None]
         blank = entry["masked_latents"].to(device).float()[None] if "masked_latents" in entry else clean
         return clean, blank
-
-    @property
-    def vae_scale(self) -> int:
-        if self._scale is None:  # from the VAE's config file: a warm cache never loads the VAE
-            self._scale = vae_scale_factor(self._vae) if self._vae is not None else _vae_scale(self.cfg)
-        return self._scale
 
     def text_models(self):
         """(clip tokenizer, CLIP, t5 tokenizer, T5), loaded once."""
@@ -365,7 +359,7 @@ def train(cfg: FillConfig) -> dict:
         compile_blocks(transformer)
     encoders = Encoders(cfg, acc.device)
     set_seed(cfg.train.seed + acc.process_index)  # noise and timesteps: each rank its own
-    scale = _vae_scale(cfg)  # from the VAE's config: no VAE weights needed when latents are cached
+    scale = encoders.vae_scale
 
     ckpt = CheckpointManager(out_dir, cfg.train.checkpoint_every, cfg.train.keep_checkpoints, acc.process_index,
                              acc.num_processes, acc.wait_for_everyone, shard_optimizer=par.sharded,
@@ -410,14 +404,11 @@ def train(cfg: FillConfig) -> dict:
             # The step's data first: a rank whose shards fail says so before any collective.
             step_grids = batches.draw(accum)
             micro_batches = batches.plan(step_grids)
-            # Under FSDP every rank runs as many forwards (each gathers the parameters): the
-            # count goes into the same all-reduce as one-hot votes, fewer become more by splits.
-            votes = [float(len(micro_batches) == k) for k in range(1, len(step_grids) + 1)] if par.sharded else []
-            seen, skipped, over_budget, tokens, *votes = par.sum([
+            if par.sharded:  # every rank runs as many forwards (each gathers the parameters): splits make more
+                micro_batches = batches.plan(step_grids, par.max(len(micro_batches)))
+            seen, skipped, over_budget, tokens = par.sum([
                 loader.consumed, loader.skipped_total, batches.over_budget,
-                sum(grid_tokens(x.item, scale) for x in step_grids), *votes])  # all ranks, one all-reduce
-            if votes:
-                micro_batches = batches.plan(step_grids, max(k for k, v in enumerate(votes, 1) if v))
+                sum(grid_tokens(x.item, scale) for x in step_grids)])  # all ranks, one all-reduce
             loader.check_skipped(seen, skipped, cfg.data.shards)
             shapes = padding_stats([[x.item for x in mb] for mb in micro_batches], scale)
             step_loss, task_ids = torch.zeros((), device=acc.device), []
