@@ -19,28 +19,19 @@ from train.common.distributed import Parallel, accelerator_kwargs
 from train.visualcloze.model import add_lora, load_transformer
 
 
-def _tiny_flux(tmp_path, dtype):
-    from diffusers import FluxTransformer2DModel
-
-    torch.manual_seed(0)
-    FluxTransformer2DModel(patch_size=1, in_channels=20, out_channels=8, num_layers=1, num_single_layers=1,
-                           attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                           pooled_projection_dim=32, guidance_embeds=True,
-                           axes_dims_rope=(4, 4, 8)).save_pretrained(tmp_path / "transformer")
-    return load_transformer(str(tmp_path), dtype)  # the recipe's own from_pretrained path
-
-
-def _inputs(dtype, tokens=12, text=5):
-    g = torch.Generator().manual_seed(1)
+def _inputs(model, tokens=12, text=5):
+    """One sample of random Fill-transformer inputs, sized by the model's own config."""
+    c, dtype, g = model.config, model.dtype, torch.Generator().manual_seed(1)
     ids = torch.stack(torch.meshgrid(torch.ones(1), torch.arange(3.0), torch.arange(tokens / 3), indexing="ij"), -1)
-    return dict(hidden_states=torch.randn(1, tokens, 20, generator=g).to(dtype), timestep=torch.tensor([0.5], dtype=dtype),
-                guidance=torch.tensor([1.0], dtype=dtype), pooled_projections=torch.randn(1, 32, generator=g).to(dtype),
-                encoder_hidden_states=torch.randn(1, text, 32, generator=g).to(dtype),
+    return dict(hidden_states=torch.randn(1, tokens, c.in_channels, generator=g).to(dtype),
+                timestep=torch.tensor([0.5], dtype=dtype), guidance=torch.tensor([1.0], dtype=dtype),
+                pooled_projections=torch.randn(1, c.pooled_projection_dim, generator=g).to(dtype),
+                encoder_hidden_states=torch.randn(1, text, c.joint_attention_dim, generator=g).to(dtype),
                 txt_ids=torch.zeros(text, 3), img_ids=ids.reshape(-1, 3), return_dict=False)
 
 
-def _lora_model(tmp_path, dtype=torch.bfloat16):
-    model = _tiny_flux(tmp_path, dtype)
+def _lora_model(tiny_fill_dir, dtype=torch.bfloat16):
+    model = load_transformer(str(tiny_fill_dir), dtype)  # the recipe's own from_pretrained path
     params = add_lora(model, rank=4, alpha=4.0)
     torch.manual_seed(2)
     with torch.no_grad():  # B = 0 at init would hide any difference the LoRA makes
@@ -54,7 +45,7 @@ def _step(model, params, autocast=True):
     for p in params:
         p.grad = None
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        loss = model(**_inputs(model.dtype))[0].float().pow(2).mean()
+        loss = model(**_inputs(model))[0].float().pow(2).mean()
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in params]
 
@@ -81,8 +72,8 @@ def _peft_cast(model, enabled: bool):
             m.cast_input_dtype_enabled = enabled
 
 
-def test_lora_reads_bf16_inputs_under_autocast_with_the_same_loss_and_gradients(tmp_path):
-    model, params = _lora_model(tmp_path)
+def test_lora_reads_bf16_inputs_under_autocast_with_the_same_loss_and_gradients(tiny_fill_dir):
+    model, params = _lora_model(tiny_fill_dir)
     assert all(p.dtype == torch.float32 for p in params)  # the optimizer's master weights
     seen = _lora_input_dtypes(model, lambda: _step(model, params))
     # The attention output projection reads the bf16 attention result: peft made it float32.
@@ -99,8 +90,8 @@ def test_lora_reads_bf16_inputs_under_autocast_with_the_same_loss_and_gradients(
         assert torch.linalg.vector_norm(g - h) <= 5e-2 * torch.linalg.vector_norm(h) + 1e-6
 
 
-def test_a_bf16_base_without_autocast_still_casts_for_the_float32_lora(tmp_path):
-    model, params = _lora_model(tmp_path)
+def test_a_bf16_base_without_autocast_still_casts_for_the_float32_lora(tiny_fill_dir):
+    model, params = _lora_model(tiny_fill_dir)
     seen = _lora_input_dtypes(model, lambda: _step(model, params, autocast=False))
     assert set(seen.values()) == {torch.float32}
     loss, grads = _step(model, params, autocast=False)
@@ -118,8 +109,8 @@ def gloo_world_of_one():
         dist.destroy_process_group()
 
 
-def test_fsdp_passes_the_rope_tables_to_the_blocks_in_float32(tmp_path, gloo_world_of_one):
-    model, _ = _lora_model(tmp_path)
+def test_fsdp_passes_the_rope_tables_to_the_blocks_in_float32(tiny_fill_dir, gloo_world_of_one):
+    model, _ = _lora_model(tiny_fill_dir)
     acc = types.SimpleNamespace(mixed_precision="bf16", device=torch.device("cpu"), num_processes=1,
                                 process_index=0, distributed_type=types.SimpleNamespace(name="FSDP"),
                                 state=types.SimpleNamespace(fsdp_plugin=None))
@@ -134,7 +125,7 @@ def test_fsdp_passes_the_rope_tables_to_the_blocks_in_float32(tmp_path, gloo_wor
         with_kwargs=True)
     model = par.prepare_model(model, [*model.transformer_blocks, *model.single_transformer_blocks, model])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(**_inputs(torch.bfloat16))[0]
+        out = model(**_inputs(model))[0]
     assert rope == {"double": torch.float32, "single": torch.float32}
     assert torch.isfinite(out.float()).all()
 
